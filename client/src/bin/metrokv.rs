@@ -1,0 +1,926 @@
+//! `metrokv`: the command-line client. Parses flags, calls the library, prints the result.
+//!
+//! Output is for people by default and one line of JSON per result with `--json`. Errors go to
+//! stderr as one paragraph (what failed, where, what to do next); with `--json` an error object
+//! also goes to stdout. Exit codes: 0 ok, 1 the server refused (condition failed, insufficient
+//! funds, not found), 2 usage error, 3 unavailable or indeterminate.
+//!
+//! Left out: anything the library does (retries, encoding); interactive prompts.
+
+use std::fs::File;
+use std::io::IsTerminal as _;
+use std::io::Read;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use clap::Subcommand;
+use metrokv_client::limits::LOCAL_ENDPOINTS;
+use metrokv_client::limits::VALUE_BYTES_MAX;
+use metrokv_client::*;
+use serde_json::json;
+use serde_json::Value;
+
+/// Largest txn body read from an argument, file or stdin (the server refuses more with 413).
+const TXN_BODY_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Exit code for usage errors (bad flags, unreadable input), as clap uses.
+const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "metrokv",
+    version,
+    about = "Client for a metrokv cluster",
+    max_term_width = 100
+)]
+struct Cli {
+    /// Every node's client URL, comma-separated.
+    #[arg(long, env = "METROKV_ENDPOINTS", value_delimiter = ',', global = true,
+          default_values = LOCAL_ENDPOINTS)]
+    endpoints: Vec<String>,
+    /// Your zone: nodes in it are asked first.
+    #[arg(long, env = "METROKV_ZONE", global = true)]
+    zone: Option<String>,
+    /// Print results (and errors) as JSON on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Give up after this long, across all retries.
+    #[arg(long, global = true, default_value_t = 10_000, value_name = "MS")]
+    deadline_ms: u64,
+    /// Give up on one node after this long.
+    #[arg(long, global = true, default_value_t = 2_000, value_name = "MS")]
+    attempt_timeout_ms: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print a key's value (raw bytes; the version goes to stderr).
+    Get {
+        key: String,
+        /// Read this node's applied state instead of a linearizable read.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Write a key: `put KEY VALUE`, `put KEY --file F`, or `put KEY -` (stdin).
+    Put {
+        key: String,
+        /// The value; `-` reads stdin.
+        value: Option<String>,
+        /// Read the value from this file (`-` for stdin).
+        #[arg(long, conflicts_with = "value")]
+        file: Option<PathBuf>,
+        /// Write only if the key is at this version (compare-and-swap; 0 = absent).
+        #[arg(long)]
+        if_version: Option<u64>,
+        /// Write only if the key does not exist.
+        #[arg(long, conflicts_with = "if_version")]
+        create_only: bool,
+        /// Resend an earlier indeterminate write with its key to settle it.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Delete a key.
+    Del {
+        key: String,
+        /// Delete only if the key is at this version.
+        #[arg(long)]
+        if_version: Option<u64>,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// List keys by prefix (one page).
+    List {
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Continue after this key.
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Run a transaction given as API.md JSON: argument, `--file F`, or `-` (stdin).
+    Txn {
+        body: Option<String>,
+        #[arg(long, conflicts_with = "body")]
+        file: Option<PathBuf>,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Create, read or list accounts.
+    #[command(subcommand)]
+    Account(AccountCommand),
+    /// Move AMOUNT from FROM to TO, exactly once.
+    Transfer {
+        /// The transfer id (its idempotency key); generated and printed when absent.
+        #[arg(long)]
+        id: Option<String>,
+        from: String,
+        to: String,
+        amount: u64,
+    },
+    /// Show the recorded outcome of a transfer.
+    TransferStatus { id: String },
+    /// Cluster information.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum AccountCommand {
+    /// Create an account with an opening balance.
+    Create {
+        id: String,
+        balance: u64,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Show an account's balance.
+    Get {
+        id: String,
+        #[arg(long)]
+        stale: bool,
+    },
+    /// List accounts by prefix (one page) with the total balance.
+    List {
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long)]
+        stale: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Each node's zone, role, applied index, lag and reachability.
+    Status,
+}
+
+/// Why a command failed.
+#[derive(Debug)]
+enum Failure {
+    /// The command line or its input was wrong.
+    Usage(String),
+    /// A call failed; `what` names it, e.g. `put "a"`.
+    Call { what: String, error: Box<Error> },
+}
+
+type Outcome = Result<(), Failure>;
+
+fn call_failed(what: impl Into<String>) -> impl FnOnce(Error) -> Failure {
+    let what = what.into();
+    move |error| Failure::Call {
+        what,
+        error: Box::new(error),
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = cli.json;
+    let outcome = match build_client(&cli) {
+        Ok(client) => run(&client, cli.command, json).await,
+        Err(error) => Err(Failure::Call {
+            what: "configuring the client".into(),
+            error: Box::new(error),
+        }),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => ExitCode::from(report(&failure, json)),
+    }
+}
+
+fn build_client(cli: &Cli) -> metrokv_client::Result<Client> {
+    let mut builder = ClientBuilder::new(
+        cli.endpoints
+            .iter()
+            .map(|e| e.trim())
+            .filter(|e| !e.is_empty()),
+    )
+    .deadline(Duration::from_millis(cli.deadline_ms))
+    .attempt_timeout(Duration::from_millis(cli.attempt_timeout_ms));
+    if let Some(zone) = &cli.zone {
+        builder = builder.zone(zone);
+    }
+    builder.build()
+}
+
+async fn run(client: &Client, command: Command, json: bool) -> Outcome {
+    match command {
+        Command::Get { key, stale } => get(client, &key, consistency(stale), json).await,
+        Command::Put {
+            key,
+            value,
+            file,
+            if_version,
+            create_only,
+            idempotency_key,
+        } => {
+            let value = read_input(value, file, VALUE_BYTES_MAX, "value")?;
+            let options = PutOptions {
+                if_version,
+                create_only,
+                idempotency_key,
+            };
+            put(client, &key, value, options, json).await
+        }
+        Command::Del {
+            key,
+            if_version,
+            idempotency_key,
+        } => {
+            del(
+                client,
+                &key,
+                DeleteOptions {
+                    if_version,
+                    idempotency_key,
+                },
+                json,
+            )
+            .await
+        }
+        Command::List {
+            prefix,
+            limit,
+            after,
+            stale,
+        } => {
+            let options = ListOptions {
+                prefix,
+                limit,
+                after,
+                consistency: consistency(stale),
+            };
+            list(client, options, json).await
+        }
+        Command::Txn {
+            body,
+            file,
+            idempotency_key,
+        } => {
+            let body = read_input(body, file, TXN_BODY_BYTES_MAX, "txn")?;
+            txn(client, &body, idempotency_key, json).await
+        }
+        Command::Account(command) => account(client, command, json).await,
+        Command::Transfer {
+            id,
+            from,
+            to,
+            amount,
+        } => transfer(client, id, TransferRequest::new(from, to, amount), json).await,
+        Command::TransferStatus { id } => transfer_status(client, &id, json).await,
+        Command::Cluster(ClusterCommand::Status) => cluster_status(client, json).await,
+    }
+}
+
+fn consistency(stale: bool) -> Consistency {
+    if stale {
+        Consistency::Stale
+    } else {
+        Consistency::Linearizable
+    }
+}
+
+/// Reads an input from its argument, a file, or stdin (`-` as argument or file), refusing more
+/// than `max` bytes rather than reading without bound.
+fn read_input(
+    arg: Option<String>,
+    file: Option<PathBuf>,
+    max: usize,
+    what: &str,
+) -> Result<Vec<u8>, Failure> {
+    let source: Box<dyn Read> = match (arg, file) {
+        (Some(text), _) if text != "-" => return Ok(text.into_bytes()),
+        (Some(_), _) => Box::new(std::io::stdin()),
+        (None, Some(path)) if path.as_os_str() == "-" => Box::new(std::io::stdin()),
+        (None, Some(path)) => Box::new(File::open(&path).map_err(|e| {
+            Failure::Usage(format!(
+                "cannot open the {what} file {}: {e}",
+                path.display()
+            ))
+        })?),
+        (None, None) => {
+            return Err(Failure::Usage(format!(
+                "no {what} given: pass it as an argument, with --file FILE, or as - to read stdin"
+            )))
+        }
+    };
+    let mut bytes = Vec::new();
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    source
+        .take(limit)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Failure::Usage(format!("cannot read the {what}: {e}")))?;
+    if bytes.len() > max {
+        return Err(Failure::Usage(format!(
+            "the {what} is larger than the {max} bytes allowed"
+        )));
+    }
+    Ok(bytes)
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    match serde_json::to_string(value) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("metrokv: cannot print the result as JSON: {e}"),
+    }
+}
+
+async fn get(client: &Client, key: &str, consistency: Consistency, json: bool) -> Outcome {
+    let found = client
+        .get_with(key, consistency)
+        .await
+        .map_err(call_failed(format!("get {key:?}")))?;
+    let Some(read) = found else {
+        let error = Error::NotFound {
+            what: format!("key {key:?}"),
+        };
+        return Err(Failure::Call {
+            what: format!("get {key:?}"),
+            error: Box::new(error),
+        });
+    };
+    if json {
+        let mut value = serde_json::to_value(&read).unwrap_or_default();
+        value["key"] = json!(key);
+        print_json(&value);
+        return Ok(());
+    }
+    let mut stdout = std::io::stdout().lock();
+    let mut written = stdout.write_all(&read.value);
+    // A terminal gets a final newline; a pipe gets the exact bytes.
+    if std::io::stdout().is_terminal() && !read.value.ends_with(b"\n") {
+        written = written.and_then(|()| stdout.write_all(b"\n"));
+    }
+    written
+        .and_then(|()| stdout.flush())
+        .map_err(|e| Failure::Usage(format!("cannot write the value: {e}")))?;
+    eprintln!("version {} ({})", read.version, served(&read.served_by));
+    Ok(())
+}
+
+async fn put(
+    client: &Client,
+    key: &str,
+    value: Vec<u8>,
+    options: PutOptions,
+    json: bool,
+) -> Outcome {
+    let result = client
+        .put_with(key, value, options)
+        .await
+        .map_err(call_failed(format!("put {key:?}")))?;
+    if json {
+        print_json(&result);
+    } else {
+        println!(
+            "ok: {key:?} is at version {} (revision {})",
+            result.version, result.revision
+        );
+    }
+    Ok(())
+}
+
+async fn del(client: &Client, key: &str, options: DeleteOptions, json: bool) -> Outcome {
+    let result = client
+        .delete_with(key, options)
+        .await
+        .map_err(call_failed(format!("del {key:?}")))?;
+    if json {
+        print_json(&result);
+    } else if result.deleted {
+        println!("ok: {key:?} deleted (revision {})", result.revision);
+    } else {
+        println!("ok: {key:?} did not exist (revision {})", result.revision);
+    }
+    Ok(())
+}
+
+async fn list(client: &Client, options: ListOptions, json: bool) -> Outcome {
+    let page = client.list(options).await.map_err(call_failed("list"))?;
+    if json {
+        print_json(&page);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = page
+        .items
+        .iter()
+        .map(|item| {
+            vec![
+                item.key.clone(),
+                item.version.to_string(),
+                display_value(&item.value),
+            ]
+        })
+        .collect();
+    print_table(&["KEY", "VERSION", "VALUE"], &rows);
+    eprintln!("{} key(s) at revision {}", page.items.len(), page.revision);
+    if let Some(after) = page.next_after() {
+        eprintln!("more keys follow: continue with --after {after:?}");
+    }
+    Ok(())
+}
+
+/// A value for a table cell: the text when it is printable UTF-8, else base64 marked as such.
+fn display_value(value: &[u8]) -> String {
+    match std::str::from_utf8(value) {
+        Ok(text) if !text.chars().any(char::is_control) => text.to_string(),
+        _ => {
+            use base64::Engine as _;
+            format!(
+                "base64:{}",
+                base64::engine::general_purpose::STANDARD.encode(value)
+            )
+        }
+    }
+}
+
+async fn txn(client: &Client, body: &[u8], idempotency_key: Option<String>, json: bool) -> Outcome {
+    let parsed: Value = serde_json::from_slice(body)
+        .map_err(|e| Failure::Usage(format!("the txn is not valid JSON: {e}")))?;
+    let mut request = TxnRequest::from_json(&parsed).map_err(|e| Failure::Usage(e.to_string()))?;
+    request.idempotency_key = idempotency_key;
+    let response = client.txn(&request).await.map_err(call_failed("txn"))?;
+    if json {
+        print_json(&response);
+        return Ok(());
+    }
+    let branch = if response.succeeded {
+        "succeeded (success branch ran)"
+    } else {
+        "failed (failure branch ran)"
+    };
+    println!("txn {branch} at revision {}", response.revision);
+    for (i, result) in response.results.iter().enumerate() {
+        let text = match result {
+            OpResult::Put { version } => format!("put: version {version}"),
+            OpResult::Delete { deleted } => format!(
+                "delete: {}",
+                if *deleted { "deleted" } else { "did not exist" }
+            ),
+            OpResult::Get(None) => "get: not found".to_string(),
+            OpResult::Get(Some(item)) => {
+                format!(
+                    "get {:?}: {} (version {})",
+                    item.key,
+                    display_value(&item.value),
+                    item.version
+                )
+            }
+        };
+        println!("  {i}: {text}");
+    }
+    Ok(())
+}
+
+async fn account(client: &Client, command: AccountCommand, json: bool) -> Outcome {
+    match command {
+        AccountCommand::Create {
+            id,
+            balance,
+            idempotency_key,
+        } => {
+            let what = format!("account create {id:?}");
+            let account = client
+                .create_account_with(&id, balance, idempotency_key)
+                .await
+                .map_err(call_failed(what))?;
+            print_account(&account, json, "created");
+        }
+        AccountCommand::Get { id, stale } => {
+            let what = format!("account get {id:?}");
+            let found = client
+                .get_account_with(&id, consistency(stale))
+                .await
+                .map_err(call_failed(&what))?;
+            let Some(account) = found else {
+                let error = Error::NotFound {
+                    what: format!("account {id:?}"),
+                };
+                return Err(Failure::Call {
+                    what,
+                    error: Box::new(error),
+                });
+            };
+            print_account(&account, json, "account");
+        }
+        AccountCommand::List {
+            prefix,
+            limit,
+            after,
+            stale,
+        } => {
+            let options = AccountListOptions {
+                prefix,
+                limit,
+                after,
+                consistency: consistency(stale),
+            };
+            let page = client
+                .list_accounts(options)
+                .await
+                .map_err(call_failed("account list"))?;
+            print_account_page(&page, json);
+        }
+    }
+    Ok(())
+}
+
+fn print_account(account: &Account, json: bool, label: &str) {
+    if json {
+        print_json(account);
+    } else {
+        let version = account
+            .version
+            .map_or_else(String::new, |v| format!(" (version {v})"));
+        println!(
+            "{label} {:?}: balance {}{version}",
+            account.id, account.balance
+        );
+    }
+}
+
+fn print_account_page(page: &AccountPage, json: bool) {
+    if json {
+        print_json(page);
+        return;
+    }
+    let rows: Vec<Vec<String>> = page
+        .accounts
+        .iter()
+        .map(|a| vec![a.id.clone(), a.balance.to_string()])
+        .collect();
+    print_table(&["ACCOUNT", "BALANCE"], &rows);
+    println!("total {} at revision {}", page.total, page.revision);
+    if let Some(after) = page.next_after() {
+        eprintln!("more accounts follow: continue with --after {after:?}");
+    }
+}
+
+async fn transfer(
+    client: &Client,
+    id: Option<String>,
+    generated: TransferRequest,
+    json: bool,
+) -> Outcome {
+    let request = match id {
+        Some(id) => generated.with_id(id),
+        None => {
+            // Said before sending, so the id is known even if this process dies mid-call.
+            eprintln!("transfer id: {}", generated.id);
+            generated
+        }
+    };
+    let what = format!(
+        "transfer {:?} ({} from {:?} to {:?})",
+        request.id, request.amount, request.from, request.to
+    );
+    let receipt = client.transfer(&request).await.map_err(call_failed(what))?;
+    if json {
+        print_json(&receipt);
+    } else {
+        println!(
+            "transfer {:?} {}: {:?} now holds {}, {:?} holds {} (revision {})",
+            receipt.id,
+            receipt.status,
+            request.from,
+            receipt.from_balance,
+            request.to,
+            receipt.to_balance,
+            receipt.revision
+        );
+    }
+    Ok(())
+}
+
+async fn transfer_status(client: &Client, id: &str, json: bool) -> Outcome {
+    let what = format!("transfer-status {id:?}");
+    let found = client.get_transfer(id).await.map_err(call_failed(&what))?;
+    let Some(record) = found else {
+        let error = Error::NotFound {
+            what: format!(
+                "an outcome for transfer {id:?} (it has not applied yet; if it may still be in \
+                 flight, resend it with the same --id to settle it)"
+            ),
+        };
+        return Err(Failure::Call {
+            what,
+            error: Box::new(error),
+        });
+    };
+    if json {
+        print_json(&record.raw);
+        return Ok(());
+    }
+    let text = match &record.outcome {
+        TransferOutcome::Committed {
+            from_balance,
+            to_balance,
+        } => {
+            format!("committed; balances after it: from {from_balance}, to {to_balance}")
+        }
+        TransferOutcome::Rejected { reason, message } => {
+            format!(
+                "rejected ({reason}){}",
+                message
+                    .as_ref()
+                    .map_or_else(String::new, |m| format!(": {m}"))
+            )
+        }
+        TransferOutcome::Unknown { reported } => format!("status {reported:?}"),
+    };
+    let parties = match (&record.from, &record.to, record.amount) {
+        (Some(from), Some(to), Some(amount)) => format!(" ({amount} from {from:?} to {to:?})"),
+        _ => String::new(),
+    };
+    println!("transfer {:?}{parties}: {text}", record.id);
+    Ok(())
+}
+
+async fn cluster_status(client: &Client, json: bool) -> Outcome {
+    let status = client
+        .cluster_status()
+        .await
+        .map_err(call_failed("cluster status"))?;
+    if json {
+        let mut value = serde_json::to_value(&status).unwrap_or_default();
+        for (member, out) in status
+            .members
+            .iter()
+            .zip(value["members"].as_array_mut().into_iter().flatten())
+        {
+            out["lag"] = json!(member.lag(status.commit_index));
+        }
+        print_json(&value);
+        return Ok(());
+    }
+    let leader = status
+        .leader
+        .as_deref()
+        .unwrap_or("none (election in progress or no quorum)");
+    println!(
+        "cluster {}: leader {leader}, term {}, commit index {} ({})",
+        status.cluster_id,
+        status.term,
+        status.commit_index,
+        served(&status.served_by)
+    );
+    let rows: Vec<Vec<String>> = status
+        .members
+        .iter()
+        .map(|m| {
+            vec![
+                m.id.clone(),
+                m.zone.clone(),
+                m.role.clone(),
+                status.term.to_string(),
+                m.applied_index.to_string(),
+                m.lag(status.commit_index).to_string(),
+                if m.reachable { "yes" } else { "NO" }.to_string(),
+                m.client_addr.clone(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "NODE",
+            "ZONE",
+            "ROLE",
+            "TERM",
+            "APPLIED",
+            "LAG",
+            "REACHABLE",
+            "ADDRESS",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+fn served(served_by: &ServedBy) -> String {
+    match &served_by.leader {
+        Some(leader) => format!("served by {} via leader {leader}", served_by.endpoint),
+        None => format!("served by {}", served_by.endpoint),
+    }
+}
+
+/// Prints left-aligned columns, each as wide as its widest cell.
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// Prints a failure (stderr, and stdout as JSON with `--json`) and returns the exit code.
+fn report(failure: &Failure, json: bool) -> u8 {
+    match failure {
+        Failure::Usage(message) => {
+            eprintln!("metrokv: {message}");
+            if json {
+                print_json(&json!({"error": "usage", "message": message, "exit_code": EXIT_USAGE}));
+            }
+            EXIT_USAGE
+        }
+        Failure::Call { what, error } => {
+            let code = u8::try_from(error.exit_code()).unwrap_or(EXIT_USAGE);
+            eprintln!("metrokv: {what} failed: {error}");
+            if json {
+                print_json(&error_json(error, code));
+            }
+            code
+        }
+    }
+}
+
+/// A machine-readable error: the API.md code (or the client's own), the message and its fields.
+fn error_json(error: &Error, exit_code: u8) -> Value {
+    let (code, mut fields) = match error {
+        Error::PreconditionFailed {
+            key,
+            current_version,
+        } => (
+            "precondition_failed",
+            json!({"key": key, "current_version": current_version}),
+        ),
+        Error::NotFound { what } => ("not_found", json!({"what": what})),
+        Error::AccountNotFound {
+            account,
+            transfer_id,
+        } => (
+            "account_not_found",
+            json!({"account": account, "transfer_id": transfer_id}),
+        ),
+        Error::AccountExists { id } => ("account_exists", json!({"id": id})),
+        Error::InsufficientFunds {
+            account,
+            balance,
+            amount,
+            transfer_id,
+        } => (
+            "insufficient_funds",
+            json!({"account": account, "balance": balance, "amount": amount, "transfer_id": transfer_id}),
+        ),
+        Error::IdempotencyConflict { key, .. } => ("idempotency_conflict", json!({"key": key})),
+        Error::InvalidRequest { .. } => ("invalid_request", json!({})),
+        Error::TooLarge { .. } => ("too_large", json!({})),
+        Error::Unavailable { tried, .. } => {
+            let tried: Vec<Value> = tried
+                .iter()
+                .map(|t| json!({"node": t.node, "error": t.error}))
+                .collect();
+            ("unavailable", json!({"tried": tried}))
+        }
+        Error::Indeterminate {
+            idempotency_key,
+            transfer_id,
+            last_node,
+            attempts,
+            ..
+        } => (
+            "indeterminate",
+            json!({"idempotency_key": idempotency_key, "transfer_id": transfer_id,
+                   "last_node": last_node, "attempts": attempts}),
+        ),
+        Error::Server {
+            node, status, code, ..
+        } => (
+            "server_error",
+            json!({"node": node, "status": status, "server_code": code}),
+        ),
+        Error::Protocol { node, .. } => ("protocol", json!({"node": node})),
+        Error::Config { .. } => ("config", json!({})),
+    };
+    fields["error"] = json!(code);
+    fields["message"] = json!(error.to_string());
+    fields["exit_code"] = json!(exit_code);
+    fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_parses() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "metrokv",
+            "--zone",
+            "dc-a",
+            "put",
+            "k",
+            "--if-version",
+            "3",
+            "v",
+        ])
+        .expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::Put {
+                if_version: Some(3),
+                ..
+            }
+        ));
+        assert_eq!(cli.zone.as_deref(), Some("dc-a"));
+        let cli =
+            Cli::try_parse_from(["metrokv", "transfer", "--id", "t1", "a", "b", "5", "--json"])
+                .expect("parses");
+        assert!(cli.json);
+        assert!(matches!(cli.command, Command::Transfer { amount: 5, .. }));
+        assert!(Cli::try_parse_from([
+            "metrokv",
+            "put",
+            "k",
+            "v",
+            "--if-version",
+            "1",
+            "--create-only"
+        ])
+        .is_err());
+        assert!(Cli::try_parse_from(["metrokv", "put", "k", "v", "--file", "f"]).is_err());
+        let cli = Cli::try_parse_from(["metrokv", "--endpoints", "a:1,b:2", "cluster", "status"])
+            .expect("parses");
+        assert_eq!(cli.endpoints, vec!["a:1", "b:2"]);
+    }
+
+    #[test]
+    fn inputs_come_from_arguments_and_are_bounded() {
+        assert_eq!(
+            read_input(Some("v".into()), None, 10, "value").expect("ok"),
+            b"v"
+        );
+        assert!(matches!(
+            read_input(None, None, 10, "value"),
+            Err(Failure::Usage(_))
+        ));
+        let missing = Some(PathBuf::from("/nonexistent/metrokv-input"));
+        assert!(matches!(
+            read_input(None, missing, 10, "value"),
+            Err(Failure::Usage(_))
+        ));
+        let dir = std::env::temp_dir().join(format!("metrokv-cli-test-{}", std::process::id()));
+        std::fs::write(&dir, b"0123456789abc").expect("write temp file");
+        let too_big = read_input(None, Some(dir.clone()), 10, "value");
+        let fits = read_input(None, Some(dir.clone()), 13, "value");
+        let _ = std::fs::remove_file(&dir);
+        assert!(matches!(too_big, Err(Failure::Usage(_))));
+        assert_eq!(fits.expect("ok"), b"0123456789abc");
+    }
+
+    #[test]
+    fn values_display_as_text_or_marked_base64() {
+        assert_eq!(display_value(b"hello"), "hello");
+        assert_eq!(display_value(&[0xff]), "base64:/w==");
+        assert_eq!(display_value(b"a\nb"), "base64:YQpi");
+    }
+
+    #[test]
+    fn errors_report_their_exit_code_and_fields() {
+        let error = Error::Indeterminate {
+            idempotency_key: Some("idem".into()),
+            transfer_id: None,
+            last_node: "http://n:1".into(),
+            attempts: 2,
+            last_error: "no answer".into(),
+        };
+        let value = error_json(&error, 3);
+        assert_eq!(value["error"], "indeterminate");
+        assert_eq!(value["idempotency_key"], "idem");
+        assert_eq!(value["exit_code"], 3);
+        assert_eq!(report(&Failure::Usage("x".into()), false), EXIT_USAGE);
+        let refused = Failure::Call {
+            what: "get".into(),
+            error: Box::new(Error::NotFound { what: "key".into() }),
+        };
+        assert_eq!(report(&refused, false), 1);
+    }
+}

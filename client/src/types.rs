@@ -1,0 +1,554 @@
+//! The typed requests and results of API.md, and how results are read from the wire.
+//!
+//! Values are bytes ([`Bytes`]) everywhere in this API; the JSON `value`/`value_base64` split is
+//! handled in `encoding.rs`. Results derive `Serialize` (the CLI's `--json` output), where values
+//! are written the API.md way. Each result says which node served it ([`ServedBy`]).
+//!
+//! Left out: the transaction types (`txn.rs`) and the calls (`client.rs`).
+
+use bytes::Bytes;
+use serde::ser::SerializeMap as _;
+use serde::Deserialize;
+use serde::Deserializer;
+use serde::Serialize;
+use serde::Serializer;
+
+use crate::encoding;
+
+/// Which node answered a call.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ServedBy {
+    /// The endpoint the client sent the request to, e.g. `http://127.0.0.1:7001`.
+    pub endpoint: String,
+    /// The leader that served it, from `X-Metrokv-Leader`, when the node said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// For stale reads, the node's applied index (`X-Metrokv-Applied-Index`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied_index: Option<u64>,
+}
+
+/// Read consistency (API.md `?consistency=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Consistency {
+    /// Reflects every write acknowledged before the read began. The default.
+    #[default]
+    Linearizable,
+    /// The answering node's applied state; no round trip to the leader, may be behind.
+    Stale,
+}
+
+impl Consistency {
+    /// The query value, or `None` for the server's default (linearizable).
+    pub(crate) fn query_value(self) -> Option<String> {
+        match self {
+            Consistency::Linearizable => None,
+            Consistency::Stale => Some("stale".to_string()),
+        }
+    }
+}
+
+/// A value with the version (revision) that last wrote it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Versioned {
+    pub value: Bytes,
+    pub version: u64,
+    pub served_by: ServedBy,
+}
+
+impl Serialize for Versioned {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(3))?;
+        encoding::serialize_value_field(&mut map, &self.value)?;
+        map.serialize_entry("version", &self.version)?;
+        map.serialize_entry("served_by", &self.served_by)?;
+        map.end()
+    }
+}
+
+/// Conditions and idempotency of a put.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    /// Compare-and-swap: apply only if the key's version is this (`If-Match`; 0 = absent).
+    pub if_version: Option<u64>,
+    /// Apply only if the key does not exist (`If-None-Match: *`).
+    pub create_only: bool,
+    /// Reused on every retry; a random one is generated when absent. Set it to settle an
+    /// earlier `Indeterminate` put by resending it.
+    pub idempotency_key: Option<String>,
+}
+
+/// Conditions and idempotency of a delete.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeleteOptions {
+    /// Delete only if the key's version is this (`If-Match`).
+    pub if_version: Option<u64>,
+    /// As [`PutOptions::idempotency_key`].
+    pub idempotency_key: Option<String>,
+}
+
+/// The answer to a put.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutResult {
+    /// The key's new version.
+    pub version: u64,
+    /// The cluster revision after the write.
+    pub revision: u64,
+    #[serde(default, skip_deserializing)]
+    pub served_by: ServedBy,
+}
+
+/// The answer to a delete.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteResult {
+    /// False when the key did not exist.
+    pub deleted: bool,
+    pub revision: u64,
+    #[serde(default, skip_deserializing)]
+    pub served_by: ServedBy,
+}
+
+/// Which page of keys to list.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListOptions {
+    /// Only keys starting with this; empty lists everything.
+    pub prefix: String,
+    /// Page size; the server applies its default and cap when absent or larger.
+    pub limit: Option<u32>,
+    /// Start after this key (the last key of the previous page).
+    pub after: Option<String>,
+    pub consistency: Consistency,
+}
+
+/// One key in a list page or a txn `get`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvItem {
+    pub key: String,
+    pub value: Bytes,
+    pub version: u64,
+}
+
+impl Serialize for KvItem {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(3))?;
+        map.serialize_entry("key", &self.key)?;
+        encoding::serialize_value_field(&mut map, &self.value)?;
+        map.serialize_entry("version", &self.version)?;
+        map.end()
+    }
+}
+
+/// Reads a [`KvItem`] from its JSON object; `Err` says what is wrong with it.
+pub(crate) fn kv_item_from_json(value: &serde_json::Value) -> Result<KvItem, String> {
+    let object = value.as_object().ok_or("an item is not an object")?;
+    let key = object
+        .get("key")
+        .and_then(|k| k.as_str())
+        .ok_or("an item has no key")?;
+    let version = object
+        .get("version")
+        .and_then(|v| v.as_u64())
+        .ok_or("an item has no version")?;
+    let value = encoding::take_value(object)?.ok_or("an item has no value")?;
+    Ok(KvItem {
+        key: key.to_string(),
+        value,
+        version,
+    })
+}
+
+/// One page of `GET /v1/kv`, from one consistent snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ListPage {
+    pub revision: u64,
+    pub items: Vec<KvItem>,
+    /// True when more keys follow; ask again with `after` = [`ListPage::next_after`].
+    pub more: bool,
+    pub served_by: ServedBy,
+}
+
+impl ListPage {
+    /// The `after` for the next page, when there is one.
+    pub fn next_after(&self) -> Option<&str> {
+        if self.more {
+            self.items.last().map(|item| item.key.as_str())
+        } else {
+            None
+        }
+    }
+}
+
+/// An account and its balance in minor units.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub id: String,
+    pub balance: u64,
+    /// The revision that last changed the account, when the server said it.
+    #[serde(default)]
+    pub version: Option<u64>,
+    #[serde(default, skip_deserializing)]
+    pub served_by: ServedBy,
+}
+
+/// Which page of accounts to list.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AccountListOptions {
+    pub prefix: String,
+    pub limit: Option<u32>,
+    pub after: Option<String>,
+    pub consistency: Consistency,
+}
+
+/// One account in a list page.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountBalance {
+    pub id: String,
+    pub balance: u64,
+}
+
+/// One page of `GET /v1/accounts`, from one consistent snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountPage {
+    pub revision: u64,
+    pub accounts: Vec<AccountBalance>,
+    /// The sum of all balances matching the prefix (the ledger total the checker watches).
+    pub total: u64,
+    pub more: bool,
+    #[serde(default, skip_deserializing)]
+    pub served_by: ServedBy,
+}
+
+impl AccountPage {
+    /// The `after` for the next page, when there is one.
+    pub fn next_after(&self) -> Option<&str> {
+        if self.more {
+            self.accounts.last().map(|a| a.id.as_str())
+        } else {
+            None
+        }
+    }
+}
+
+/// A transfer to submit. The id is its idempotency key: resending the same request settles it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TransferRequest {
+    pub id: String,
+    pub from: String,
+    pub to: String,
+    pub amount: u64,
+}
+
+impl TransferRequest {
+    /// A transfer with a fresh random id (a UUID v4 from the OS RNG, never from a seed: a
+    /// seeded id repeated in another run would be deduplicated against that run's transfer).
+    pub fn new(from: impl Into<String>, to: impl Into<String>, amount: u64) -> Self {
+        TransferRequest {
+            id: uuid::Uuid::new_v4().to_string(),
+            from: from.into(),
+            to: to.into(),
+            amount,
+        }
+    }
+
+    /// The same transfer with a chosen id.
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = id.into();
+        self
+    }
+}
+
+/// The answer to a committed transfer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferReceipt {
+    pub id: String,
+    /// `committed`.
+    pub status: String,
+    pub from_balance: u64,
+    pub to_balance: u64,
+    pub revision: u64,
+    #[serde(default, skip_deserializing)]
+    pub served_by: ServedBy,
+}
+
+/// Why a recorded transfer was refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    InsufficientFunds,
+    AccountNotFound,
+    /// A code this client does not know.
+    Other(String),
+}
+
+impl std::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RejectReason::InsufficientFunds => write!(f, "insufficient funds"),
+            RejectReason::AccountNotFound => write!(f, "account not found"),
+            RejectReason::Other(code) => write!(f, "{code}"),
+        }
+    }
+}
+
+/// The recorded outcome of a transfer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum TransferOutcome {
+    Committed {
+        from_balance: u64,
+        to_balance: u64,
+    },
+    Rejected {
+        reason: RejectReason,
+        message: Option<String>,
+    },
+    /// A status this client does not know.
+    Unknown {
+        reported: String,
+    },
+}
+
+/// `GET /v1/transfers/{id}`: what happened to a transfer. Fields the server leaves out are
+/// `None`; the whole answer is kept in `raw` for callers that need more.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TransferRecord {
+    pub id: String,
+    pub outcome: TransferOutcome,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub amount: Option<u64>,
+    pub revision: Option<u64>,
+    pub raw: serde_json::Value,
+    pub served_by: ServedBy,
+}
+
+impl TransferRecord {
+    /// Reads a record from its JSON answer; `Err` says what is missing.
+    pub(crate) fn from_json(raw: serde_json::Value, served_by: ServedBy) -> Result<Self, String> {
+        let text = |name: &str| raw.get(name).and_then(|v| v.as_str()).map(str::to_string);
+        let number = |name: &str| raw.get(name).and_then(|v| v.as_u64());
+        let id = text("id").ok_or("the record has no id")?;
+        let status = text("status").ok_or("the record has no status")?;
+        let outcome = match status.as_str() {
+            "committed" => TransferOutcome::Committed {
+                from_balance: number("from_balance").ok_or("no from_balance")?,
+                to_balance: number("to_balance").ok_or("no to_balance")?,
+            },
+            "rejected" => TransferOutcome::Rejected {
+                reason: match text("error").as_deref() {
+                    Some("insufficient_funds") => RejectReason::InsufficientFunds,
+                    Some("account_not_found") => RejectReason::AccountNotFound,
+                    other => RejectReason::Other(other.unwrap_or_default().to_string()),
+                },
+                message: text("message"),
+            },
+            _ => TransferOutcome::Unknown { reported: status },
+        };
+        Ok(TransferRecord {
+            id,
+            outcome,
+            from: text("from"),
+            to: text("to"),
+            amount: number("amount"),
+            revision: number("revision"),
+            raw,
+            served_by,
+        })
+    }
+}
+
+/// `GET /v1/cluster`: the cluster as the answering node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    #[serde(deserialize_with = "string_or_number")]
+    pub cluster_id: String,
+    /// The leader's id, when one is known.
+    #[serde(default, deserialize_with = "optional_string_or_number")]
+    pub leader: Option<String>,
+    pub term: u64,
+    pub commit_index: u64,
+    pub members: Vec<Member>,
+    #[serde(default, skip_deserializing)]
+    pub served_by: ServedBy,
+}
+
+/// One node of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    #[serde(deserialize_with = "string_or_number")]
+    pub id: String,
+    #[serde(default)]
+    pub zone: String,
+    /// `host:port` of its client API (no scheme).
+    #[serde(default)]
+    pub client_addr: String,
+    #[serde(default)]
+    pub peer_addr: String,
+    /// `leader`, `follower`, `candidate`, `learner`, ...
+    #[serde(default)]
+    pub role: String,
+    #[serde(default)]
+    pub applied_index: u64,
+    #[serde(default)]
+    pub reachable: bool,
+}
+
+impl Member {
+    /// How many committed entries this member has not applied yet.
+    pub fn lag(&self, commit_index: u64) -> u64 {
+        commit_index.saturating_sub(self.applied_index)
+    }
+}
+
+/// Ids may be JSON strings or numbers (openraft node ids are often numbers); we keep strings.
+fn string_or_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::String(s) => Ok(s),
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        other => Err(serde::de::Error::custom(format!(
+            "expected an id, got {other}"
+        ))),
+    }
+}
+
+fn optional_string_or_number<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::String(s) => Ok(Some(s)),
+        serde_json::Value::Number(n) => Ok(Some(n.to_string())),
+        other => Err(serde::de::Error::custom(format!(
+            "expected an id, got {other}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn list_items_decode_both_value_forms() {
+        let item = kv_item_from_json(&json!({"key": "a", "value": "x", "version": 3})).expect("ok");
+        assert_eq!(
+            item,
+            KvItem {
+                key: "a".into(),
+                value: Bytes::from_static(b"x"),
+                version: 3
+            }
+        );
+        let item = kv_item_from_json(&json!({"key": "b", "value_base64": "/wA=", "version": 4}))
+            .expect("ok");
+        assert_eq!(item.value, Bytes::from_static(&[0xff, 0]));
+        assert!(kv_item_from_json(&json!({"key": "c", "version": 1})).is_err());
+        assert!(kv_item_from_json(&json!({"value": "x", "version": 1})).is_err());
+    }
+
+    #[test]
+    fn results_serialize_values_the_api_way() {
+        let item = KvItem {
+            key: "k".into(),
+            value: Bytes::from_static(&[0xff]),
+            version: 2,
+        };
+        assert_eq!(
+            serde_json::to_value(&item).expect("json"),
+            json!({"key": "k", "value_base64": "/w==", "version": 2})
+        );
+        let versioned = Versioned {
+            value: Bytes::from_static(b"hi"),
+            version: 5,
+            served_by: ServedBy {
+                endpoint: "http://n:1".into(),
+                leader: None,
+                applied_index: None,
+            },
+        };
+        assert_eq!(
+            serde_json::to_value(&versioned).expect("json"),
+            json!({"value": "hi", "version": 5, "served_by": {"endpoint": "http://n:1"}})
+        );
+    }
+
+    #[test]
+    fn transfer_records_read_both_outcomes() {
+        let served = ServedBy::default();
+        let committed = json!({"id": "t1", "status": "committed", "from": "a", "to": "b",
+                               "amount": 5, "from_balance": 10, "to_balance": 20, "revision": 9});
+        let record = TransferRecord::from_json(committed, served.clone()).expect("ok");
+        assert_eq!(
+            record.outcome,
+            TransferOutcome::Committed {
+                from_balance: 10,
+                to_balance: 20
+            }
+        );
+        assert_eq!(record.amount, Some(5));
+        let rejected = json!({"id": "t2", "status": "rejected", "error": "insufficient_funds",
+                              "message": "a holds 1"});
+        let record = TransferRecord::from_json(rejected, served.clone()).expect("ok");
+        assert_eq!(
+            record.outcome,
+            TransferOutcome::Rejected {
+                reason: RejectReason::InsufficientFunds,
+                message: Some("a holds 1".into())
+            }
+        );
+        assert_eq!(record.revision, None);
+        assert!(TransferRecord::from_json(json!({"status": "committed"}), served).is_err());
+    }
+
+    #[test]
+    fn cluster_status_accepts_numeric_ids_and_missing_fields() {
+        let status: ClusterStatus = serde_json::from_value(json!({
+            "cluster_id": 7, "leader": 1, "term": 3, "commit_index": 10,
+            "members": [
+                {"id": 1, "zone": "dc-a", "client_addr": "127.0.0.1:7001", "peer_addr": "x",
+                 "role": "leader", "applied_index": 10, "reachable": true},
+                {"id": "n3", "zone": "dc-b", "role": "follower", "applied_index": 4}
+            ]
+        }))
+        .expect("ok");
+        assert_eq!(status.cluster_id, "7");
+        assert_eq!(status.leader.as_deref(), Some("1"));
+        assert_eq!(status.members[1].lag(status.commit_index), 6);
+        assert!(!status.members[1].reachable);
+        let no_leader: ClusterStatus = serde_json::from_value(json!({
+            "cluster_id": "c", "leader": null, "term": 1, "commit_index": 0, "members": []
+        }))
+        .expect("ok");
+        assert_eq!(no_leader.leader, None);
+    }
+
+    #[test]
+    fn pages_say_where_to_continue() {
+        let page = ListPage {
+            revision: 1,
+            items: vec![KvItem {
+                key: "b".into(),
+                value: Bytes::new(),
+                version: 1,
+            }],
+            more: true,
+            served_by: ServedBy::default(),
+        };
+        assert_eq!(page.next_after(), Some("b"));
+        let last = ListPage {
+            more: false,
+            ..page
+        };
+        assert_eq!(last.next_after(), None);
+    }
+
+    #[test]
+    fn transfer_ids_are_fresh() {
+        let a = TransferRequest::new("a", "b", 1);
+        let b = TransferRequest::new("a", "b", 1);
+        assert_ne!(a.id, b.id);
+        assert_eq!(a.clone().with_id("t").id, "t");
+    }
+}
