@@ -1,0 +1,71 @@
+//! Cluster and operations endpoints: `/v1/cluster`, `/health`, `/ready`, `/metrics`.
+
+use axum::extract::State;
+use axum::http::HeaderValue;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use axum::Json;
+use serde_json::json;
+
+use super::ApiError;
+use super::AppState;
+
+pub async fn cluster(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let service = &state.service;
+    let me = service.status();
+    let members: Vec<_> = service
+        .cluster()
+        .await
+        .into_iter()
+        .map(|(id, node, status)| {
+            json!({
+                "id": id,
+                "zone": node.zone,
+                "client_addr": node.client_addr,
+                "peer_addr": node.peer_addr,
+                "role": status.as_ref().map_or("unknown", |s| s.role.as_str()),
+                "term": status.as_ref().map(|s| s.term),
+                "applied_index": status.as_ref().map(|s| s.applied_index),
+                "reachable": status.is_some(),
+            })
+        })
+        .collect();
+    let body = json!({
+        "cluster_id": service.cluster_id(),
+        "node": me.id,
+        "leader": me.leader,
+        "term": me.term,
+        "commit_index": me.commit_index,
+        "members": members,
+    });
+    Ok(super::with_headers(Json(body).into_response(), me.leader, None))
+}
+
+pub async fn health() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+/// Ready when a leader is known and this node has applied everything it knows is committed.
+pub async fn ready(State(state): State<AppState>) -> Response {
+    let s = state.service.status();
+    let ready = s.leader.is_some() && s.applied_index >= s.commit_index;
+    let body = json!({ "ready": ready, "leader": s.leader, "commit_index": s.commit_index, "applied_index": s.applied_index });
+    if ready {
+        Json(body).into_response()
+    } else {
+        let mut r = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+        r.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+        r
+    }
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let Some(handle) = &state.metrics else {
+        return ApiError::NotFound("metrics are not enabled on this node".into()).into_response();
+    };
+    crate::metrics::record_scrape(&state.service);
+    let mut r = handle.render().into_response();
+    r.headers_mut().insert("content-type", HeaderValue::from_static("text/plain; version=0.0.4"));
+    r
+}

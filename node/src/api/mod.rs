@@ -1,0 +1,337 @@
+//! The HTTP API of `../shared/API.md`, on axum: one file per area (`kv`, `txn`, `accounts`,
+//! `cluster`), error mapping in `error`. What handlers share is here: parsing and validating
+//! input, the consistency barrier before reads, proposing writes and stamping the
+//! `X-Metrokv-Leader` header, plus middleware for metrics and the in-flight limit.
+//!
+//! Every input is checked before anything is proposed, so a refused request changes nothing.
+
+pub mod accounts;
+pub mod cluster;
+pub mod error;
+pub mod kv;
+pub mod txn;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::MatchedPath;
+use axum::extract::Request;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use axum::routing::get;
+use axum::routing::post;
+use axum::Router;
+use base64::Engine;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
+
+pub use error::ApiError;
+
+use crate::limits;
+use crate::raft::NodeId;
+use crate::service::Served;
+use crate::service::Service;
+use crate::state_machine::Command;
+use crate::state_machine::Response as SmResponse;
+use crate::state_machine::Success;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Arc<Service>,
+    pub metrics: Option<PrometheusHandle>,
+    inflight: Arc<Semaphore>,
+}
+
+pub fn router(service: Arc<Service>, metrics: Option<PrometheusHandle>) -> Router {
+    let state = AppState { service, metrics, inflight: Arc::new(Semaphore::new(limits::API_INFLIGHT_MAX)) };
+    Router::new()
+        .route("/v1/kv", get(kv::list))
+        .route("/v1/kv/", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/v1/txn", post(txn::txn))
+        .route("/v1/accounts", post(accounts::create).get(accounts::list))
+        .route("/v1/accounts/{*id}", get(accounts::get))
+        .route("/v1/transfers", post(accounts::transfer))
+        .route("/v1/transfers/{*id}", get(accounts::get_transfer))
+        .route("/v1/cluster", get(cluster::cluster))
+        .route("/health", get(cluster::health))
+        .route("/ready", get(cluster::ready))
+        .route("/metrics", get(cluster::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state)
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::NotFound(format!("no such endpoint: {} {}", request.method(), request.uri().path()))
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{} is not supported on {}", request.method(), request.uri().path()))
+}
+
+/// Count and time every request by route and status; refuse past the in-flight limit.
+async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = request.method().to_string();
+    let response = match state.inflight.clone().try_acquire_owned() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => ApiError::Unavailable(format!("more than {} requests in flight on this node", limits::API_INFLIGHT_MAX)).into_response(),
+    };
+    let status = response.status().as_u16().to_string();
+    let elapsed = started.elapsed().as_secs_f64();
+    metrics::counter!("metrokv_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status).increment(1);
+    metrics::histogram!("metrokv_http_request_duration_seconds", "route" => route, "method" => method).record(elapsed);
+    response
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input.
+
+/// Query parameters, strictly: an unknown or repeated parameter is an error.
+pub struct Query(HashMap<String, String>);
+
+impl Query {
+    pub fn parse(raw: Option<&str>, allowed: &[&str]) -> Result<Self, ApiError> {
+        let mut params = HashMap::new();
+        for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+            if !allowed.contains(&k.as_ref()) {
+                return Err(ApiError::InvalidRequest(format!("unknown query parameter {k:?} (allowed: {})", allowed.join(", "))));
+            }
+            if params.insert(k.to_string(), v.to_string()).is_some() {
+                return Err(ApiError::InvalidRequest(format!("query parameter {k:?} given twice")));
+            }
+        }
+        Ok(Self(params))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    pub fn consistency(&self) -> Result<Consistency, ApiError> {
+        match self.get("consistency") {
+            None | Some("linearizable") => Ok(Consistency::Linearizable),
+            Some("stale") => Ok(Consistency::Stale),
+            Some(other) => Err(ApiError::InvalidRequest(format!("consistency must be linearizable or stale, not {other:?}"))),
+        }
+    }
+
+    pub fn limit(&self) -> Result<usize, ApiError> {
+        match self.get("limit") {
+            None => Ok(limits::LIST_LIMIT_DEFAULT),
+            Some(v) => match v.parse::<usize>() {
+                Ok(0) | Err(_) => Err(ApiError::InvalidRequest(format!("limit must be a positive integer, not {v:?}"))),
+                Ok(n) => Ok(n.min(limits::LIST_LIMIT_MAX)),
+            },
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    Linearizable,
+    Stale,
+}
+
+/// Read a body of at most `max` bytes.
+pub async fn read_body(body: Body, max: usize) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, max).await.map_err(|e| {
+        let msg = e.to_string();
+        if msg.to_ascii_lowercase().contains("length limit") {
+            ApiError::TooLarge(format!("the request body is larger than {max} bytes"))
+        } else {
+            ApiError::InvalidRequest(format!("cannot read the request body: {msg}"))
+        }
+    })
+}
+
+/// Parse a JSON body into `T`, refusing unknown fields and wrong types with a message that names
+/// the problem.
+pub async fn read_json<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+    let bytes = read_body(body, limits::REQUEST_BODY_BYTES_MAX).await?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidRequest(format!("malformed JSON body: {e}")))
+}
+
+/// The path after `prefix`, percent-decoded, as UTF-8.
+pub fn path_tail(uri: &axum::http::Uri, prefix: &str) -> Result<String, ApiError> {
+    let raw = uri.path().strip_prefix(prefix).unwrap_or("");
+    let bytes: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
+    String::from_utf8(bytes).map_err(|_| ApiError::InvalidRequest("the key is not valid UTF-8 after percent-decoding".into()))
+}
+
+pub fn check_key(key: &str) -> Result<(), ApiError> {
+    if key.is_empty() {
+        return Err(ApiError::InvalidRequest("the key is empty".into()));
+    }
+    if key.len() > limits::KEY_BYTES_MAX {
+        return Err(ApiError::InvalidRequest(format!(
+            "the key is {} bytes; keys are at most {} bytes",
+            key.len(),
+            limits::KEY_BYTES_MAX
+        )));
+    }
+    Ok(())
+}
+
+/// Account and transfer ids: 1..=128 bytes of `A-Z a-z 0-9 . _ : -`, so they are safe in paths
+/// and logs.
+pub fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-');
+    if id.is_empty() || id.len() > limits::ID_BYTES_MAX || !id.chars().all(ok_char) {
+        return Err(ApiError::InvalidRequest(format!(
+            "{what} {id:?} is invalid: use 1..={} characters of A-Z a-z 0-9 . _ : -",
+            limits::ID_BYTES_MAX
+        )));
+    }
+    Ok(())
+}
+
+/// The `Idempotency-Key` header, if any.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::InvalidRequest("Idempotency-Key must be visible ASCII".into()))?;
+    if key.is_empty() || key.len() > limits::IDEMPOTENCY_KEY_BYTES_MAX {
+        return Err(ApiError::InvalidRequest(format!(
+            "Idempotency-Key must be 1..={} bytes",
+            limits::IDEMPOTENCY_KEY_BYTES_MAX
+        )));
+    }
+    Ok(Some(key.to_string()))
+}
+
+/// A value from a JSON body: `value` (UTF-8) or `value_base64`, exactly one of them.
+pub fn json_value(value: Option<String>, value_base64: Option<String>, what: &str) -> Result<Vec<u8>, ApiError> {
+    let bytes = match (value, value_base64) {
+        (Some(v), None) => v.into_bytes(),
+        (None, Some(b)) => base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .map_err(|e| ApiError::InvalidRequest(format!("{what}: value_base64 is not valid base64: {e}")))?,
+        (Some(_), Some(_)) => return Err(ApiError::InvalidRequest(format!("{what}: give value or value_base64, not both"))),
+        (None, None) => return Err(ApiError::InvalidRequest(format!("{what}: missing value (or value_base64)"))),
+    };
+    if bytes.len() > limits::VALUE_BYTES_MAX {
+        return Err(ApiError::TooLarge(format!(
+            "{what}: the value is {} bytes; values are at most {} bytes",
+            bytes.len(),
+            limits::VALUE_BYTES_MAX
+        )));
+    }
+    Ok(bytes)
+}
+
+/// A value for a JSON answer: `value` when it is UTF-8, else `value_base64`.
+pub fn value_json(map: &mut serde_json::Map<String, serde_json::Value>, value: &[u8]) {
+    match std::str::from_utf8(value) {
+        Ok(s) => map.insert("value".into(), s.into()),
+        Err(_) => map.insert("value_base64".into(), base64::engine::general_purpose::STANDARD.encode(value).into()),
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reads and writes.
+
+/// Make a read at `consistency` safe to serve from local state; returns the confirming leader.
+pub async fn read_barrier(service: &Service, consistency: Consistency) -> Result<Option<NodeId>, ApiError> {
+    match consistency {
+        Consistency::Linearizable => Ok(service.linearize().await?),
+        Consistency::Stale => Ok(service.metrics().current_leader),
+    }
+}
+
+/// Propose a command and turn refusals into errors.
+pub async fn write(service: &Service, command: Command, idempotency_key: Option<String>) -> Result<Served<Success>, ApiError> {
+    let Served { value, leader } = service.write(command, idempotency_key).await?;
+    let value: SmResponse = value;
+    Ok(Served { value: value?, leader })
+}
+
+/// Add `X-Metrokv-Leader` (and for stale reads the applied index) to a response.
+pub fn with_headers(mut response: Response, leader: Option<NodeId>, applied_index: Option<u64>) -> Response {
+    if let Some(leader) = leader {
+        response.headers_mut().insert("x-metrokv-leader", HeaderValue::from(leader));
+    }
+    if let Some(applied) = applied_index {
+        response.headers_mut().insert("x-metrokv-applied-index", HeaderValue::from(applied));
+    }
+    response
+}
+
+/// The applied index to report with a read: the state read was at least this fresh.
+pub fn applied_index(service: &Service) -> u64 {
+    service.metrics().last_applied.as_ref().map_or(0, |id| id.index)
+}
+
+/// A response for a success the route did not expect: a bug, reported rather than hidden.
+pub fn unexpected(success: Success) -> ApiError {
+    ApiError::Internal(format!("unexpected state machine answer {success:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_query_parsing() {
+        let q = Query::parse(Some("prefix=a%2Fb&limit=5"), &["prefix", "limit"]).unwrap();
+        assert_eq!(q.get("prefix"), Some("a/b"));
+        assert_eq!(q.limit().unwrap(), 5);
+        assert!(Query::parse(Some("bogus=1"), &["prefix"]).is_err());
+        assert!(Query::parse(Some("limit=1&limit=2"), &["limit"]).is_err());
+        assert!(Query::parse(Some("limit=0"), &["limit"]).unwrap().limit().is_err());
+        assert!(Query::parse(Some("limit=x"), &["limit"]).unwrap().limit().is_err());
+        assert_eq!(Query::parse(Some("limit=999999"), &["limit"]).unwrap().limit().unwrap(), limits::LIST_LIMIT_MAX);
+        assert!(Query::parse(Some("consistency=weird"), &["consistency"]).unwrap().consistency().is_err());
+        assert_eq!(Query::parse(None, &[]).unwrap().consistency().unwrap(), Consistency::Linearizable);
+    }
+
+    #[test]
+    fn ids_and_keys_are_checked() {
+        assert!(check_id("account", "alice-1_b.c:d").is_ok());
+        for bad in ["", "a/b", "a b", "ä", &"x".repeat(129)] {
+            assert!(check_id("account", bad).is_err(), "{bad:?}");
+        }
+        assert!(check_key("k").is_ok());
+        assert!(check_key("").is_err());
+        assert!(check_key(&"k".repeat(limits::KEY_BYTES_MAX)).is_ok());
+        assert!(check_key(&"k".repeat(limits::KEY_BYTES_MAX + 1)).is_err());
+    }
+
+    #[test]
+    fn json_values_decode_one_way_only() {
+        assert_eq!(json_value(Some("hi".into()), None, "op").unwrap(), b"hi");
+        assert_eq!(json_value(None, Some("AAE=".into()), "op").unwrap(), vec![0, 1]);
+        assert!(json_value(None, None, "op").is_err());
+        assert!(json_value(Some("a".into()), Some("AA==".into()), "op").is_err());
+        assert!(json_value(None, Some("!!".into()), "op").is_err());
+        let big = "v".repeat(limits::VALUE_BYTES_MAX + 1);
+        assert!(matches!(json_value(Some(big), None, "op"), Err(ApiError::TooLarge(_))));
+        let mut m = serde_json::Map::new();
+        value_json(&mut m, &[0xff, 0x00]);
+        assert_eq!(m["value_base64"], "/wA=");
+    }
+
+    #[test]
+    fn path_tails_are_percent_decoded() {
+        let uri: axum::http::Uri = "/v1/kv/a%2Fb/c%20d".parse().unwrap();
+        assert_eq!(path_tail(&uri, "/v1/kv/").unwrap(), "a/b/c d");
+        let uri: axum::http::Uri = "/v1/kv/%ff".parse().unwrap();
+        assert!(path_tail(&uri, "/v1/kv/").is_err());
+    }
+}

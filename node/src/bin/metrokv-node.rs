@@ -1,0 +1,155 @@
+//! `metrokv-node`: flags, logging, start. Everything else lives in the library.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use metrokv_node::config;
+use metrokv_node::config::FileConfig;
+use metrokv_node::config::NodeConfig;
+
+/// A metrokv node: one member of a Raft-replicated key-value and balance store.
+///
+/// Settings come from flags or a TOML file (--config) using the same names in snake_case
+/// (id, zone, client_addr, peer_addr, data_dir, cluster_id, members, and a [raft] table for the
+/// timeouts). Flags win over the file. A restarted node recovers from its data directory; the
+/// member list is used only to create a new cluster.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// TOML file with settings (flags override it).
+    #[arg(long, env = "METROKV_CONFIG")]
+    config: Option<PathBuf>,
+    /// This node's id (1, 2, ...); must be one of the members.
+    #[arg(long)]
+    id: Option<u64>,
+    /// The zone (data center) this node runs in, e.g. dc-a.
+    #[arg(long)]
+    zone: Option<String>,
+    /// Address for the HTTP API, e.g. 127.0.0.1:7001.
+    #[arg(long)]
+    client_addr: Option<std::net::SocketAddr>,
+    /// Address for peer (Raft) traffic, e.g. 127.0.0.1:7101.
+    #[arg(long)]
+    peer_addr: Option<std::net::SocketAddr>,
+    /// Directory for RocksDB and snapshots; created if missing.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Name shared by all members; peers from another cluster are refused.
+    #[arg(long)]
+    cluster_id: Option<String>,
+    /// A member of the initial cluster, as ID=ZONE/CLIENT_ADDR/PEER_ADDR. Repeat for each member,
+    /// this node included.
+    #[arg(long = "member")]
+    members: Vec<String>,
+    /// Dial peer ID at HOST:PORT instead of its advertised peer address, as ID=HOST:PORT (for
+    /// proxies and NAT). Repeatable.
+    #[arg(long = "peer-route")]
+    peer_routes: Vec<String>,
+    /// Leader heartbeat interval (ms). Default 30.
+    #[arg(long)]
+    heartbeat_interval_ms: Option<u64>,
+    /// Lower bound of the randomized election timeout (ms). Default 120.
+    #[arg(long)]
+    election_timeout_ms_min: Option<u64>,
+    /// Upper bound of the randomized election timeout (ms). Default 240.
+    #[arg(long)]
+    election_timeout_ms_max: Option<u64>,
+    /// How long a write may wait to commit before the answer is 504 indeterminate (ms). Default 5000.
+    #[arg(long)]
+    write_timeout_ms: Option<u64>,
+    /// How long a linearizable read may wait for confirmation (ms). Default 3000.
+    #[arg(long)]
+    read_timeout_ms: Option<u64>,
+    /// Take a snapshot after this many log entries. Default 10000.
+    #[arg(long)]
+    snapshot_logs_since_last: Option<u64>,
+    /// Log entries kept behind the latest snapshot. Default 1000.
+    #[arg(long)]
+    logs_kept_after_snapshot: Option<u64>,
+    /// Log format: text or json. The level comes from RUST_LOG (default info).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn build_config(args: &Args) -> Result<NodeConfig, config::ConfigError> {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let mut raft = file.raft.clone().unwrap_or_default();
+    let overrides = [
+        (args.heartbeat_interval_ms, &mut raft.heartbeat_interval_ms),
+        (args.election_timeout_ms_min, &mut raft.election_timeout_ms_min),
+        (args.election_timeout_ms_max, &mut raft.election_timeout_ms_max),
+        (args.write_timeout_ms, &mut raft.write_timeout_ms),
+        (args.read_timeout_ms, &mut raft.read_timeout_ms),
+        (args.snapshot_logs_since_last, &mut raft.snapshot_logs_since_last),
+        (args.logs_kept_after_snapshot, &mut raft.logs_kept_after_snapshot),
+    ];
+    for (flag, field) in overrides {
+        if let Some(v) = flag {
+            *field = v;
+        }
+    }
+    let members = if args.members.is_empty() { file.members.clone().unwrap_or_default() } else { args.members.clone() };
+    NodeConfig {
+        id: args.id.or(file.id).ok_or(config::ConfigError::Missing("id"))?,
+        zone: args.zone.clone().or(file.zone).ok_or(config::ConfigError::Missing("zone"))?,
+        client_addr: args.client_addr.or(file.client_addr).ok_or(config::ConfigError::Missing("client_addr"))?,
+        peer_addr: args.peer_addr.or(file.peer_addr).ok_or(config::ConfigError::Missing("peer_addr"))?,
+        data_dir: args.data_dir.clone().or(file.data_dir).ok_or(config::ConfigError::Missing("data_dir"))?,
+        cluster_id: args.cluster_id.clone().or(file.cluster_id).unwrap_or_else(|| "metrokv".to_string()),
+        members: config::parse_members(&members)?,
+        peer_routes: config::parse_peer_routes(if args.peer_routes.is_empty() {
+            file.peer_routes.as_deref().unwrap_or_default()
+        } else {
+            &args.peer_routes
+        })?,
+        raft,
+    }
+    .validate()
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the node");
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = match build_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("metrokv-node: {e}\nRun `metrokv-node --help` for the settings.");
+            std::process::exit(2);
+        }
+    };
+    init_logging(&args.log_format);
+    let metrics_handle = metrokv_node::metrics::install().context("cannot install the metrics recorder")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    runtime.block_on(metrokv_node::node::run(config, Some(metrics_handle), shutdown_signal()))
+}

@@ -1,0 +1,337 @@
+//! The replicated state machine: `(state view, request) -> (changes, response)`.
+//!
+//! This module is pure. It reads state only through [`StateView`], returns the writes it wants as
+//! a list of [`Change`]s, and never touches a clock, a random number generator, the network or the
+//! disk: every replica that applies the same log to the same state computes the same changes and
+//! the same answers. Time reaches it only as `leader_time_ms`, stamped into each entry by the
+//! leader. Storage (`crate::storage`) turns the changes into one atomic RocksDB batch together
+//! with the applied log id.
+//!
+//! Invariants kept here (and checked by the property tests at the end):
+//! - a balance never goes below zero, and a transfer leaves the sum of balances unchanged;
+//! - a transfer id or idempotency key applies at most once; a repeat returns the first answer,
+//!   a repeat with a different body gets [`Rejection::IdempotencyConflict`];
+//! - the revision grows by exactly one for every request that changes data, and a key's
+//!   version is the revision that last wrote it;
+//! - the replicated clock never goes back.
+//!
+//! Left out on purpose: validation of sizes and formats (the API does it before proposing, and
+//! sizes do not change the outcome), and reads (served from storage directly).
+
+pub mod types;
+
+use std::collections::BTreeMap;
+
+pub use types::*;
+use Change::SetMeta;
+
+use crate::limits;
+
+/// Read access to the current state, as of the entry being applied.
+pub trait StateView {
+    type Error;
+    fn meta(&self) -> Result<SmMeta, Self::Error>;
+    fn kv(&self, key: &str) -> Result<Option<KvRecord>, Self::Error>;
+    fn account(&self, id: &str) -> Result<Option<AccountRecord>, Self::Error>;
+    fn dedup(&self, key: &DedupKey) -> Result<Option<DedupRecord>, Self::Error>;
+    /// Up to `limit` dedup records with the smallest `recorded_ms`, oldest first.
+    fn oldest_dedup(&self, limit: usize) -> Result<Vec<(u64, DedupKey)>, Self::Error>;
+}
+
+/// One write the state machine asks storage to make. Storage applies them in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    PutKv { key: String, record: KvRecord },
+    DeleteKv { key: String },
+    PutAccount { id: String, record: AccountRecord },
+    PutDedup { key: DedupKey, record: DedupRecord },
+    /// Remove a dedup record; `recorded_ms` locates its expiry index entry.
+    DeleteDedup { key: DedupKey, recorded_ms: u64 },
+    SetMeta(SmMeta),
+}
+
+/// The result of applying one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub changes: Vec<Change>,
+    pub response: Response,
+}
+
+/// Apply one request to the state seen through `view`.
+pub fn apply<V: StateView>(view: &V, request: &Request) -> Result<Applied, V::Error> {
+    let mut meta = view.meta()?;
+    meta.clock_ms = meta.clock_ms.max(request.leader_time_ms);
+    let mut changes = Vec::new();
+
+    let expired = expire_dedup(view, meta.clock_ms, &mut changes)?;
+
+    let dedup_key = match &request.command {
+        Command::Transfer(t) => Some(DedupKey::Transfer(t.id.clone())),
+        _ => request.idempotency_key.clone().map(DedupKey::Idempotency),
+    };
+    let fingerprint = fingerprint(&request.command);
+
+    if let Some(key) = &dedup_key {
+        if !expired.contains(key) {
+            if let Some(first) = view.dedup(key)? {
+                let response = if first.fingerprint == fingerprint {
+                    first.response
+                } else {
+                    Err(Rejection::IdempotencyConflict { key: dedup_key_name(key).to_string() })
+                };
+                changes.push(SetMeta(meta));
+                return Ok(Applied { changes, response });
+            }
+        }
+    }
+
+    let mut exec = Exec { view, revision: meta.revision, changes: &mut changes };
+    let response = exec.command(&request.command)?;
+    let revision = exec.revision;
+    assert!(
+        revision == meta.revision || revision == meta.revision + 1,
+        "a request advances the revision by at most one"
+    );
+    meta.revision = revision;
+
+    if let Some(key) = dedup_key {
+        let transfer = match &request.command {
+            Command::Transfer(t) => Some(t.clone()),
+            _ => None,
+        };
+        let record = DedupRecord { fingerprint, recorded_ms: meta.clock_ms, response: response.clone(), transfer };
+        changes.push(Change::PutDedup { key, record });
+    }
+    changes.push(SetMeta(meta));
+    Ok(Applied { changes, response })
+}
+
+/// The name a client used for a dedup key, for error messages.
+fn dedup_key_name(key: &DedupKey) -> &str {
+    match key {
+        DedupKey::Idempotency(k) | DedupKey::Transfer(k) => k,
+    }
+}
+
+/// Drop dedup records older than the retention window, a bounded number per entry.
+fn expire_dedup<V: StateView>(view: &V, clock_ms: u64, changes: &mut Vec<Change>) -> Result<Vec<DedupKey>, V::Error> {
+    let mut expired = Vec::new();
+    for (recorded_ms, key) in view.oldest_dedup(limits::DEDUP_EXPIRE_PER_ENTRY_MAX)? {
+        if recorded_ms.saturating_add(limits::DEDUP_RETENTION_MS) > clock_ms {
+            break;
+        }
+        changes.push(Change::DeleteDedup { key: key.clone(), recorded_ms });
+        expired.push(key);
+    }
+    Ok(expired)
+}
+
+/// FNV-1a over the postcard encoding of the command. postcard's encoding is a stable, documented
+/// format, so the fingerprint survives upgrades of the compiler and of this binary.
+pub fn fingerprint(command: &Command) -> u64 {
+    let bytes = postcard::to_allocvec(command).expect("encoding a command into memory cannot fail");
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// Executes one command, collecting its changes. `revision` is the current revision, bumped at
+/// most once when the command writes.
+struct Exec<'a, V> {
+    view: &'a V,
+    revision: u64,
+    changes: &'a mut Vec<Change>,
+}
+
+impl<V: StateView> Exec<'_, V> {
+    fn command(&mut self, command: &Command) -> Result<Response, V::Error> {
+        match command {
+            Command::Put { key, value, condition } => self.put(key, value, *condition),
+            Command::Delete { key, condition } => self.delete(key, *condition),
+            Command::Txn(txn) => self.txn(txn),
+            Command::CreateAccount { id, balance } => self.create_account(id, *balance),
+            Command::Transfer(t) => self.transfer(t),
+        }
+    }
+
+    fn next_revision(&mut self) -> u64 {
+        self.revision + 1
+    }
+
+    fn put(&mut self, key: &str, value: &[u8], condition: Condition) -> Result<Response, V::Error> {
+        let current = self.view.kv(key)?;
+        if let Err(rejection) = check_condition(key, current.as_ref(), condition) {
+            return Ok(Err(rejection));
+        }
+        let revision = self.next_revision();
+        self.revision = revision;
+        let record = KvRecord { version: revision, value: value.to_vec() };
+        self.changes.push(Change::PutKv { key: key.to_string(), record });
+        Ok(Ok(Success::Put { version: revision, revision }))
+    }
+
+    fn delete(&mut self, key: &str, condition: Condition) -> Result<Response, V::Error> {
+        let current = self.view.kv(key)?;
+        if let Err(rejection) = check_condition(key, current.as_ref(), condition) {
+            return Ok(Err(rejection));
+        }
+        if current.is_none() {
+            return Ok(Ok(Success::Delete { deleted: false, revision: self.revision }));
+        }
+        self.revision = self.next_revision();
+        self.changes.push(Change::DeleteKv { key: key.to_string() });
+        Ok(Ok(Success::Delete { deleted: true, revision: self.revision }))
+    }
+
+    fn txn(&mut self, txn: &Txn) -> Result<Response, V::Error> {
+        for branch in [&txn.success, &txn.failure] {
+            let mut written = std::collections::BTreeSet::new();
+            if branch.iter().filter(|op| op.is_write()).any(|op| !written.insert(op.key())) {
+                return Ok(Err(Rejection::Invalid(Invalid::DuplicateTxnWrite)));
+            }
+        }
+        let mut succeeded = true;
+        for compare in &txn.compare {
+            let current = self.view.kv(&compare.key)?;
+            match compare_holds(compare, current.as_ref()) {
+                Ok(true) => {}
+                Ok(false) => succeeded = false,
+                Err(invalid) => return Ok(Err(Rejection::Invalid(invalid))),
+            }
+        }
+        let ops = if succeeded { &txn.success } else { &txn.failure };
+
+        // Ops run in order and see the branch's own earlier writes.
+        let revision = self.next_revision();
+        let mut overlay: BTreeMap<&str, Option<KvRecord>> = BTreeMap::new();
+        let mut results = Vec::with_capacity(ops.len());
+        let mut wrote = false;
+        for op in ops {
+            let current = match overlay.get(op.key()) {
+                Some(seen) => seen.clone(),
+                None => self.view.kv(op.key())?,
+            };
+            match op {
+                TxnOp::Get { key } => {
+                    let got = current.map(|r| TxnGot { key: key.clone(), value: r.value, version: r.version });
+                    results.push(TxnOpResult::Get(got));
+                }
+                TxnOp::Put { key, value } => {
+                    let record = KvRecord { version: revision, value: value.clone() };
+                    overlay.insert(key, Some(record.clone()));
+                    self.changes.push(Change::PutKv { key: key.clone(), record });
+                    results.push(TxnOpResult::Put { version: revision });
+                    wrote = true;
+                }
+                TxnOp::Delete { key } => {
+                    let deleted = current.is_some();
+                    if deleted {
+                        overlay.insert(key, None);
+                        self.changes.push(Change::DeleteKv { key: key.clone() });
+                        wrote = true;
+                    }
+                    results.push(TxnOpResult::Delete { deleted });
+                }
+            }
+        }
+        if wrote {
+            self.revision = revision;
+        }
+        Ok(Ok(Success::Txn { succeeded, results, revision: self.revision }))
+    }
+
+    fn create_account(&mut self, id: &str, balance: u64) -> Result<Response, V::Error> {
+        if self.view.account(id)?.is_some() {
+            return Ok(Err(Rejection::AccountExists { id: id.to_string() }));
+        }
+        self.revision = self.next_revision();
+        let record = AccountRecord { balance, version: self.revision };
+        self.changes.push(Change::PutAccount { id: id.to_string(), record });
+        Ok(Ok(Success::AccountCreated { id: id.to_string(), balance, version: self.revision }))
+    }
+
+    fn transfer(&mut self, t: &Transfer) -> Result<Response, V::Error> {
+        if t.amount == 0 {
+            return Ok(Err(Rejection::Invalid(Invalid::ZeroAmount)));
+        }
+        if t.from == t.to {
+            return Ok(Err(Rejection::Invalid(Invalid::SameAccount)));
+        }
+        let Some(from) = self.view.account(&t.from)? else {
+            return Ok(Err(Rejection::AccountNotFound { id: t.from.clone() }));
+        };
+        let Some(to) = self.view.account(&t.to)? else {
+            return Ok(Err(Rejection::AccountNotFound { id: t.to.clone() }));
+        };
+        let Some(from_balance) = from.balance.checked_sub(t.amount) else {
+            return Ok(Err(Rejection::InsufficientFunds {
+                account: t.from.clone(),
+                balance: from.balance,
+                amount: t.amount,
+            }));
+        };
+        let Some(to_balance) = to.balance.checked_add(t.amount) else {
+            return Ok(Err(Rejection::Invalid(Invalid::BalanceOverflow)));
+        };
+        assert_eq!(
+            u128::from(from.balance) + u128::from(to.balance),
+            u128::from(from_balance) + u128::from(to_balance),
+            "a transfer conserves the total"
+        );
+        self.revision = self.next_revision();
+        let version = self.revision;
+        self.changes.push(Change::PutAccount { id: t.from.clone(), record: AccountRecord { balance: from_balance, version } });
+        self.changes.push(Change::PutAccount { id: t.to.clone(), record: AccountRecord { balance: to_balance, version } });
+        Ok(Ok(Success::Transfer(TransferReceipt {
+            id: t.id.clone(),
+            from: t.from.clone(),
+            to: t.to.clone(),
+            amount: t.amount,
+            from_balance,
+            to_balance,
+            revision: version,
+        })))
+    }
+}
+
+fn check_condition(key: &str, current: Option<&KvRecord>, condition: Condition) -> Result<(), Rejection> {
+    let current_version = current.map_or(0, |r| r.version);
+    let holds = match condition {
+        Condition::Always => true,
+        Condition::IfVersion(v) => v == current_version,
+        Condition::IfAbsent => current.is_none(),
+    };
+    if holds {
+        Ok(())
+    } else {
+        Err(Rejection::PreconditionFailed { key: key.to_string(), current_version })
+    }
+}
+
+fn compare_holds(compare: &Compare, current: Option<&KvRecord>) -> Result<bool, Invalid> {
+    use std::cmp::Ordering;
+    let ordering_holds = |ord: Ordering| match compare.op {
+        CompareOp::Eq => ord == Ordering::Equal,
+        CompareOp::Ne => ord != Ordering::Equal,
+        CompareOp::Lt => ord == Ordering::Less,
+        CompareOp::Gt => ord == Ordering::Greater,
+    };
+    Ok(match &compare.target {
+        CompareTarget::Version(v) => ordering_holds(current.map_or(0, |r| r.version).cmp(v)),
+        CompareTarget::Value(v) => match current {
+            Some(r) => ordering_holds(r.value.as_slice().cmp(v.as_slice())),
+            None => false,
+        },
+        CompareTarget::Exists(want) => match compare.op {
+            CompareOp::Eq => current.is_some() == *want,
+            CompareOp::Ne => current.is_some() != *want,
+            CompareOp::Lt | CompareOp::Gt => return Err(Invalid::ExistsOrdering),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,241 @@
+//! The replicated vocabulary: what goes into a log entry ([`Request`]), what applying it answers
+//! ([`Response`]), and the records the state machine keeps.
+//!
+//! Everything here is serialized into the Raft log or the state store with postcard, so a change
+//! to a type is a change to the on-disk format: append new enum variants at the end, never
+//! reorder them.
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+/// One replicated write, as the leader proposes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// The proposing leader's wall clock, in ms since the Unix epoch. The state machine's only
+    /// notion of time (idempotency retention); it never reads a clock itself.
+    pub leader_time_ms: u64,
+    /// `Idempotency-Key` of the HTTP request. Transfers are keyed by their id instead.
+    pub idempotency_key: Option<String>,
+    pub command: Command,
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.command.kind())?;
+        if let Some(key) = &self.idempotency_key {
+            write!(f, " idem={key}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Put { key: String, value: Vec<u8>, condition: Condition },
+    Delete { key: String, condition: Condition },
+    Txn(Txn),
+    CreateAccount { id: String, balance: u64 },
+    Transfer(Transfer),
+}
+
+impl Command {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::Put { .. } => "put",
+            Command::Delete { .. } => "delete",
+            Command::Txn(_) => "txn",
+            Command::CreateAccount { .. } => "create_account",
+            Command::Transfer(_) => "transfer",
+        }
+    }
+}
+
+/// A precondition on the current version of a key (`If-Match` / `If-None-Match: *`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Condition {
+    Always,
+    /// The key's version must equal this; 0 means "absent".
+    IfVersion(u64),
+    /// The key must not exist.
+    IfAbsent,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transfer {
+    pub id: String,
+    pub from: String,
+    pub to: String,
+    pub amount: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Txn {
+    pub compare: Vec<Compare>,
+    pub success: Vec<TxnOp>,
+    pub failure: Vec<TxnOp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    pub key: String,
+    pub op: CompareOp,
+    pub target: CompareTarget,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareOp {
+    Eq,
+    Ne,
+    Lt,
+    Gt,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareTarget {
+    /// The key's version (0 when absent).
+    Version(u64),
+    /// The key's value, compared bytewise. Every comparison with an absent key is false.
+    Value(Vec<u8>),
+    /// Whether the key exists; only `==` and `!=` are meaningful.
+    Exists(bool),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOp {
+    Put { key: String, value: Vec<u8> },
+    Delete { key: String },
+    Get { key: String },
+}
+
+impl TxnOp {
+    pub fn key(&self) -> &str {
+        match self {
+            TxnOp::Put { key, .. } | TxnOp::Delete { key } | TxnOp::Get { key } => key,
+        }
+    }
+
+    pub fn is_write(&self) -> bool {
+        !matches!(self, TxnOp::Get { .. })
+    }
+}
+
+/// What applying a [`Request`] answers. Refusals are answers too: they are deterministic, so
+/// every replica computes the same one, and a retried request gets the first one back.
+pub type Response = Result<Success, Rejection>;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Success {
+    Put { version: u64, revision: u64 },
+    Delete { deleted: bool, revision: u64 },
+    Txn { succeeded: bool, results: Vec<TxnOpResult>, revision: u64 },
+    AccountCreated { id: String, balance: u64, version: u64 },
+    Transfer(TransferReceipt),
+    /// The answer to an entry without a request (a leader's blank entry, a membership change).
+    Noop,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOpResult {
+    Put { version: u64 },
+    Delete { deleted: bool },
+    Get(Option<TxnGot>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnGot {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub version: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferReceipt {
+    pub id: String,
+    pub from: String,
+    pub to: String,
+    pub amount: u64,
+    pub from_balance: u64,
+    pub to_balance: u64,
+    pub revision: u64,
+}
+
+/// A request the state machine refused; it changed nothing (beyond recording the refusal for
+/// idempotent retries).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    #[error("precondition failed on key {key:?}: its current version is {current_version}")]
+    PreconditionFailed { key: String, current_version: u64 },
+    #[error("account {id:?} already exists")]
+    AccountExists { id: String },
+    #[error("account {id:?} does not exist")]
+    AccountNotFound { id: String },
+    #[error("account {account:?} holds {balance}, less than the {amount} requested")]
+    InsufficientFunds { account: String, balance: u64, amount: u64 },
+    #[error("the key {key:?} was already used for a different request")]
+    IdempotencyConflict { key: String },
+    #[error("invalid request: {0}")]
+    Invalid(Invalid),
+}
+
+/// Why the state machine found a command malformed. The API refuses these before proposing, so
+/// seeing one applied means a client bypassed the API's validation; the state machine still
+/// refuses them the same way on every replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Invalid {
+    #[error("amount must be greater than zero")]
+    ZeroAmount,
+    #[error("a transfer needs two different accounts")]
+    SameAccount,
+    #[error("the destination balance would overflow")]
+    BalanceOverflow,
+    #[error("a key is written more than once in one txn branch")]
+    DuplicateTxnWrite,
+    #[error("exists can only be compared with == or !=")]
+    ExistsOrdering,
+}
+
+/// A stored key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvRecord {
+    /// The revision that last wrote the key; never 0 for a stored key.
+    pub version: u64,
+    pub value: Vec<u8>,
+}
+
+/// A stored account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountRecord {
+    pub balance: u64,
+    /// The revision that last changed the account.
+    pub version: u64,
+}
+
+/// Which namespace a deduplication record lives in.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum DedupKey {
+    Idempotency(String),
+    Transfer(String),
+}
+
+/// The first outcome of an idempotent request, kept for [`crate::limits::DEDUP_RETENTION_MS`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupRecord {
+    /// FNV-1a of the encoded command: a repeat with another body is a conflict, not a retry.
+    pub fingerprint: u64,
+    /// The replicated clock when the request first applied.
+    pub recorded_ms: u64,
+    pub response: Response,
+    /// For transfers, what was asked, so a refused transfer can still be described.
+    pub transfer: Option<Transfer>,
+}
+
+/// State that is not per key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SmMeta {
+    /// Count of committed mutating requests.
+    pub revision: u64,
+    /// Largest `leader_time_ms` applied so far: the replicated clock never goes back.
+    pub clock_ms: u64,
+}

@@ -1,0 +1,298 @@
+//! Snapshot files: the state machine's column family, written from a consistent RocksDB view into
+//! one file that can be streamed to a follower in chunks and checked before it is installed.
+//!
+//! Layout (all integers big-endian):
+//! ```text
+//! "MKVSNAP1"                      magic and format version
+//! u32 meta_len, meta              openraft SnapshotMeta (postcard, with our version byte)
+//! { u32 key_len, u32 value_len, key, value }*      the `sm` records in key order
+//! u32 0xFFFF_FFFF, u64 record_count, u32 crc32     end marker; crc over every byte before it
+//! ```
+//! A file is written under a temporary name, fsync'd, then renamed, so a crash never leaves a
+//! half-written file under a snapshot name. Readers verify the checksum before trusting
+//! anything but the header; a record larger than [`limits::SNAPSHOT_RECORD_BYTES_MAX`] is
+//! corruption, refused before allocating.
+
+use std::fs::File;
+use std::io;
+use std::io::BufReader;
+use std::io::BufWriter;
+use std::io::Read;
+use std::io::Seek;
+use std::io::Write;
+use std::path::Path;
+use std::path::PathBuf;
+
+use super::decode;
+use super::encode;
+use crate::limits;
+use crate::raft::SnapshotMeta;
+
+const MAGIC: &[u8; 8] = b"MKVSNAP1";
+const END_MARKER: u32 = u32::MAX;
+const FILE_PREFIX: &str = "snapshot-";
+const FILE_SUFFIX: &str = ".snap";
+
+/// A complete snapshot file: openraft's `SnapshotData` for this node.
+///
+/// It holds an open handle, so the content stays readable even after a newer snapshot replaces
+/// the file (the old one is unlinked, not overwritten).
+#[derive(Debug)]
+pub struct SnapshotFile {
+    pub path: PathBuf,
+    pub file: File,
+    pub len: u64,
+}
+
+impl SnapshotFile {
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        Ok(Self { path: path.to_path_buf(), file, len })
+    }
+
+    /// A second handle on the same file, positioned at its start.
+    pub fn reopen(&self) -> io::Result<Self> {
+        Self::open(&self.path)
+    }
+}
+
+fn bad(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+/// Writes a snapshot file record by record.
+pub struct SnapshotWriter {
+    tmp_path: PathBuf,
+    final_path: PathBuf,
+    out: BufWriter<File>,
+    crc: crc32fast::Hasher,
+    records: u64,
+}
+
+impl SnapshotWriter {
+    /// Start a snapshot in `dir`; `unique` keeps concurrent writers apart.
+    pub fn create(dir: &Path, meta: &SnapshotMeta, unique: u64) -> io::Result<Self> {
+        let (term, index) = meta.last_log_id.as_ref().map_or((0, 0), |id| (id.leader_id.term, id.index));
+        let name = format!("{FILE_PREFIX}{index:020}-{term:010}-{unique:016x}");
+        let final_path = dir.join(format!("{name}{FILE_SUFFIX}"));
+        let tmp_path = dir.join(format!("{name}.tmp"));
+        let file = File::create(&tmp_path)?;
+        let mut w = Self { tmp_path, final_path, out: BufWriter::with_capacity(1 << 20, file), crc: crc32fast::Hasher::new(), records: 0 };
+        w.write_all(MAGIC)?;
+        let meta = encode(meta);
+        w.write_all(&u32::try_from(meta.len()).map_err(|_| bad("snapshot meta too large"))?.to_be_bytes())?;
+        w.write_all(&meta)?;
+        Ok(w)
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.crc.update(bytes);
+        self.out.write_all(bytes)
+    }
+
+    pub fn record(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
+        if key.len() + value.len() + 8 > limits::SNAPSHOT_RECORD_BYTES_MAX {
+            return Err(bad(format!("snapshot record of {} bytes is over the limit", key.len() + value.len())));
+        }
+        self.write_all(&(key.len() as u32).to_be_bytes())?;
+        self.write_all(&(value.len() as u32).to_be_bytes())?;
+        self.write_all(key)?;
+        self.write_all(value)?;
+        self.records += 1;
+        Ok(())
+    }
+
+    /// Seal, fsync and rename the file into place; returns its final path.
+    pub fn finish(mut self) -> io::Result<PathBuf> {
+        self.write_all(&END_MARKER.to_be_bytes())?;
+        let records = self.records;
+        self.write_all(&records.to_be_bytes())?;
+        let crc = self.crc.clone().finalize();
+        self.out.write_all(&crc.to_be_bytes())?;
+        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&self.tmp_path, &self.final_path)?;
+        sync_dir(self.final_path.parent().unwrap_or(Path::new(".")))?;
+        Ok(self.final_path)
+    }
+}
+
+/// fsync a directory so a rename in it is durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Reads a snapshot file: the header, then the records in order.
+pub struct SnapshotReader<R> {
+    input: R,
+    crc: crc32fast::Hasher,
+    remaining_check: bool,
+}
+
+impl SnapshotReader<BufReader<File>> {
+    pub fn open(path: &Path) -> io::Result<(SnapshotMeta, Self)> {
+        let mut file = File::open(path)?;
+        file.rewind()?;
+        SnapshotReader::new(BufReader::with_capacity(1 << 20, file))
+    }
+}
+
+impl<R: Read> SnapshotReader<R> {
+    pub fn new(input: R) -> io::Result<(SnapshotMeta, Self)> {
+        let mut r = Self { input, crc: crc32fast::Hasher::new(), remaining_check: true };
+        let mut magic = [0u8; 8];
+        r.read_exact(&mut magic)?;
+        if &magic != MAGIC {
+            return Err(bad("not a metrokv snapshot file (bad magic)"));
+        }
+        let meta_len = r.read_u32()? as usize;
+        if meta_len > 16 * 1024 * 1024 {
+            return Err(bad("snapshot meta length is implausible"));
+        }
+        let mut meta = vec![0u8; meta_len];
+        r.read_exact(&mut meta)?;
+        let meta = decode(&meta, "snapshot meta")?;
+        Ok((meta, r))
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        self.input.read_exact(buf).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => bad("snapshot file is truncated"),
+            _ => e,
+        })?;
+        self.crc.update(buf);
+        Ok(())
+    }
+
+    fn read_u32(&mut self) -> io::Result<u32> {
+        let mut b = [0u8; 4];
+        self.read_exact(&mut b)?;
+        Ok(u32::from_be_bytes(b))
+    }
+
+    /// The next record, or `None` after the last one (once the trailer checked out).
+    pub fn next_record(&mut self) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+        if !self.remaining_check {
+            return Ok(None);
+        }
+        let key_len = self.read_u32()?;
+        if key_len == END_MARKER {
+            let mut count = [0u8; 8];
+            self.read_exact(&mut count)?;
+            let want = self.crc.clone().finalize();
+            let mut crc = [0u8; 4];
+            self.input.read_exact(&mut crc).map_err(|_| bad("snapshot file is truncated"))?;
+            if u32::from_be_bytes(crc) != want {
+                return Err(bad("snapshot checksum mismatch"));
+            }
+            self.remaining_check = false;
+            return Ok(None);
+        }
+        let value_len = self.read_u32()?;
+        let total = key_len as usize + value_len as usize;
+        if total + 8 > limits::SNAPSHOT_RECORD_BYTES_MAX {
+            return Err(bad(format!("snapshot record of {total} bytes is over the limit")));
+        }
+        let mut key = vec![0u8; key_len as usize];
+        self.read_exact(&mut key)?;
+        let mut value = vec![0u8; value_len as usize];
+        self.read_exact(&mut value)?;
+        Ok(Some((key, value)))
+    }
+}
+
+/// Read a whole file and check it, returning its meta. Run before installing a received file.
+pub fn verify(path: &Path) -> io::Result<SnapshotMeta> {
+    let (meta, mut reader) = SnapshotReader::open(path)?;
+    while reader.next_record()?.is_some() {}
+    Ok(meta)
+}
+
+/// Complete snapshot files in `dir`, oldest first (by last log index, then term).
+pub fn list(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        if name.starts_with(FILE_PREFIX) && name.ends_with(FILE_SUFFIX) {
+            found.push(path);
+        }
+    }
+    // The zero-padded index then term in the name sort like the log ids.
+    found.sort();
+    Ok(found)
+}
+
+/// Remove every file in `dir` but `keep`: older snapshots and temporary files left by a crash.
+/// Subdirectories (incoming transfers) are left alone.
+pub fn remove_all_but(dir: &Path, keep: Option<&Path>) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if Some(path.as_path()) != keep && path.is_file() {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> SnapshotMeta {
+        SnapshotMeta::default()
+    }
+
+    fn write(dir: &Path, records: &[(&[u8], &[u8])]) -> PathBuf {
+        let mut w = SnapshotWriter::create(dir, &meta(), 1).unwrap();
+        for (k, v) in records {
+            w.record(k, v).unwrap();
+        }
+        w.finish().unwrap()
+    }
+
+    #[test]
+    fn round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), &[(b"a", b"1"), (b"b", b"")]);
+        let (m, mut r) = SnapshotReader::open(&path).unwrap();
+        assert_eq!(m, meta());
+        assert_eq!(r.next_record().unwrap(), Some((b"a".to_vec(), b"1".to_vec())));
+        assert_eq!(r.next_record().unwrap(), Some((b"b".to_vec(), vec![])));
+        assert_eq!(r.next_record().unwrap(), None);
+        assert_eq!(list(dir.path()).unwrap(), vec![path]);
+    }
+
+    #[test]
+    fn corruption_and_truncation_are_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), &[(b"key", b"value")]);
+        let good = std::fs::read(&path).unwrap();
+        for cut in [0, 5, 12, good.len() - 1] {
+            std::fs::write(&path, &good[..cut]).unwrap();
+            assert!(verify(&path).is_err(), "truncated at {cut} must fail");
+        }
+        for flip in [9, good.len() - 14, good.len() - 6] {
+            let mut bytes = good.clone();
+            bytes[flip] ^= 0x40;
+            std::fs::write(&path, &bytes).unwrap();
+            assert!(verify(&path).is_err(), "flipped byte {flip} must fail");
+        }
+        std::fs::write(&path, &good).unwrap();
+        assert!(verify(&path).is_ok());
+    }
+
+    #[test]
+    fn oversized_record_length_is_refused_before_allocating() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), &[]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        // Replace the end marker with a huge key length.
+        let at = bytes.len() - 16;
+        bytes[at..at + 4].copy_from_slice(&0x7fff_ffffu32.to_be_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let err = verify(&path).unwrap_err();
+        assert!(err.to_string().contains("over the limit"), "{err}");
+    }
+}

@@ -1,0 +1,263 @@
+//! The dialing side of the peer transport: one persistent, multiplexed connection per
+//! (peer, channel), shared by every caller.
+//!
+//! A [`PeerClient`] connects lazily, performs the handshake, and then keeps a writer task (fed by a
+//! bounded queue) and a reader task that routes answers to waiting callers by request id. When the
+//! connection breaks, every caller waiting on it gets [`CallError::Lost`] and the next call dials
+//! again. Each call has a timeout; an expired call's late answer is dropped.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
+
+use super::codec;
+use super::codec::Channel;
+use super::codec::Envelope;
+use super::codec::Hello;
+use super::codec::HelloReply;
+use super::codec::PeerRequest;
+use super::codec::PeerResponse;
+use crate::limits;
+use crate::raft::NodeId;
+
+/// How long dialing plus the handshake may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// Could not connect: the request was not sent.
+    #[error("cannot reach node {target} at {addr}: {reason}")]
+    Unreachable { target: NodeId, addr: String, reason: String },
+    /// The connection broke after the request may have been sent.
+    #[error("connection to node {target} lost: {reason}")]
+    Lost { target: NodeId, reason: String },
+    #[error("node {target} did not answer within {timeout:?}")]
+    Timeout { target: NodeId, timeout: Duration },
+}
+
+impl CallError {
+    /// True when the request certainly did not reach the peer.
+    pub fn not_sent(&self) -> bool {
+        matches!(self, CallError::Unreachable { .. })
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<PeerResponse>>>>;
+
+struct Conn {
+    frames: mpsc::Sender<Vec<u8>>,
+    pending: Pending,
+    /// Set by the reader task when the connection ends.
+    dead: Arc<AtomicBool>,
+}
+
+impl Conn {
+    fn is_alive(&self) -> bool {
+        !self.dead.load(Ordering::Acquire) && !self.frames.is_closed()
+    }
+}
+
+/// Identity this node presents when it dials.
+#[derive(Clone, Debug)]
+pub struct Dialer {
+    pub me: NodeId,
+    pub cluster_id: String,
+}
+
+#[derive(Clone)]
+pub struct PeerClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dialer: Dialer,
+    target: NodeId,
+    addr: String,
+    channel: Channel,
+    conn: tokio::sync::Mutex<Option<Conn>>,
+    next_id: AtomicU64,
+}
+
+impl PeerClient {
+    pub fn new(dialer: Dialer, target: NodeId, addr: String, channel: Channel) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                dialer,
+                target,
+                addr,
+                channel,
+                conn: tokio::sync::Mutex::new(None),
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    pub fn target(&self) -> NodeId {
+        self.inner.target
+    }
+
+    /// Send `request` and wait for its answer, at most `timeout` in all.
+    pub async fn call(&self, request: PeerRequest, timeout: Duration) -> Result<PeerResponse, CallError> {
+        let inner = &self.inner;
+        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = codec::encode_frame(&Envelope { id, body: request })
+            .map_err(|e| CallError::Lost { target: inner.target, reason: format!("cannot encode request: {e}") })?;
+        let deadline = tokio::time::Instant::now() + timeout;
+
+        let (frames, pending, dead) = tokio::time::timeout_at(deadline, self.connection())
+            .await
+            .map_err(|_| CallError::Unreachable {
+                target: inner.target,
+                addr: inner.addr.clone(),
+                reason: "connect timed out".into(),
+            })??;
+
+        let (tx, rx) = oneshot::channel();
+        lock(&pending).insert(id, tx);
+        if dead.load(Ordering::Acquire) {
+            lock(&pending).remove(&id);
+            return Err(CallError::Lost { target: inner.target, reason: "connection closed".into() });
+        }
+        let sent = tokio::time::timeout_at(deadline, frames.send(frame)).await;
+        let result = match sent {
+            Err(_) => Err(CallError::Timeout { target: inner.target, timeout }),
+            Ok(Err(_)) => Err(CallError::Lost { target: inner.target, reason: "connection closed".into() }),
+            Ok(Ok(())) => match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(_)) => Err(CallError::Lost { target: inner.target, reason: "connection closed".into() }),
+                Err(_) => Err(CallError::Timeout { target: inner.target, timeout }),
+            },
+        };
+        if result.is_err() {
+            lock(&pending).remove(&id);
+        }
+        result
+    }
+
+    /// The live connection, dialing a new one if there is none.
+    async fn connection(&self) -> Result<(mpsc::Sender<Vec<u8>>, Pending, Arc<AtomicBool>), CallError> {
+        let mut guard = self.inner.conn.lock().await;
+        if let Some(conn) = guard.as_ref() {
+            if conn.is_alive() {
+                return Ok((conn.frames.clone(), conn.pending.clone(), conn.dead.clone()));
+            }
+        }
+        let conn = self.dial().await?;
+        let out = (conn.frames.clone(), conn.pending.clone(), conn.dead.clone());
+        *guard = Some(conn);
+        Ok(out)
+    }
+
+    async fn dial(&self) -> Result<Conn, CallError> {
+        let inner = &self.inner;
+        let unreachable = |reason: String| CallError::Unreachable { target: inner.target, addr: inner.addr.clone(), reason };
+        let handshake = async {
+            let mut stream = TcpStream::connect(&inner.addr).await.map_err(|e| unreachable(e.to_string()))?;
+            stream.set_nodelay(true).map_err(|e| unreachable(e.to_string()))?;
+            let hello = Hello {
+                protocol_version: codec::PROTOCOL_VERSION,
+                cluster_id: inner.dialer.cluster_id.clone(),
+                from: inner.dialer.me,
+                to: inner.target,
+                channel: inner.channel,
+            };
+            codec::write_value(&mut stream, &hello).await.map_err(|e| unreachable(e.to_string()))?;
+            match codec::read_value::<_, HelloReply>(&mut stream).await.map_err(|e| unreachable(e.to_string()))? {
+                HelloReply::Accepted => Ok(stream),
+                HelloReply::Refused(why) => Err(unreachable(format!("handshake refused: {why}"))),
+            }
+        };
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+            .await
+            .map_err(|_| unreachable("connect timed out".into()))??;
+
+        let (mut read_half, mut write_half) = stream.into_split();
+        let (frames_tx, mut frames_rx) = mpsc::channel::<Vec<u8>>(limits::PEER_SEND_QUEUE_FRAMES);
+        let pending: Pending = Arc::default();
+        let dead = Arc::new(AtomicBool::new(false));
+        let (stop_writer, mut writer_stopped) = oneshot::channel::<()>();
+
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    frame = frames_rx.recv() => match frame {
+                        Some(frame) if write_half.write_all(&frame).await.is_ok() => {}
+                        _ => break,
+                    },
+                    _ = &mut writer_stopped => break,
+                }
+            }
+        });
+
+        let reader_pending = pending.clone();
+        let reader_dead = dead.clone();
+        let target = inner.target;
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let reason = loop {
+                if let Err(e) = codec::read_frame(&mut read_half, &mut buf).await {
+                    break e;
+                }
+                match codec::decode::<Envelope<PeerResponse>>(&buf) {
+                    Ok(envelope) => {
+                        if let Some(waiter) = lock(&reader_pending).remove(&envelope.id) {
+                            let _ = waiter.send(envelope.body);
+                        }
+                    }
+                    Err(e) => break e,
+                }
+            };
+            tracing::debug!(target_node = target, error = %reason, "peer connection closed");
+            // Marking the connection dead makes the next call dial again; dropping the waiters
+            // wakes every caller with `Lost`.
+            reader_dead.store(true, Ordering::Release);
+            lock(&reader_pending).clear();
+            let _ = stop_writer.send(());
+        });
+        Ok(Conn { frames: frames_tx, pending, dead })
+    }
+}
+
+/// Lock a std mutex; a poisoned lock only means another task panicked while holding it, and the
+/// map it guards is still usable.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The shared registry of peer clients, so every part of the node reuses the same connections.
+#[derive(Clone)]
+pub struct Peers {
+    dialer: Dialer,
+    /// Addresses that override a peer's advertised one (see `NodeConfig::peer_routes`).
+    routes: Arc<std::collections::BTreeMap<NodeId, String>>,
+    clients: Arc<Mutex<HashMap<(NodeId, String, Channel), PeerClient>>>,
+}
+
+impl Peers {
+    pub fn new(dialer: Dialer, routes: std::collections::BTreeMap<NodeId, String>) -> Self {
+        Self { dialer, routes: Arc::new(routes), clients: Arc::default() }
+    }
+
+    pub fn me(&self) -> NodeId {
+        self.dialer.me
+    }
+
+    /// The client for `target`, advertised at `addr` (unless a route overrides it).
+    pub fn client(&self, target: NodeId, addr: &str, channel: Channel) -> PeerClient {
+        let addr = self.routes.get(&target).map_or(addr, String::as_str);
+        let mut clients = lock(&self.clients);
+        clients
+            .entry((target, addr.to_string(), channel))
+            .or_insert_with(|| PeerClient::new(self.dialer.clone(), target, addr.to_string(), channel))
+            .clone()
+    }
+}
