@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Run the whole test suite: unit and property tests, storage tests on real RocksDB, end-to-end
+# tests on real three-node clusters, the client tests, and the partition harness's smoke run and
+# negative control. Installs what the build needs first. CI runs exactly this (.ci/run).
+#
+#   scripts/test.sh            everything
+#   scripts/test.sh -- ARGS    extra arguments for `cargo test` (e.g. a test name filter)
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+ensure_build_deps
+cd "$METROKV_ROOT"
+cargo fmt --all -- --check || { say "code is not formatted: run cargo fmt --all"; exit 1; }
+build_release
+extra=()
+if [ "${1:-}" = "--" ]; then shift; extra=("$@"); fi
+# The end-to-end tests start real metrokv-node processes from $METROKV_BIN.
+export METROKV_BIN
+cargo test --release --locked --workspace "${extra[@]}"

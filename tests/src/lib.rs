@@ -1,0 +1,303 @@
+//! A test cluster of real `metrokv-node` processes on 127.0.0.1, for the end-to-end tests and the
+//! failover benchmark.
+//!
+//! Each node gets ephemeral ports and its own temporary data directory. Processes are tracked by
+//! pid: `kill` is SIGKILL, `pause` is SIGSTOP, and dropping the cluster kills every process it
+//! started. When a test panics, the cluster prints the tail of every node's log first, so a
+//! failure shows what the nodes saw.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::bail;
+use anyhow::Context;
+use serde_json::Value;
+
+/// Where the `metrokv-node` binary is: `$METROKV_BIN` (set by scripts/test.sh), else next to the
+/// running test executable's profile directory.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("METROKV_BIN") {
+        let path = PathBuf::from(dir).join(name);
+        if path.exists() {
+            return Ok(path);
+        }
+    }
+    let exe = std::env::current_exe().context("current exe")?;
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    for dir in exe.ancestors().skip(1).take(3) {
+        let path = dir.join(name);
+        if path.is_file() {
+            return Ok(path);
+        }
+    }
+    bail!("cannot find the {name} binary: build it first (cargo build --release --workspace --bins) or set METROKV_BIN")
+}
+
+/// A free port on 127.0.0.1. The listener is closed before the node binds it; another process
+/// could take it in between, which shows up as a node failing to start with a clear log line.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind an ephemeral port")
+}
+
+/// Options for a test cluster.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub nodes: usize,
+    /// Zone of each node (node i gets `zones[i - 1]`); defaults to dc-a, dc-a, dc-b, dc-b, dc-b...
+    pub zones: Vec<String>,
+    /// Extra flags for every node (e.g. a small `--snapshot-logs-since-last`).
+    pub extra_args: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { nodes: 3, zones: vec![], extra_args: vec![] }
+    }
+}
+
+pub struct Node {
+    pub id: u64,
+    pub zone: String,
+    pub client_addr: String,
+    pub peer_addr: String,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+}
+
+impl Node {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.client_addr)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+pub struct Cluster {
+    _dir: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+    binary: PathBuf,
+    members: Vec<String>,
+    extra_args: Vec<String>,
+    http: reqwest::Client,
+}
+
+impl Cluster {
+    /// Start the nodes and wait until the cluster has a leader and every node is ready.
+    pub async fn start(options: Options) -> anyhow::Result<Self> {
+        let binary = binary("metrokv-node")?;
+        let dir = tempfile::Builder::new().prefix("metrokv-test-").tempdir()?;
+        let mut nodes = Vec::new();
+        for i in 1..=options.nodes as u64 {
+            let zone = options.zones.get(i as usize - 1).cloned().unwrap_or_else(|| if i <= 2 { "dc-a".into() } else { "dc-b".into() });
+            let node_dir = dir.path().join(format!("n{i}"));
+            std::fs::create_dir_all(&node_dir)?;
+            nodes.push(Node {
+                id: i,
+                zone,
+                client_addr: format!("127.0.0.1:{}", free_port()),
+                peer_addr: format!("127.0.0.1:{}", free_port()),
+                data_dir: node_dir.join("data"),
+                log_path: node_dir.join("node.log"),
+                child: None,
+                paused: false,
+            });
+        }
+        let members = nodes.iter().map(|n| format!("{}={}/{}/{}", n.id, n.zone, n.client_addr, n.peer_addr)).collect();
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        let mut cluster = Self { _dir: dir, nodes, binary, members, extra_args: options.extra_args, http };
+        for id in 1..=options.nodes as u64 {
+            cluster.spawn(id)?;
+        }
+        cluster.wait_ready(Duration::from_secs(60)).await?;
+        Ok(cluster)
+    }
+
+    pub fn node(&self, id: u64) -> &Node {
+        &self.nodes[id as usize - 1]
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut Node {
+        &mut self.nodes[id as usize - 1]
+    }
+
+    pub fn url(&self, id: u64) -> String {
+        self.node(id).url()
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(Node::url).collect()
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
+        let members = self.members.clone();
+        let binary = self.binary.clone();
+        let extra = self.extra_args.clone();
+        let node = self.node_mut(id);
+        let log = File::options().create(true).append(true).open(&node.log_path)?;
+        let mut cmd = Command::new(binary);
+        cmd.arg("--id")
+            .arg(id.to_string())
+            .arg("--zone")
+            .arg(&node.zone)
+            .arg("--client-addr")
+            .arg(&node.client_addr)
+            .arg("--peer-addr")
+            .arg(&node.peer_addr)
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .arg("--cluster-id")
+            .arg("metrokv-test");
+        for m in &members {
+            cmd.arg("--member").arg(m);
+        }
+        cmd.args(&extra).env("RUST_LOG", std::env::var("METROKV_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()));
+        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        node.child = Some(cmd.spawn().context("spawn metrokv-node")?);
+        node.paused = false;
+        Ok(())
+    }
+
+    /// SIGKILL node `id`.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.node_mut(id).child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start node `id` again on its data directory.
+    pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
+        self.kill(id);
+        self.spawn(id)
+    }
+
+    /// SIGSTOP node `id`.
+    pub fn pause(&mut self, id: u64) {
+        if let Some(pid) = self.node(id).pid() {
+            signal(pid, "STOP");
+            self.node_mut(id).paused = true;
+        }
+    }
+
+    /// SIGCONT node `id`.
+    pub fn resume(&mut self, id: u64) {
+        if let Some(pid) = self.node(id).pid() {
+            signal(pid, "CONT");
+            self.node_mut(id).paused = false;
+        }
+    }
+
+    pub async fn get_json(&self, url: &str) -> anyhow::Result<Value> {
+        let r = self.http.get(url).timeout(Duration::from_secs(2)).send().await?;
+        Ok(r.json().await?)
+    }
+
+    /// The leader as reported by any running node.
+    pub async fn leader(&self) -> Option<u64> {
+        for node in self.nodes.iter().filter(|n| n.is_running() && !n.paused) {
+            if let Ok(v) = self.get_json(&format!("{}/v1/cluster", node.url())).await {
+                if let Some(l) = v["leader"].as_u64() {
+                    return Some(l);
+                }
+            }
+        }
+        None
+    }
+
+    /// Wait until every running, unpaused node answers /ready with 200.
+    pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        loop {
+            let mut ready = true;
+            for node in self.nodes.iter().filter(|n| n.is_running() && !n.paused) {
+                match self.http.get(format!("{}/ready", node.url())).timeout(Duration::from_secs(1)).send().await {
+                    Ok(r) if r.status().is_success() => {}
+                    Ok(r) => {
+                        ready = false;
+                        last = format!("n{} answered {}", node.id, r.status());
+                    }
+                    Err(e) => {
+                        ready = false;
+                        last = format!("n{}: {e}", node.id);
+                    }
+                }
+            }
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("cluster not ready after {timeout:?}; last seen: {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Poll `f` until it returns `Some`, or fail after `timeout` with what it last saw.
+    pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, String>>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match f().await {
+                Ok(v) => return Ok(v),
+                Err(seen) if Instant::now() >= deadline => bail!("{what}: not true after {timeout:?}; last seen: {seen}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        tail(&self.node(id).log_path, lines)
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for node in &self.nodes {
+                eprintln!("----- n{} log (last 60 lines) -----\n{}", node.id, tail(&node.log_path, 60));
+            }
+        }
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                if node.paused {
+                    signal(child.id(), "CONT");
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
