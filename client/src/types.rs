@@ -211,7 +211,8 @@ pub struct AccountBalance {
 pub struct AccountPage {
     pub revision: u64,
     pub accounts: Vec<AccountBalance>,
-    /// The sum of all balances matching the prefix (the ledger total the checker watches).
+    /// The sum of the balances in this page (exact: the page is one snapshot). With all accounts
+    /// in one page it is the ledger total a bank check watches.
     pub total: u64,
     pub more: bool,
     #[serde(default, skip_deserializing)]
