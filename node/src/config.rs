@@ -18,9 +18,15 @@ use crate::raft::NodeInfo;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path} is not valid TOML for metrokv-node: {source}")]
-    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
     #[error("missing required setting `{0}` (give it as a flag or in the config file)")]
     Missing(&'static str),
     #[error("bad member {spec:?}: {reason} (expected ID=ZONE/CLIENT_ADDR/PEER_ADDR, e.g. 1=dc-a/127.0.0.1:7001/127.0.0.1:7101)")]
@@ -86,8 +92,13 @@ impl RaftTimeouts {
                 self.heartbeat_interval_ms, self.election_timeout_ms_min
             ));
         }
-        if self.snapshot_logs_since_last == 0 || self.write_timeout_ms == 0 || self.read_timeout_ms == 0 {
-            return err("snapshot_logs_since_last, write_timeout_ms and read_timeout_ms must be > 0".into());
+        if self.snapshot_logs_since_last == 0
+            || self.write_timeout_ms == 0
+            || self.read_timeout_ms == 0
+        {
+            return err(
+                "snapshot_logs_since_last, write_timeout_ms and read_timeout_ms must be > 0".into(),
+            );
         }
         Ok(())
     }
@@ -113,8 +124,14 @@ pub struct FileConfig {
 
 impl FileConfig {
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source: Box::new(source),
+        })
     }
 }
 
@@ -141,13 +158,22 @@ impl NodeConfig {
     pub fn validate(self) -> Result<Self, ConfigError> {
         self.raft.validate()?;
         if self.zone.is_empty() || self.zone.len() > 64 {
-            return Err(ConfigError::Invalid("zone must be 1..=64 characters".into()));
+            return Err(ConfigError::Invalid(
+                "zone must be 1..=64 characters".into(),
+            ));
         }
         if self.cluster_id.is_empty() || self.cluster_id.len() > 64 {
-            return Err(ConfigError::Invalid("cluster_id must be 1..=64 characters".into()));
+            return Err(ConfigError::Invalid(
+                "cluster_id must be 1..=64 characters".into(),
+            ));
         }
-        let me = self.members.get(&self.id).ok_or(ConfigError::NotAMember(self.id))?;
-        if me.peer_addr != self.peer_addr.to_string() || me.client_addr != self.client_addr.to_string() {
+        let me = self
+            .members
+            .get(&self.id)
+            .ok_or(ConfigError::NotAMember(self.id))?;
+        if me.peer_addr != self.peer_addr.to_string()
+            || me.client_addr != self.client_addr.to_string()
+        {
             return Err(ConfigError::Invalid(format!(
                 "member entry for node {} says client {} / peer {}, but this node listens on client {} / peer {}",
                 self.id, me.client_addr, me.peer_addr, self.client_addr, self.peer_addr
@@ -159,9 +185,16 @@ impl NodeConfig {
 
 /// Parse `ID=ZONE/CLIENT_ADDR/PEER_ADDR`.
 pub fn parse_member(spec: &str) -> Result<(NodeId, NodeInfo), ConfigError> {
-    let bad = |reason: &str| ConfigError::BadMember { spec: spec.to_string(), reason: reason.to_string() };
+    let bad = |reason: &str| ConfigError::BadMember {
+        spec: spec.to_string(),
+        reason: reason.to_string(),
+    };
     let (id, rest) = spec.split_once('=').ok_or_else(|| bad("missing '='"))?;
-    let id: NodeId = id.trim().trim_start_matches('n').parse().map_err(|_| bad("the id is not a number"))?;
+    let id: NodeId = id
+        .trim()
+        .trim_start_matches('n')
+        .parse()
+        .map_err(|_| bad("the id is not a number"))?;
     if id == 0 {
         return Err(bad("ids start at 1"));
     }
@@ -170,22 +203,39 @@ pub fn parse_member(spec: &str) -> Result<(NodeId, NodeInfo), ConfigError> {
         return Err(bad("expected three '/'-separated parts"));
     };
     for addr in [client, peer] {
-        addr.parse::<SocketAddr>().map_err(|_| bad(&format!("{addr:?} is not a host:port address")))?;
+        addr.parse::<SocketAddr>()
+            .map_err(|_| bad(&format!("{addr:?} is not a host:port address")))?;
     }
     if zone.is_empty() {
         return Err(bad("empty zone"));
     }
-    Ok((id, NodeInfo { zone: zone.to_string(), client_addr: client.to_string(), peer_addr: peer.to_string() }))
+    Ok((
+        id,
+        NodeInfo {
+            zone: zone.to_string(),
+            client_addr: client.to_string(),
+            peer_addr: peer.to_string(),
+        },
+    ))
 }
 
 /// Parse `ID=HOST:PORT` peer routes.
 pub fn parse_peer_routes(specs: &[String]) -> Result<BTreeMap<NodeId, String>, ConfigError> {
     let mut routes = BTreeMap::new();
     for spec in specs {
-        let bad = |reason: &str| ConfigError::Invalid(format!("bad peer route {spec:?}: {reason} (expected ID=HOST:PORT)"));
+        let bad = |reason: &str| {
+            ConfigError::Invalid(format!(
+                "bad peer route {spec:?}: {reason} (expected ID=HOST:PORT)"
+            ))
+        };
         let (id, addr) = spec.split_once('=').ok_or_else(|| bad("missing '='"))?;
-        let id: NodeId = id.trim().trim_start_matches('n').parse().map_err(|_| bad("the id is not a number"))?;
-        addr.parse::<SocketAddr>().map_err(|_| bad("not a host:port address"))?;
+        let id: NodeId = id
+            .trim()
+            .trim_start_matches('n')
+            .parse()
+            .map_err(|_| bad("the id is not a number"))?;
+        addr.parse::<SocketAddr>()
+            .map_err(|_| bad("not a host:port address"))?;
         routes.insert(id, addr.to_string());
     }
     Ok(routes)
@@ -196,7 +246,10 @@ pub fn parse_members(specs: &[String]) -> Result<BTreeMap<NodeId, NodeInfo>, Con
     for spec in specs {
         let (id, info) = parse_member(spec)?;
         if members.insert(id, info).is_some() {
-            return Err(ConfigError::BadMember { spec: spec.clone(), reason: "duplicate id".into() });
+            return Err(ConfigError::BadMember {
+                spec: spec.clone(),
+                reason: "duplicate id".into(),
+            });
         }
     }
     if members.is_empty() {
@@ -215,11 +268,25 @@ mod tests {
         assert_eq!(id, 2);
         assert_eq!(info.zone, "dc-a");
         assert_eq!(info.peer_addr, "127.0.0.1:7102");
-        assert_eq!(parse_member("n3=dc-b/127.0.0.1:1/127.0.0.1:2").unwrap().0, 3);
-        for bad in ["", "1", "x=a/b/c", "0=a/127.0.0.1:1/127.0.0.1:2", "1=a/127.0.0.1:1", "1=/127.0.0.1:1/127.0.0.1:2", "1=a/nohost/127.0.0.1:2"] {
+        assert_eq!(
+            parse_member("n3=dc-b/127.0.0.1:1/127.0.0.1:2").unwrap().0,
+            3
+        );
+        for bad in [
+            "",
+            "1",
+            "x=a/b/c",
+            "0=a/127.0.0.1:1/127.0.0.1:2",
+            "1=a/127.0.0.1:1",
+            "1=/127.0.0.1:1/127.0.0.1:2",
+            "1=a/nohost/127.0.0.1:2",
+        ] {
             assert!(parse_member(bad).is_err(), "{bad:?} should be refused");
         }
-        let dup = vec!["1=a/127.0.0.1:1/127.0.0.1:2".to_string(), "1=a/127.0.0.1:3/127.0.0.1:4".to_string()];
+        let dup = vec![
+            "1=a/127.0.0.1:1/127.0.0.1:2".to_string(),
+            "1=a/127.0.0.1:3/127.0.0.1:4".to_string(),
+        ];
         assert!(parse_members(&dup).is_err());
         let routes = parse_peer_routes(&["2=127.0.0.1:9000".to_string()]).unwrap();
         assert_eq!(routes[&2], "127.0.0.1:9000");
@@ -229,9 +296,16 @@ mod tests {
     #[test]
     fn timeouts_are_checked() {
         assert!(RaftTimeouts::default().validate().is_ok());
-        let bad = RaftTimeouts { election_timeout_ms_min: 240, election_timeout_ms_max: 240, ..Default::default() };
+        let bad = RaftTimeouts {
+            election_timeout_ms_min: 240,
+            election_timeout_ms_max: 240,
+            ..Default::default()
+        };
         assert!(bad.validate().is_err());
-        let bad = RaftTimeouts { heartbeat_interval_ms: 100, ..Default::default() };
+        let bad = RaftTimeouts {
+            heartbeat_interval_ms: 100,
+            ..Default::default()
+        };
         assert!(bad.validate().is_err());
     }
 

@@ -2,9 +2,9 @@
 //!
 //! Each constant says what happens when it is hit. Limits that clients can observe are the ones
 //! `../shared/API.md` documents; the rest protect the node from a peer or a client that sends too
-//! much. The tests at the end check how the limits relate to each other (the largest value fits
-//! in a peer frame, and so on), because a limit that is inconsistent with another one turns into
-//! a wedged replication stream rather than a clean error.
+//! much. The const block at the end checks at compile time how the limits relate to each other
+//! (the largest value fits in a peer frame, and so on), because a limit that is inconsistent with
+//! another one turns into a wedged replication stream rather than a clean error.
 
 /// Largest key, in bytes of UTF-8. A longer key is refused with 400 `invalid_request`.
 pub const KEY_BYTES_MAX: usize = 1024;
@@ -82,32 +82,24 @@ pub const SNAPSHOT_RECORD_BYTES_MAX: usize = VALUE_BYTES_MAX + 64 * 1024;
 /// Records written per RocksDB batch while installing a snapshot.
 pub const SNAPSHOT_INSTALL_BATCH_RECORDS: usize = 4096;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A put of the largest key and value must fit in one AppendEntries frame with room for
-    /// the request envelope, or replication would wedge on it.
-    #[test]
-    fn largest_entry_fits_in_a_frame() {
-        let entry = KEY_BYTES_MAX + VALUE_BYTES_MAX + IDEMPOTENCY_KEY_BYTES_MAX + 1024;
-        assert!(entry < APPEND_ENTRIES_BYTES_MAX);
-        assert!(TXN_VALUE_BYTES_MAX + TXN_OPS_MAX * 2 * (KEY_BYTES_MAX + 16) < APPEND_ENTRIES_BYTES_MAX);
-        assert!(APPEND_ENTRIES_BYTES_MAX + 64 * 1024 < PEER_FRAME_BYTES_MAX);
-        assert!(SNAPSHOT_CHUNK_BYTES + 64 * 1024 < PEER_FRAME_BYTES_MAX);
-        assert!(SNAPSHOT_RECORD_BYTES_MAX > KEY_BYTES_MAX + VALUE_BYTES_MAX + 64);
-    }
-
-    #[test]
-    fn list_limits_are_ordered() {
-        assert!(LIST_LIMIT_DEFAULT <= LIST_LIMIT_MAX);
-        assert!(LIST_PAGE_BYTES_MAX >= VALUE_BYTES_MAX, "one max-size value must fit a page");
-    }
-
-    #[test]
-    fn request_body_covers_a_max_value_in_json() {
-        // A value arrives raw for PUT, but base64 inside a txn (4/3 growth).
-        assert!(REQUEST_BODY_BYTES_MAX >= TXN_VALUE_BYTES_MAX * 4 / 3 + 64 * 1024);
-        assert!(REQUEST_BODY_BYTES_MAX > VALUE_BYTES_MAX);
-    }
-}
+// How the limits relate, checked at compile time.
+const _: () = {
+    // A put of the largest key and value fits in one AppendEntries frame with room for the
+    // envelope, or replication would wedge on it.
+    assert!(
+        KEY_BYTES_MAX + VALUE_BYTES_MAX + IDEMPOTENCY_KEY_BYTES_MAX + 1024
+            < APPEND_ENTRIES_BYTES_MAX
+    );
+    // So does the largest txn.
+    assert!(
+        TXN_VALUE_BYTES_MAX + TXN_OPS_MAX * 2 * (KEY_BYTES_MAX + 16) < APPEND_ENTRIES_BYTES_MAX
+    );
+    assert!(APPEND_ENTRIES_BYTES_MAX + 64 * 1024 < PEER_FRAME_BYTES_MAX);
+    assert!(SNAPSHOT_CHUNK_BYTES + 64 * 1024 < PEER_FRAME_BYTES_MAX);
+    assert!(SNAPSHOT_RECORD_BYTES_MAX > KEY_BYTES_MAX + VALUE_BYTES_MAX + 64);
+    assert!(LIST_LIMIT_DEFAULT <= LIST_LIMIT_MAX);
+    // One max-size value fits a list page.
+    assert!(LIST_PAGE_BYTES_MAX >= VALUE_BYTES_MAX);
+    // A value arrives raw for PUT, but base64 inside a txn (4/3 growth).
+    assert!(REQUEST_BODY_BYTES_MAX >= TXN_VALUE_BYTES_MAX * 4 / 3 + 64 * 1024);
+};

@@ -11,8 +11,9 @@ use openraft::async_runtime::WatchReceiver;
 use crate::service::Service;
 
 /// Buckets for request latency, in seconds: sub-millisecond to the write timeout.
-const LATENCY_BUCKETS_SECONDS: &[f64] =
-    &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0];
+const LATENCY_BUCKETS_SECONDS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+];
 
 /// Install the process-wide recorder. Call once, before serving.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
@@ -28,17 +29,26 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
 pub fn record_scrape(service: &Service) {
     let m = service.metrics();
     metrics::gauge!("metrokv_raft_term").set(m.current_term as f64);
-    metrics::gauge!("metrokv_raft_is_leader").set(if m.current_leader == Some(service.id()) { 1.0 } else { 0.0 });
+    metrics::gauge!("metrokv_raft_is_leader").set(if m.current_leader == Some(service.id()) {
+        1.0
+    } else {
+        0.0
+    });
     metrics::gauge!("metrokv_raft_last_log_index").set(m.last_log_index.unwrap_or(0) as f64);
-    metrics::gauge!("metrokv_raft_commit_index").set(m.local_committed.as_ref().map_or(0, |id| id.index) as f64);
-    metrics::gauge!("metrokv_raft_applied_index").set(m.last_applied.as_ref().map_or(0, |id| id.index) as f64);
-    metrics::gauge!("metrokv_raft_snapshot_index").set(m.snapshot.as_ref().map_or(0, |id| id.index) as f64);
-    metrics::gauge!("metrokv_raft_purged_index").set(m.purged.as_ref().map_or(0, |id| id.index) as f64);
+    metrics::gauge!("metrokv_raft_commit_index")
+        .set(m.local_committed.as_ref().map_or(0, |id| id.index) as f64);
+    metrics::gauge!("metrokv_raft_applied_index")
+        .set(m.last_applied.as_ref().map_or(0, |id| id.index) as f64);
+    metrics::gauge!("metrokv_raft_snapshot_index")
+        .set(m.snapshot.as_ref().map_or(0, |id| id.index) as f64);
+    metrics::gauge!("metrokv_raft_purged_index")
+        .set(m.purged.as_ref().map_or(0, |id| id.index) as f64);
     if let Some(replication) = &m.replication {
         let last = m.last_log_index.unwrap_or(0);
         for (peer, matched) in replication {
             let lag = last.saturating_sub(matched.as_ref().map_or(0, |id| id.index));
-            metrics::gauge!("metrokv_raft_replication_lag_entries", "peer" => peer.to_string()).set(lag as f64);
+            metrics::gauge!("metrokv_raft_replication_lag_entries", "peer" => peer.to_string())
+                .set(lag as f64);
         }
     }
     for (cf, bytes) in service.reader().sizes() {

@@ -33,18 +33,39 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen for clients on {}", config.client_addr))?;
 
-    let (log_store, state_store) = storage::open(&config.data_dir)
-        .with_context(|| format!("cannot open the data directory {}", config.data_dir.display()))?;
+    let (log_store, state_store) = storage::open(&config.data_dir).with_context(|| {
+        format!(
+            "cannot open the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
     let reader = state_store.reader();
     let incoming_dir = state_store.incoming_dir();
 
-    let peers = Peers::new(Dialer { me: config.id, cluster_id: config.cluster_id.clone() }, config.peer_routes.clone());
-    let raft_config = raft::openraft_config(&config.cluster_id, &config.raft).context("invalid Raft configuration")?;
-    let raft = raft::Raft::new(config.id, raft_config, NetworkFactory::new(peers.clone()), log_store, state_store)
-        .await
-        .context("cannot start Raft")?;
+    let peers = Peers::new(
+        Dialer {
+            me: config.id,
+            cluster_id: config.cluster_id.clone(),
+        },
+        config.peer_routes.clone(),
+    );
+    let raft_config = raft::openraft_config(&config.cluster_id, &config.raft)
+        .context("invalid Raft configuration")?;
+    let raft = raft::Raft::new(
+        config.id,
+        raft_config,
+        NetworkFactory::new(peers.clone()),
+        log_store,
+        state_store,
+    )
+    .await
+    .context("cannot start Raft")?;
 
-    if !raft.is_initialized().await.context("Raft stopped during startup")? {
+    if !raft
+        .is_initialized()
+        .await
+        .context("Raft stopped during startup")?
+    {
         // Every node of a new cluster initializes with the same member list; openraft makes that
         // safe (the identical first entry on each), and no node has to be started first.
         tracing::info!(members = ?config.members.keys().collect::<Vec<_>>(), "initializing a new cluster");
@@ -67,8 +88,15 @@ pub async fn run(
     );
     metrics::spawn_leader_watch(service.clone());
 
-    let identity = server::Identity { me: config.id, cluster_id: config.cluster_id.clone() };
-    let peer_task = tokio::spawn(server::serve(peer_listener, identity, Arc::new(service.clone())));
+    let identity = server::Identity {
+        me: config.id,
+        cluster_id: config.cluster_id.clone(),
+    };
+    let peer_task = tokio::spawn(server::serve(
+        peer_listener,
+        identity,
+        Arc::new(service.clone()),
+    ));
 
     tracing::info!(
         id = config.id,
@@ -79,7 +107,9 @@ pub async fn run(
         "metrokv node serving"
     );
     let app = api::router(service.clone(), metrics_handle);
-    let served = axum::serve(client_listener, app).with_graceful_shutdown(shutdown).await;
+    let served = axum::serve(client_listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
 
     peer_task.abort();
     if let Err(e) = raft.shutdown().await {

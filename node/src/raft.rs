@@ -72,7 +72,10 @@ pub type StreamingError = openraft::error::StreamingError<TypeConfig>;
 pub type Fatal = openraft::error::Fatal<TypeConfig>;
 
 /// openraft's `Config` from ours. The units live in our names; openraft keeps them in docs.
-pub fn openraft_config(cluster_name: &str, t: &RaftTimeouts) -> Result<Arc<openraft::Config>, openraft::ConfigError> {
+pub fn openraft_config(
+    cluster_name: &str,
+    t: &RaftTimeouts,
+) -> Result<Arc<openraft::Config>, openraft::ConfigError> {
     let config = openraft::Config {
         cluster_name: cluster_name.to_string(),
         heartbeat_interval: t.heartbeat_interval_ms,

@@ -100,7 +100,9 @@ enum LocalWrite {
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Service {
@@ -116,7 +118,16 @@ impl Service {
         // Partial transfers from before a restart are useless: their senders start over.
         std::fs::create_dir_all(&incoming_dir)?;
         snapshot::remove_all_but(&incoming_dir, None)?;
-        Ok(Self { id, cluster_id, raft, reader, peers, timeouts, incoming_dir, incoming: Mutex::default() })
+        Ok(Self {
+            id,
+            cluster_id,
+            raft,
+            reader,
+            peers,
+            timeouts,
+            incoming_dir,
+            incoming: Mutex::default(),
+        })
     }
 
     pub fn id(&self) -> NodeId {
@@ -155,7 +166,10 @@ impl Service {
         let _ = self
             .raft
             .wait(Some(budget))
-            .metrics(|m| m.current_leader.is_some() && m.current_leader != old, "a new leader")
+            .metrics(
+                |m| m.current_leader.is_some() && m.current_leader != old,
+                "a new leader",
+            )
             .await;
     }
 
@@ -165,7 +179,11 @@ impl Service {
     }
 
     /// Propose `command` and return its answer.
-    pub async fn write(&self, command: Command, idempotency_key: Option<String>) -> Result<Served<Response>, WriteError> {
+    pub async fn write(
+        &self,
+        command: Command,
+        idempotency_key: Option<String>,
+    ) -> Result<Served<Response>, WriteError> {
         let started = Instant::now();
         let deadline = started + Duration::from_millis(self.timeouts.write_timeout_ms);
         let leader_deadline = started + self.leader_wait();
@@ -174,48 +192,92 @@ impl Service {
             let leader = self.raft.metrics().borrow_watched().current_leader;
             let now = Instant::now();
             if now >= deadline || (now >= leader_deadline && leader.is_none()) {
-                return Err(WriteError::Unavailable(format!("no leader could take the write: {last_problem}")));
+                return Err(WriteError::Unavailable(format!(
+                    "no leader could take the write: {last_problem}"
+                )));
             }
             match leader {
-                Some(l) if l == self.id => match self.write_local(command.clone(), idempotency_key.clone(), deadline).await {
-                    Ok(response) => return Ok(Served { value: response, leader: Some(l) }),
+                Some(l) if l == self.id => match self
+                    .write_local(command.clone(), idempotency_key.clone(), deadline)
+                    .await
+                {
+                    Ok(response) => {
+                        return Ok(Served {
+                            value: response,
+                            leader: Some(l),
+                        })
+                    }
                     Err(LocalWrite::NotLeader(_)) => {
                         last_problem = "leadership moved".into();
-                        self.wait_for_leader(Some(l), deadline.min(leader_deadline)).await;
+                        self.wait_for_leader(Some(l), deadline.min(leader_deadline))
+                            .await;
                     }
                     Err(LocalWrite::NoQuorum) => {
-                        return Err(WriteError::Unavailable("this node leads but cannot reach a quorum".into()))
+                        return Err(WriteError::Unavailable(
+                            "this node leads but cannot reach a quorum".into(),
+                        ))
                     }
-                    Err(LocalWrite::Indeterminate(why)) => return Err(WriteError::Indeterminate(why)),
+                    Err(LocalWrite::Indeterminate(why)) => {
+                        return Err(WriteError::Indeterminate(why))
+                    }
                 },
                 Some(l) => {
                     let Some(node) = self.member_addr(l) else {
                         last_problem = format!("leader {l} is not in the membership");
-                        self.wait_for_leader(Some(l), deadline.min(leader_deadline)).await;
+                        self.wait_for_leader(Some(l), deadline.min(leader_deadline))
+                            .await;
                         continue;
                     };
                     let client = self.peers.client(l, &node.peer_addr, Channel::Forward);
-                    let request = PeerRequest::ClientWrite { command: command.clone(), idempotency_key: idempotency_key.clone() };
+                    let request = PeerRequest::ClientWrite {
+                        command: command.clone(),
+                        idempotency_key: idempotency_key.clone(),
+                    };
                     let budget = deadline.saturating_duration_since(Instant::now());
                     match client.call(request, budget).await {
-                        Ok(PeerResponse::ClientWrite(Ok(response))) => return Ok(Served { value: response, leader: Some(l) }),
+                        Ok(PeerResponse::ClientWrite(Ok(response))) => {
+                            return Ok(Served {
+                                value: response,
+                                leader: Some(l),
+                            })
+                        }
                         Ok(PeerResponse::ClientWrite(Err(ForwardError::NotLeader(_)))) => {
                             last_problem = format!("node {l} is no longer the leader");
-                            self.wait_for_leader(Some(l), deadline.min(leader_deadline)).await;
+                            self.wait_for_leader(Some(l), deadline.min(leader_deadline))
+                                .await;
                         }
                         Ok(PeerResponse::ClientWrite(Err(ForwardError::NoQuorum))) => {
-                            return Err(WriteError::Unavailable(format!("leader {l} cannot reach a quorum")))
+                            return Err(WriteError::Unavailable(format!(
+                                "leader {l} cannot reach a quorum"
+                            )))
                         }
-                        Ok(PeerResponse::ClientWrite(Err(e))) => return Err(WriteError::Indeterminate(format!("leader {l}: {e}"))),
-                        Ok(other) => return Err(WriteError::Indeterminate(format!("leader {l} answered {other:?}"))),
+                        Ok(PeerResponse::ClientWrite(Err(e))) => {
+                            return Err(WriteError::Indeterminate(format!("leader {l}: {e}")))
+                        }
+                        Ok(other) => {
+                            return Err(WriteError::Indeterminate(format!(
+                                "leader {l} answered {other:?}"
+                            )))
+                        }
                         Err(e) if e.not_sent() => {
                             last_problem = e.to_string();
-                            tokio::time::sleep(RETRY_BACKOFF.min(deadline.saturating_duration_since(Instant::now()))).await;
+                            tokio::time::sleep(
+                                RETRY_BACKOFF
+                                    .min(deadline.saturating_duration_since(Instant::now())),
+                            )
+                            .await;
                         }
-                        Err(e) => return Err(WriteError::Indeterminate(format!("forwarded to leader {l}: {e}"))),
+                        Err(e) => {
+                            return Err(WriteError::Indeterminate(format!(
+                                "forwarded to leader {l}: {e}"
+                            )))
+                        }
                     }
                 }
-                None => self.wait_for_leader(None, deadline.min(leader_deadline)).await,
+                None => {
+                    self.wait_for_leader(None, deadline.min(leader_deadline))
+                        .await
+                }
             }
         }
     }
@@ -225,20 +287,37 @@ impl Service {
         let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();
         let lease = Duration::from_millis(self.timeouts.election_timeout_ms_max);
-        m.last_quorum_acked.as_ref().is_some_and(|t| t.elapsed() <= lease)
+        m.last_quorum_acked
+            .as_ref()
+            .is_some_and(|t| t.elapsed() <= lease)
     }
 
-    async fn write_local(&self, command: Command, idempotency_key: Option<String>, deadline: Instant) -> Result<Response, LocalWrite> {
+    async fn write_local(
+        &self,
+        command: Command,
+        idempotency_key: Option<String>,
+        deadline: Instant,
+    ) -> Result<Response, LocalWrite> {
         if !self.has_quorum() {
             return Err(LocalWrite::NoQuorum);
         }
-        let request = Request { leader_time_ms: now_ms(), idempotency_key, command };
+        let request = Request {
+            leader_time_ms: now_ms(),
+            idempotency_key,
+            command,
+        };
         match tokio::time::timeout_at(deadline, self.raft.client_write(request)).await {
-            Err(_) => Err(LocalWrite::Indeterminate("the write was proposed but did not commit in time".into())),
+            Err(_) => Err(LocalWrite::Indeterminate(
+                "the write was proposed but did not commit in time".into(),
+            )),
             Ok(Ok(written)) => Ok(written.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(LocalWrite::NotLeader(f.leader_id)),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(LocalWrite::NotLeader(f.leader_id))
+            }
             Ok(Err(RaftError::APIError(e))) => Err(LocalWrite::Indeterminate(e.to_string())),
-            Ok(Err(RaftError::Fatal(e))) => Err(LocalWrite::Indeterminate(format!("the Raft core stopped: {e}"))),
+            Ok(Err(RaftError::Fatal(e))) => Err(LocalWrite::Indeterminate(format!(
+                "the Raft core stopped: {e}"
+            ))),
         }
     }
 
@@ -253,21 +332,25 @@ impl Service {
             let leader = self.raft.metrics().borrow_watched().current_leader;
             let now = Instant::now();
             if now >= deadline || (now >= leader_deadline && leader.is_none()) {
-                return Err(ReadError::Unavailable(format!("the read could not be confirmed with a leader: {last_problem}")));
+                return Err(ReadError::Unavailable(format!(
+                    "the read could not be confirmed with a leader: {last_problem}"
+                )));
             }
             let index = match leader {
                 Some(l) if l == self.id => match self.read_index_local(deadline).await {
                     Ok(index) => index,
                     Err(ForwardError::NotLeader(_)) => {
                         last_problem = "leadership moved".into();
-                        self.wait_for_leader(Some(l), deadline.min(leader_deadline)).await;
+                        self.wait_for_leader(Some(l), deadline.min(leader_deadline))
+                            .await;
                         continue;
                     }
                     Err(e) => return Err(ReadError::Unavailable(e.to_string())),
                 },
                 Some(l) => {
                     let Some(node) = self.member_addr(l) else {
-                        self.wait_for_leader(Some(l), deadline.min(leader_deadline)).await;
+                        self.wait_for_leader(Some(l), deadline.min(leader_deadline))
+                            .await;
                         continue;
                     };
                     let client = self.peers.client(l, &node.peer_addr, Channel::Forward);
@@ -276,20 +359,30 @@ impl Service {
                         Ok(PeerResponse::ReadIndex(Ok(index))) => index,
                         Ok(PeerResponse::ReadIndex(Err(ForwardError::NotLeader(_)))) => {
                             last_problem = format!("node {l} is no longer the leader");
-                            self.wait_for_leader(Some(l), deadline.min(leader_deadline)).await;
+                            self.wait_for_leader(Some(l), deadline.min(leader_deadline))
+                                .await;
                             continue;
                         }
-                        Ok(other) => return Err(ReadError::Unavailable(format!("leader {l} answered {other:?}"))),
+                        Ok(other) => {
+                            return Err(ReadError::Unavailable(format!(
+                                "leader {l} answered {other:?}"
+                            )))
+                        }
                         Err(e) if e.not_sent() => {
                             last_problem = e.to_string();
-                            tokio::time::sleep(RETRY_BACKOFF.min(deadline.saturating_duration_since(Instant::now()))).await;
+                            tokio::time::sleep(
+                                RETRY_BACKOFF
+                                    .min(deadline.saturating_duration_since(Instant::now())),
+                            )
+                            .await;
                             continue;
                         }
                         Err(e) => return Err(ReadError::Unavailable(format!("leader {l}: {e}"))),
                     }
                 }
                 None => {
-                    self.wait_for_leader(None, deadline.min(leader_deadline)).await;
+                    self.wait_for_leader(None, deadline.min(leader_deadline))
+                        .await;
                     continue;
                 }
             };
@@ -298,19 +391,28 @@ impl Service {
                 .wait(Some(budget))
                 .applied_index_at_least(Some(index), "linearizable read")
                 .await
-                .map_err(|e| ReadError::Unavailable(format!("this node did not catch up with the leader in time: {e}")))?;
+                .map_err(|e| {
+                    ReadError::Unavailable(format!(
+                        "this node did not catch up with the leader in time: {e}"
+                    ))
+                })?;
             return Ok(leader);
         }
     }
 
     /// As leader: confirm leadership with a quorum and return the index reads must wait for.
     async fn read_index_local(&self, deadline: Instant) -> Result<u64, ForwardError> {
-        let linearizer = tokio::time::timeout_at(deadline, self.raft.get_read_linearizer(ReadPolicy::ReadIndex))
-            .await
-            .map_err(|_| ForwardError::ReadTimeout("leadership was not confirmed in time".into()))?;
+        let linearizer = tokio::time::timeout_at(
+            deadline,
+            self.raft.get_read_linearizer(ReadPolicy::ReadIndex),
+        )
+        .await
+        .map_err(|_| ForwardError::ReadTimeout("leadership was not confirmed in time".into()))?;
         match linearizer {
             Ok(l) => Ok(l.read_log_id().index()),
-            Err(RaftError::APIError(openraft::error::LinearizableReadError::ForwardToLeader(f))) => Err(ForwardError::NotLeader(f.leader_id)),
+            Err(RaftError::APIError(openraft::error::LinearizableReadError::ForwardToLeader(
+                f,
+            ))) => Err(ForwardError::NotLeader(f.leader_id)),
             Err(e) => Err(ForwardError::ReadTimeout(e.to_string())),
         }
     }
@@ -333,7 +435,11 @@ impl Service {
         let members: Vec<(NodeId, NodeInfo)> = {
             let metrics = self.raft.metrics();
             let m = metrics.borrow_watched();
-            m.membership_config.membership().nodes().map(|(id, n)| (*id, n.clone())).collect()
+            m.membership_config
+                .membership()
+                .nodes()
+                .map(|(id, n)| (*id, n.clone()))
+                .collect()
         };
         let queries = members.into_iter().map(|(id, node)| async move {
             if id == self.id {
@@ -359,7 +465,11 @@ impl Service {
         }
     }
 
-    async fn receive_chunk(&self, from: NodeId, chunk: SnapshotChunk) -> Result<Option<crate::raft::SnapshotResponse>, String> {
+    async fn receive_chunk(
+        &self,
+        from: NodeId,
+        chunk: SnapshotChunk,
+    ) -> Result<Option<crate::raft::SnapshotResponse>, String> {
         let previous = lock(&self.incoming).remove(&from);
         let mut incoming = match previous {
             Some(inc) if inc.transfer_id == chunk.transfer_id => inc,
@@ -368,19 +478,33 @@ impl Service {
                     let _ = std::fs::remove_file(&stale.path);
                 }
                 if chunk.offset != 0 {
-                    return Err(format!("chunk at offset {} of an unknown transfer; start over", chunk.offset));
+                    return Err(format!(
+                        "chunk at offset {} of an unknown transfer; start over",
+                        chunk.offset
+                    ));
                 }
-                let path = self.incoming_dir.join(format!("from-{from}-{:016x}.snap", chunk.transfer_id));
-                let file = std::fs::File::create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-                Incoming { transfer_id: chunk.transfer_id, path, file, written: 0 }
+                let path = self
+                    .incoming_dir
+                    .join(format!("from-{from}-{:016x}.snap", chunk.transfer_id));
+                let file = std::fs::File::create(&path)
+                    .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+                Incoming {
+                    transfer_id: chunk.transfer_id,
+                    path,
+                    file,
+                    written: 0,
+                }
             }
         };
         if chunk.offset != incoming.written {
             let _ = std::fs::remove_file(&incoming.path);
-            return Err(format!("chunk at offset {} but {} bytes were received; start over", chunk.offset, incoming.written));
+            return Err(format!(
+                "chunk at offset {} but {} bytes were received; start over",
+                chunk.offset, incoming.written
+            ));
         }
         let done = chunk.done;
-        let vote = chunk.vote.clone();
+        let vote = chunk.vote;
         let data = chunk.data;
         let mut incoming = tokio::task::spawn_blocking(move || {
             use std::io::Write;
@@ -406,8 +530,15 @@ impl Service {
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("received snapshot is invalid: {e}"))?;
         let file = SnapshotFile::open(&path).map_err(|e| e.to_string())?;
-        let snapshot = crate::raft::Snapshot { meta, snapshot: file };
-        let response = self.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string())?;
+        let snapshot = crate::raft::Snapshot {
+            meta,
+            snapshot: file,
+        };
+        let response = self
+            .raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(|e| e.to_string())?;
         // A refused install (stale vote) leaves the file behind; it is not ours to keep.
         let _ = std::fs::remove_file(&path);
         Ok(Some(response))
@@ -449,17 +580,25 @@ impl PeerHandler for Arc<Service> {
                 Err(e) => fatal(e.to_string()),
             },
             PeerRequest::SnapshotChunk(chunk) => self.receive_snapshot_chunk(from, chunk).await,
-            PeerRequest::ClientWrite { command, idempotency_key } => {
-                let deadline = Instant::now() + Duration::from_millis(self.timeouts.write_timeout_ms);
-                let result = self.write_local(command, idempotency_key, deadline).await.map_err(|e| match e {
-                    LocalWrite::NotLeader(l) => ForwardError::NotLeader(l),
-                    LocalWrite::NoQuorum => ForwardError::NoQuorum,
-                    LocalWrite::Indeterminate(why) => ForwardError::Indeterminate(why),
-                });
+            PeerRequest::ClientWrite {
+                command,
+                idempotency_key,
+            } => {
+                let deadline =
+                    Instant::now() + Duration::from_millis(self.timeouts.write_timeout_ms);
+                let result = self
+                    .write_local(command, idempotency_key, deadline)
+                    .await
+                    .map_err(|e| match e {
+                        LocalWrite::NotLeader(l) => ForwardError::NotLeader(l),
+                        LocalWrite::NoQuorum => ForwardError::NoQuorum,
+                        LocalWrite::Indeterminate(why) => ForwardError::Indeterminate(why),
+                    });
                 PeerResponse::ClientWrite(result)
             }
             PeerRequest::ReadIndex => {
-                let deadline = Instant::now() + Duration::from_millis(self.timeouts.read_timeout_ms);
+                let deadline =
+                    Instant::now() + Duration::from_millis(self.timeouts.read_timeout_ms);
                 PeerResponse::ReadIndex(self.read_index_local(deadline).await)
             }
             PeerRequest::Status => PeerResponse::Status(self.status()),

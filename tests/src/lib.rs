@@ -43,7 +43,10 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
 /// A free port on 127.0.0.1. The listener is closed before the node binds it; another process
 /// could take it in between, which shows up as a node failing to start with a clear log line.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind an ephemeral port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
 }
 
 /// Options for a test cluster.
@@ -58,7 +61,11 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { nodes: 3, zones: vec![], extra_args: vec![] }
+        Self {
+            nodes: 3,
+            zones: vec![],
+            extra_args: vec![],
+        }
     }
 }
 
@@ -103,7 +110,11 @@ impl Cluster {
         let dir = tempfile::Builder::new().prefix("metrokv-test-").tempdir()?;
         let mut nodes = Vec::new();
         for i in 1..=options.nodes as u64 {
-            let zone = options.zones.get(i as usize - 1).cloned().unwrap_or_else(|| if i <= 2 { "dc-a".into() } else { "dc-b".into() });
+            let zone = options
+                .zones
+                .get(i as usize - 1)
+                .cloned()
+                .unwrap_or_else(|| if i <= 2 { "dc-a".into() } else { "dc-b".into() });
             let node_dir = dir.path().join(format!("n{i}"));
             std::fs::create_dir_all(&node_dir)?;
             nodes.push(Node {
@@ -117,9 +128,21 @@ impl Cluster {
                 paused: false,
             });
         }
-        let members = nodes.iter().map(|n| format!("{}={}/{}/{}", n.id, n.zone, n.client_addr, n.peer_addr)).collect();
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
-        let mut cluster = Self { _dir: dir, nodes, binary, members, extra_args: options.extra_args, http };
+        let members = nodes
+            .iter()
+            .map(|n| format!("{}={}/{}/{}", n.id, n.zone, n.client_addr, n.peer_addr))
+            .collect();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        let mut cluster = Self {
+            _dir: dir,
+            nodes,
+            binary,
+            members,
+            extra_args: options.extra_args,
+            http,
+        };
         for id in 1..=options.nodes as u64 {
             cluster.spawn(id)?;
         }
@@ -152,7 +175,10 @@ impl Cluster {
         let binary = self.binary.clone();
         let extra = self.extra_args.clone();
         let node = self.node_mut(id);
-        let log = File::options().create(true).append(true).open(&node.log_path)?;
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&node.log_path)?;
         let mut cmd = Command::new(binary);
         cmd.arg("--id")
             .arg(id.to_string())
@@ -169,8 +195,13 @@ impl Cluster {
         for m in &members {
             cmd.arg("--member").arg(m);
         }
-        cmd.args(&extra).env("RUST_LOG", std::env::var("METROKV_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()));
-        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        cmd.args(&extra).env(
+            "RUST_LOG",
+            std::env::var("METROKV_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+        );
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
         node.child = Some(cmd.spawn().context("spawn metrokv-node")?);
         node.paused = false;
         Ok(())
@@ -207,7 +238,12 @@ impl Cluster {
     }
 
     pub async fn get_json(&self, url: &str) -> anyhow::Result<Value> {
-        let r = self.http.get(url).timeout(Duration::from_secs(2)).send().await?;
+        let r = self
+            .http
+            .get(url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await?;
         Ok(r.json().await?)
     }
 
@@ -230,7 +266,13 @@ impl Cluster {
         loop {
             let mut ready = true;
             for node in self.nodes.iter().filter(|n| n.is_running() && !n.paused) {
-                match self.http.get(format!("{}/ready", node.url())).timeout(Duration::from_secs(1)).send().await {
+                match self
+                    .http
+                    .get(format!("{}/ready", node.url()))
+                    .timeout(Duration::from_secs(1))
+                    .send()
+                    .await
+                {
                     Ok(r) if r.status().is_success() => {}
                     Ok(r) => {
                         ready = false;
@@ -262,7 +304,9 @@ impl Cluster {
         loop {
             match f().await {
                 Ok(v) => return Ok(v),
-                Err(seen) if Instant::now() >= deadline => bail!("{what}: not true after {timeout:?}; last seen: {seen}"),
+                Err(seen) if Instant::now() >= deadline => {
+                    bail!("{what}: not true after {timeout:?}; last seen: {seen}")
+                }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
@@ -274,7 +318,10 @@ impl Cluster {
 }
 
 fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 fn tail(path: &Path, lines: usize) -> String {
@@ -287,7 +334,11 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
             for node in &self.nodes {
-                eprintln!("----- n{} log (last 60 lines) -----\n{}", node.id, tail(&node.log_path, 60));
+                eprintln!(
+                    "----- n{} log (last 60 lines) -----\n{}",
+                    node.id,
+                    tail(&node.log_path, 60)
+                );
             }
         }
         for node in &mut self.nodes {

@@ -26,7 +26,13 @@ fn cli(cluster: &Cluster, args: &[&str]) -> Output {
 }
 
 fn ok_stdout(out: &Output) -> String {
-    assert!(out.status.success(), "exit {:?}\nstdout: {}\nstderr: {}", out.status.code(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
@@ -35,45 +41,103 @@ async fn every_cli_command_round_trips() {
     let c = Cluster::start(Options::default()).await.unwrap();
     ok_stdout(&cli(&c, &["put", "greeting", "hello"]));
     assert_eq!(ok_stdout(&cli(&c, &["get", "greeting"])), "hello");
-    let json: serde_json::Value = serde_json::from_str(&ok_stdout(&cli(&c, &["--json", "get", "greeting"]))).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&ok_stdout(&cli(&c, &["--json", "get", "greeting"]))).unwrap();
     let version = json["version"].as_u64().expect("version in --json output");
 
     // A failed condition is a refusal (exit 1), a good one goes through.
-    assert_eq!(cli(&c, &["put", "greeting", "x", "--if-version", "999"]).status.code(), Some(1));
-    ok_stdout(&cli(&c, &["put", "greeting", "bonjour", "--if-version", &version.to_string()]));
-    assert_eq!(cli(&c, &["put", "greeting", "x", "--create-only"]).status.code(), Some(1));
+    assert_eq!(
+        cli(&c, &["put", "greeting", "x", "--if-version", "999"])
+            .status
+            .code(),
+        Some(1)
+    );
+    ok_stdout(&cli(
+        &c,
+        &[
+            "put",
+            "greeting",
+            "bonjour",
+            "--if-version",
+            &version.to_string(),
+        ],
+    ));
+    assert_eq!(
+        cli(&c, &["put", "greeting", "x", "--create-only"])
+            .status
+            .code(),
+        Some(1)
+    );
     assert!(ok_stdout(&cli(&c, &["list", "--prefix", "gree"])).contains("greeting"));
     ok_stdout(&cli(&c, &["del", "greeting"]));
-    assert_eq!(cli(&c, &["get", "greeting"]).status.code(), Some(1), "a missing key is a refusal");
+    assert_eq!(
+        cli(&c, &["get", "greeting"]).status.code(),
+        Some(1),
+        "a missing key is a refusal"
+    );
 
     let txn = r#"{"compare": [{"key": "t", "target": "exists", "op": "==", "exists": false}],
                   "success": [{"put": {"key": "t", "value": "1"}}], "failure": []}"#;
-    let out: serde_json::Value = serde_json::from_str(&ok_stdout(&cli(&c, &["--json", "txn", txn]))).unwrap();
+    let out: serde_json::Value =
+        serde_json::from_str(&ok_stdout(&cli(&c, &["--json", "txn", txn]))).unwrap();
     assert_eq!(out["succeeded"], true, "{out}");
 
     ok_stdout(&cli(&c, &["account", "create", "alice", "100"]));
     ok_stdout(&cli(&c, &["account", "create", "bob", "0"]));
-    assert_eq!(cli(&c, &["account", "create", "bob", "5"]).status.code(), Some(1));
+    assert_eq!(
+        cli(&c, &["account", "create", "bob", "5"]).status.code(),
+        Some(1)
+    );
     assert!(ok_stdout(&cli(&c, &["account", "get", "alice"])).contains("100"));
     ok_stdout(&cli(&c, &["transfer", "--id", "t1", "alice", "bob", "30"]));
     ok_stdout(&cli(&c, &["transfer", "--id", "t1", "alice", "bob", "30"]));
-    assert_eq!(cli(&c, &["transfer", "--id", "t2", "alice", "bob", "1000"]).status.code(), Some(1));
+    assert_eq!(
+        cli(&c, &["transfer", "--id", "t2", "alice", "bob", "1000"])
+            .status
+            .code(),
+        Some(1)
+    );
     assert!(ok_stdout(&cli(&c, &["transfer-status", "t1"])).contains("committed"));
-    let list: serde_json::Value = serde_json::from_str(&ok_stdout(&cli(&c, &["--json", "account", "list"]))).unwrap();
+    let list: serde_json::Value =
+        serde_json::from_str(&ok_stdout(&cli(&c, &["--json", "account", "list"]))).unwrap();
     assert_eq!(list["total"], 100, "{list}");
-    let balances: BTreeMap<String, u64> =
-        list["accounts"].as_array().unwrap().iter().map(|a| (a["id"].as_str().unwrap().to_string(), a["balance"].as_u64().unwrap())).collect();
-    assert_eq!(balances, BTreeMap::from([("alice".into(), 70), ("bob".into(), 30)]), "the retried transfer moved money once");
+    let balances: BTreeMap<String, u64> = list["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["id"].as_str().unwrap().to_string(),
+                a["balance"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        balances,
+        BTreeMap::from([("alice".into(), 70), ("bob".into(), 30)]),
+        "the retried transfer moved money once"
+    );
 
     let status = ok_stdout(&cli(&c, &["cluster", "status"]));
-    assert!(status.contains("leader") && status.contains("dc-b"), "{status}");
+    assert!(
+        status.contains("leader") && status.contains("dc-b"),
+        "{status}"
+    );
 
     // Usage errors exit 2; no reachable node exits 3.
     assert_eq!(cli(&c, &["transfer", "alice"]).status.code(), Some(2));
     let dead = format!("http://127.0.0.1:{}", metrokv_tests::free_port());
     let bin = metrokv_tests::binary("metrokv").unwrap();
-    let out = Command::new(bin).args(["--endpoints", &dead, "--deadline-ms", "1000", "get", "k"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin)
+        .args(["--endpoints", &dead, "--deadline-ms", "1000", "get", "k"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Transfers through the library keep going while the leader is killed and restarted; at the end
@@ -81,7 +145,12 @@ async fn every_cli_command_round_trips() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfers_survive_leader_failover_exactly_once() {
     let mut c = Cluster::start(Options::default()).await.unwrap();
-    let client = ClientBuilder::new(c.urls()).zone("dc-a").deadline(Duration::from_secs(10)).seed(7).build().unwrap();
+    let client = ClientBuilder::new(c.urls())
+        .zone("dc-a")
+        .deadline(Duration::from_secs(10))
+        .seed(7)
+        .build()
+        .unwrap();
     let accounts = ["a", "b", "c", "d"];
     for id in accounts {
         client.create_account(id, 1_000).await.unwrap();
@@ -101,7 +170,12 @@ async fn transfers_survive_leader_failover_exactly_once() {
             c.restart(killed.take().unwrap()).unwrap();
         }
         let from = accounts[rng.random_range(0..4)];
-        let to = accounts.iter().copied().filter(|a| *a != from).nth(rng.random_range(0..3)).unwrap();
+        let to = accounts
+            .iter()
+            .copied()
+            .filter(|a| *a != from)
+            .nth(rng.random_range(0..3))
+            .unwrap();
         let request = TransferRequest::new(from, to, rng.random_range(1..400));
         match client.transfer(&request).await {
             Ok(receipt) => {
@@ -121,21 +195,47 @@ async fn transfers_survive_leader_failover_exactly_once() {
             Err(e) => panic!("settling {} failed: {e}", request.id),
         }
     }
-    assert!(committed.len() > 100, "too few transfers committed: {}", committed.len());
+    assert!(
+        committed.len() > 100,
+        "too few transfers committed: {}",
+        committed.len()
+    );
 
     let mut expected: BTreeMap<&str, i64> = accounts.iter().map(|a| (*a, 1_000)).collect();
     for t in &committed {
         *expected.get_mut(t.from.as_str()).unwrap() -= t.amount as i64;
         *expected.get_mut(t.to.as_str()).unwrap() += t.amount as i64;
     }
-    let page = client.list_accounts(AccountListOptions::default()).await.unwrap();
-    let actual: BTreeMap<&str, i64> = page.accounts.iter().map(|a| (a.id.as_str(), a.balance as i64)).collect();
-    assert_eq!(actual, expected, "balances must be exactly the committed transfers, each once");
+    let page = client
+        .list_accounts(AccountListOptions::default())
+        .await
+        .unwrap();
+    let actual: BTreeMap<&str, i64> = page
+        .accounts
+        .iter()
+        .map(|a| (a.id.as_str(), a.balance as i64))
+        .collect();
+    assert_eq!(
+        actual, expected,
+        "balances must be exactly the committed transfers, each once"
+    );
     assert_eq!(page.total, 4_000);
     // The server's record agrees with what the library reported, for every transfer.
     for t in committed.iter().take(40).chain(rejected.iter().take(20)) {
-        let record = client.get_transfer(&t.id).await.unwrap().expect("a recorded outcome");
+        let record = client
+            .get_transfer(&t.id)
+            .await
+            .unwrap()
+            .expect("a recorded outcome");
         let was_committed = committed.iter().any(|x| x.id == t.id);
-        assert_eq!(matches!(record.outcome, metrokv_client::TransferOutcome::Committed { .. }), was_committed, "{}", t.id);
+        assert_eq!(
+            matches!(
+                record.outcome,
+                metrokv_client::TransferOutcome::Committed { .. }
+            ),
+            was_committed,
+            "{}",
+            t.id
+        );
     }
 }

@@ -14,30 +14,59 @@ use serde_json::json;
 use serde_json::Value;
 
 async fn put(c: &Cluster, node: u64, key: &str, value: &str) -> reqwest::Response {
-    c.http().put(format!("{}/v1/kv/{key}", c.url(node))).body(value.to_string()).send().await.expect("put")
+    c.http()
+        .put(format!("{}/v1/kv/{key}", c.url(node)))
+        .body(value.to_string())
+        .send()
+        .await
+        .expect("put")
 }
 
 async fn get(c: &Cluster, node: u64, key: &str) -> (StatusCode, String, Option<String>) {
-    let r = c.http().get(format!("{}/v1/kv/{key}", c.url(node))).send().await.expect("get");
+    let r = c
+        .http()
+        .get(format!("{}/v1/kv/{key}", c.url(node)))
+        .send()
+        .await
+        .expect("get");
     let status = r.status();
-    let etag = r.headers().get("etag").map(|v| v.to_str().unwrap().to_string());
+    let etag = r
+        .headers()
+        .get("etag")
+        .map(|v| v.to_str().unwrap().to_string());
     (status, r.text().await.unwrap(), etag)
 }
 
 async fn json_of(r: reqwest::Response) -> (StatusCode, Value) {
     let status = r.status();
     let text = r.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")),
+    )
 }
 
 async fn revision(c: &Cluster, node: u64) -> u64 {
-    let v = c.get_json(&format!("{}/v1/kv?prefix=&limit=1", c.url(node))).await.unwrap();
+    let v = c
+        .get_json(&format!("{}/v1/kv?prefix=&limit=1", c.url(node)))
+        .await
+        .unwrap();
     v["revision"].as_u64().unwrap()
 }
 
 async fn metric(c: &Cluster, node: u64, name: &str) -> Option<f64> {
-    let text = c.http().get(format!("{}/metrics", c.url(node))).send().await.ok()?.text().await.ok()?;
-    text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{'])).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    let text = c
+        .http()
+        .get(format!("{}/metrics", c.url(node)))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -51,7 +80,10 @@ async fn writes_are_read_linearizably_on_other_nodes_and_conditions_hold() {
         let (_, body) = json_of(r).await;
         let version = body["version"].as_u64().unwrap();
         let (status, value, etag) = get(&c, reader, &key).await;
-        assert_eq!((status, value.as_str()), (StatusCode::OK, format!("hello {i}").as_str()));
+        assert_eq!(
+            (status, value.as_str()),
+            (StatusCode::OK, format!("hello {i}").as_str())
+        );
         assert_eq!(etag, Some(format!("\"{version}\"")));
     }
 
@@ -60,19 +92,45 @@ async fn writes_are_read_linearizably_on_other_nodes_and_conditions_hold() {
     let (_, body) = json_of(r).await;
     let v1 = body["version"].as_u64().unwrap();
     let url = format!("{}/v1/kv/cas", c.url(2));
-    let stale = c.http().put(&url).header("if-match", "\"1\"").body("nope").send().await.unwrap();
+    let stale = c
+        .http()
+        .put(&url)
+        .header("if-match", "\"1\"")
+        .body("nope")
+        .send()
+        .await
+        .unwrap();
     let (status, err) = json_of(stale).await;
     assert_eq!(status, 412);
     assert_eq!(err["error"], "precondition_failed");
     assert_eq!(err["current_version"], v1);
-    let ok = c.http().put(&url).header("if-match", format!("\"{v1}\"")).body("v2").send().await.unwrap();
+    let ok = c
+        .http()
+        .put(&url)
+        .header("if-match", format!("\"{v1}\""))
+        .body("v2")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 200);
-    let exists = c.http().put(&url).header("if-none-match", "*").body("v3").send().await.unwrap();
+    let exists = c
+        .http()
+        .put(&url)
+        .header("if-none-match", "*")
+        .body("v3")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(exists.status(), 412);
     assert_eq!(get(&c, 3, "cas").await.1, "v2");
 
     // Stale reads carry the applied index; deletes report whether they deleted.
-    let r = c.http().get(format!("{}/v1/kv/cas?consistency=stale", c.url(3))).send().await.unwrap();
+    let r = c
+        .http()
+        .get(format!("{}/v1/kv/cas?consistency=stale", c.url(3)))
+        .send()
+        .await
+        .unwrap();
     assert!(r.headers().contains_key("x-metrokv-applied-index"));
     let del = c.http().delete(&url).send().await.unwrap();
     let (_, body) = json_of(del).await;
@@ -83,13 +141,24 @@ async fn writes_are_read_linearizably_on_other_nodes_and_conditions_hold() {
 
     // A prefix listing is one snapshot, paged.
     for i in 0..5 {
-        assert_eq!(put(&c, 1, &format!("list/{i}"), &format!("{i}")).await.status(), 200);
+        assert_eq!(
+            put(&c, 1, &format!("list/{i}"), &format!("{i}"))
+                .await
+                .status(),
+            200
+        );
     }
-    let page = c.get_json(&format!("{}/v1/kv?prefix=list/&limit=3", c.url(2))).await.unwrap();
+    let page = c
+        .get_json(&format!("{}/v1/kv?prefix=list/&limit=3", c.url(2)))
+        .await
+        .unwrap();
     assert_eq!(page["items"].as_array().unwrap().len(), 3);
     assert_eq!(page["more"], true);
     let after = page["items"][2]["key"].as_str().unwrap();
-    let rest = c.get_json(&format!("{}/v1/kv?prefix=list/&after={after}", c.url(2))).await.unwrap();
+    let rest = c
+        .get_json(&format!("{}/v1/kv?prefix=list/&after={after}", c.url(2)))
+        .await
+        .unwrap();
     assert_eq!(rest["items"].as_array().unwrap().len(), 2);
     assert_eq!(rest["more"], false);
 
@@ -99,17 +168,37 @@ async fn writes_are_read_linearizably_on_other_nodes_and_conditions_hold() {
         "success": [{"put": {"key": "list/0", "value": "zero"}}, {"get": {"key": "list/0"}}],
         "failure": [{"get": {"key": "list/0"}}]
     });
-    let r = c.http().post(format!("{}/v1/txn", c.url(3))).json(&txn).send().await.unwrap();
+    let r = c
+        .http()
+        .post(format!("{}/v1/txn", c.url(3)))
+        .json(&txn)
+        .send()
+        .await
+        .unwrap();
     let (status, body) = json_of(r).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["succeeded"], true);
     assert_eq!(body["results"][1]["get"]["value"], "zero");
-    let r = c.http().post(format!("{}/v1/txn", c.url(1))).json(&txn).send().await.unwrap();
+    let r = c
+        .http()
+        .post(format!("{}/v1/txn", c.url(1)))
+        .json(&txn)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(json_of(r).await.1["succeeded"], false);
 
     // The cluster view names every member with its zone.
-    let view = c.get_json(&format!("{}/v1/cluster", c.url(1))).await.unwrap();
-    let zones: Vec<&str> = view["members"].as_array().unwrap().iter().map(|m| m["zone"].as_str().unwrap()).collect();
+    let view = c
+        .get_json(&format!("{}/v1/cluster", c.url(1)))
+        .await
+        .unwrap();
+    let zones: Vec<&str> = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["zone"].as_str().unwrap())
+        .collect();
     assert_eq!(zones, ["dc-a", "dc-a", "dc-b"]);
     assert!(view["leader"].as_u64().is_some());
 }
@@ -162,16 +251,26 @@ async fn killing_the_leader_loses_no_acknowledged_write_and_writes_resume() {
 
     // Writes resume: poll the survivors until writes acknowledged after the kill show up.
     let survivor = if leader == 1 { 2 } else { 1 };
-    Cluster::eventually("a new leader serves writes", Duration::from_secs(15), || {
-        let c = &c;
-        async move {
-            match c.http().put(format!("{}/v1/kv/probe", c.url(survivor))).body("x").send().await {
-                Ok(r) if r.status() == 200 => Ok(()),
-                Ok(r) => Err(format!("status {}", r.status())),
-                Err(e) => Err(e.to_string()),
+    Cluster::eventually(
+        "a new leader serves writes",
+        Duration::from_secs(15),
+        || {
+            let c = &c;
+            async move {
+                match c
+                    .http()
+                    .put(format!("{}/v1/kv/probe", c.url(survivor)))
+                    .body("x")
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 200 => Ok(()),
+                    Ok(r) => Err(format!("status {}", r.status())),
+                    Err(e) => Err(e.to_string()),
+                }
             }
-        }
-    })
+        },
+    )
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -184,25 +283,45 @@ async fn killing_the_leader_loses_no_acknowledged_write_and_writes_resume() {
         all.extend(acked);
         after_kill += n;
     }
-    assert!(after_kill > 0, "no write was acknowledged after the leader was killed");
+    assert!(
+        after_kill > 0,
+        "no write was acknowledged after the leader was killed"
+    );
     assert!(all.len() > 20, "too few writes acknowledged: {}", all.len());
     // Every acknowledged write is there, read linearizably through a survivor.
     for (key, value) in &all {
         let (status, got, _) = get(&c, survivor, key).await;
-        assert_eq!((status, got.as_str()), (StatusCode::OK, value.as_str()), "acknowledged write {key} lost");
+        assert_eq!(
+            (status, got.as_str()),
+            (StatusCode::OK, value.as_str()),
+            "acknowledged write {key} lost"
+        );
     }
     // The killed node comes back and catches up.
     c.restart(leader).unwrap();
     c.wait_ready(Duration::from_secs(30)).await.unwrap();
     let (k, v) = all.iter().next_back().unwrap();
-    let r = c.http().get(format!("{}/v1/kv/{k}", c.url(leader))).send().await.unwrap();
+    let r = c
+        .http()
+        .get(format!("{}/v1/kv/{k}", c.url(leader)))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.text().await.unwrap(), *v);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_restarted_after_its_log_was_purged_catches_up_by_snapshot() {
     let options = Options {
-        extra_args: ["--snapshot-logs-since-last", "50", "--logs-kept-after-snapshot", "5"].iter().map(|s| s.to_string()).collect(),
+        extra_args: [
+            "--snapshot-logs-since-last",
+            "50",
+            "--logs-kept-after-snapshot",
+            "5",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
         ..Options::default()
     };
     let mut c = Cluster::start(options).await.unwrap();
@@ -219,8 +338,14 @@ async fn a_node_restarted_after_its_log_was_purged_catches_up_by_snapshot() {
     Cluster::eventually("the leader purged its log", Duration::from_secs(20), || {
         let c = &c;
         async move {
-            let purged = metric(c, leader, "metrokv_raft_purged_index").await.unwrap_or(0.0);
-            if purged > 100.0 { Ok(()) } else { Err(format!("purged index {purged}")) }
+            let purged = metric(c, leader, "metrokv_raft_purged_index")
+                .await
+                .unwrap_or(0.0);
+            if purged > 100.0 {
+                Ok(())
+            } else {
+                Err(format!("purged index {purged}"))
+            }
         }
     })
     .await
@@ -228,40 +353,87 @@ async fn a_node_restarted_after_its_log_was_purged_catches_up_by_snapshot() {
 
     c.restart(victim).unwrap();
     c.wait_ready(Duration::from_secs(30)).await.unwrap();
-    Cluster::eventually("the victim installed a snapshot", Duration::from_secs(20), || {
-        let c = &c;
-        async move {
-            let installed = metric(c, victim, "metrokv_snapshots_installed_total").await.unwrap_or(0.0);
-            if installed >= 1.0 { Ok(()) } else { Err(format!("installed {installed}")) }
-        }
-    })
+    Cluster::eventually(
+        "the victim installed a snapshot",
+        Duration::from_secs(20),
+        || {
+            let c = &c;
+            async move {
+                let installed = metric(c, victim, "metrokv_snapshots_installed_total")
+                    .await
+                    .unwrap_or(0.0);
+                if installed >= 1.0 {
+                    Ok(())
+                } else {
+                    Err(format!("installed {installed}"))
+                }
+            }
+        },
+    )
     .await
     .unwrap();
     // It catches up with the leader; then its own state (a stale read) has everything.
-    let leader_commit = c.get_json(&format!("{}/v1/cluster", c.url(leader))).await.unwrap()["commit_index"].as_u64().unwrap();
-    Cluster::eventually("the victim applied the leader's commit index", Duration::from_secs(20), || {
-        let c = &c;
-        async move {
-            let applied = metric(c, victim, "metrokv_raft_applied_index").await.unwrap_or(0.0) as u64;
-            if applied >= leader_commit { Ok(()) } else { Err(format!("applied {applied} < {leader_commit}")) }
-        }
-    })
+    let leader_commit = c
+        .get_json(&format!("{}/v1/cluster", c.url(leader)))
+        .await
+        .unwrap()["commit_index"]
+        .as_u64()
+        .unwrap();
+    Cluster::eventually(
+        "the victim applied the leader's commit index",
+        Duration::from_secs(20),
+        || {
+            let c = &c;
+            async move {
+                let applied = metric(c, victim, "metrokv_raft_applied_index")
+                    .await
+                    .unwrap_or(0.0) as u64;
+                if applied >= leader_commit {
+                    Ok(())
+                } else {
+                    Err(format!("applied {applied} < {leader_commit}"))
+                }
+            }
+        },
+    )
     .await
     .unwrap();
     for i in 260..300 {
-        let r = c.http().get(format!("{}/v1/kv/k{}?consistency=stale", c.url(victim), i % 40)).send().await.unwrap();
+        let r = c
+            .http()
+            .get(format!(
+                "{}/v1/kv/k{}?consistency=stale",
+                c.url(victim),
+                i % 40
+            ))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.text().await.unwrap(), i.to_string());
     }
-    let r = c.http().get(format!("{}/v1/kv/before?consistency=stale", c.url(victim))).send().await.unwrap();
+    let r = c
+        .http()
+        .get(format!("{}/v1/kv/before?consistency=stale", c.url(victim)))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.text().await.unwrap(), "1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_a_quorum_writes_are_refused_and_nothing_acknowledged_is_lost() {
-    let options = Options { extra_args: vec!["--write-timeout-ms".into(), "2000".into()], ..Options::default() };
+    let options = Options {
+        extra_args: vec!["--write-timeout-ms".into(), "2000".into()],
+        ..Options::default()
+    };
     let mut c = Cluster::start(options).await.unwrap();
     for i in 0..20 {
-        assert_eq!(put(&c, 1 + i % 3, &format!("kept{i}"), "yes").await.status(), 200);
+        assert_eq!(
+            put(&c, 1 + i % 3, &format!("kept{i}"), "yes")
+                .await
+                .status(),
+            200
+        );
     }
     c.kill(2);
     c.kill(3);
@@ -270,7 +442,14 @@ async fn without_a_quorum_writes_are_refused_and_nothing_acknowledged_is_lost() 
         let r = put(&c, 1, &format!("lonely{i}"), "x").await;
         let (status, body) = json_of(r).await;
         assert!(status == 503 || status == 504, "got {status}: {body}");
-        assert_eq!(body["error"], if status == 503 { "unavailable" } else { "indeterminate" });
+        assert_eq!(
+            body["error"],
+            if status == 503 {
+                "unavailable"
+            } else {
+                "indeterminate"
+            }
+        );
     }
     c.restart(2).unwrap();
     c.restart(3).unwrap();
@@ -284,74 +463,211 @@ async fn without_a_quorum_writes_are_refused_and_nothing_acknowledged_is_lost() 
 async fn a_retried_transfer_moves_money_once() {
     let c = Cluster::start(Options::default()).await.unwrap();
     for (id, balance) in [("alice", 100), ("bob", 0)] {
-        let r = c.http().post(format!("{}/v1/accounts", c.url(1))).json(&json!({"id": id, "balance": balance})).send().await.unwrap();
+        let r = c
+            .http()
+            .post(format!("{}/v1/accounts", c.url(1)))
+            .json(&json!({"id": id, "balance": balance}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 201);
     }
     let t1 = json!({"id": "t1", "from": "alice", "to": "bob", "amount": 30});
     let mut answers = Vec::new();
     for node in [1, 2, 3, 1] {
-        let r = c.http().post(format!("{}/v1/transfers", c.url(node))).json(&t1).send().await.unwrap();
+        let r = c
+            .http()
+            .post(format!("{}/v1/transfers", c.url(node)))
+            .json(&t1)
+            .send()
+            .await
+            .unwrap();
         let (status, body) = json_of(r).await;
         assert_eq!(status, 200, "{body}");
         answers.push(body);
     }
-    assert!(answers.windows(2).all(|w| w[0] == w[1]), "a retry must return the first outcome: {answers:?}");
+    assert!(
+        answers.windows(2).all(|w| w[0] == w[1]),
+        "a retry must return the first outcome: {answers:?}"
+    );
     assert_eq!(answers[0]["from_balance"], 70);
     // Same id, different body: a conflict, not a transfer.
-    let r = c.http().post(format!("{}/v1/transfers", c.url(2))).json(&json!({"id": "t1", "from": "alice", "to": "bob", "amount": 31})).send().await.unwrap();
+    let r = c
+        .http()
+        .post(format!("{}/v1/transfers", c.url(2)))
+        .json(&json!({"id": "t1", "from": "alice", "to": "bob", "amount": 31}))
+        .send()
+        .await
+        .unwrap();
     let (status, body) = json_of(r).await;
-    assert_eq!((status.as_u16(), body["error"].as_str()), (422, Some("idempotency_conflict")));
+    assert_eq!(
+        (status.as_u16(), body["error"].as_str()),
+        (422, Some("idempotency_conflict"))
+    );
     // An insufficient-funds refusal is an outcome too, and sticks.
     let t2 = json!({"id": "t2", "from": "alice", "to": "bob", "amount": 1000});
     for _ in 0..2 {
-        let r = c.http().post(format!("{}/v1/transfers", c.url(3))).json(&t2).send().await.unwrap();
+        let r = c
+            .http()
+            .post(format!("{}/v1/transfers", c.url(3)))
+            .json(&t2)
+            .send()
+            .await
+            .unwrap();
         let (status, body) = json_of(r).await;
-        assert_eq!((status.as_u16(), body["error"].as_str()), (409, Some("insufficient_funds")));
+        assert_eq!(
+            (status.as_u16(), body["error"].as_str()),
+            (409, Some("insufficient_funds"))
+        );
     }
-    let balances = c.get_json(&format!("{}/v1/accounts", c.url(3))).await.unwrap();
+    let balances = c
+        .get_json(&format!("{}/v1/accounts", c.url(3)))
+        .await
+        .unwrap();
     assert_eq!(balances["total"], 100);
     assert_eq!(balances["accounts"][0]["balance"], 70);
     assert_eq!(balances["accounts"][1]["balance"], 30);
-    let rec = c.get_json(&format!("{}/v1/transfers/t1", c.url(2))).await.unwrap();
+    let rec = c
+        .get_json(&format!("{}/v1/transfers/t1", c.url(2)))
+        .await
+        .unwrap();
     assert_eq!(rec["status"], "committed");
-    let rec = c.get_json(&format!("{}/v1/transfers/t2", c.url(1))).await.unwrap();
-    assert_eq!((rec["status"].as_str(), rec["error"].as_str()), (Some("rejected"), Some("insufficient_funds")));
-    let r = c.http().get(format!("{}/v1/transfers/never", c.url(1))).send().await.unwrap();
+    let rec = c
+        .get_json(&format!("{}/v1/transfers/t2", c.url(1)))
+        .await
+        .unwrap();
+    assert_eq!(
+        (rec["status"].as_str(), rec["error"].as_str()),
+        (Some("rejected"), Some("insufficient_funds"))
+    );
+    let r = c
+        .http()
+        .get(format!("{}/v1/transfers/never", c.url(1)))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_input_gets_the_documented_error_and_changes_nothing() {
     let c = Cluster::start(Options::default()).await.unwrap();
-    let r = c.http().post(format!("{}/v1/accounts", c.url(1))).json(&json!({"id": "a", "balance": 10})).send().await.unwrap();
+    let r = c
+        .http()
+        .post(format!("{}/v1/accounts", c.url(1)))
+        .json(&json!({"id": "a", "balance": 10}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     let before = revision(&c, 1).await;
     let base = c.url(2);
     let long_key = "k".repeat(1025);
     let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
-        (c.http().put(format!("{base}/v1/kv/big")).body(vec![b'x'; 1024 * 1024 + 1]), 413, "too_large"),
-        (c.http().put(format!("{base}/v1/kv/{long_key}")).body("v"), 400, "invalid_request"),
-        (c.http().post(format!("{base}/v1/txn")).header("content-type", "application/json").body("{\"compare\": ["), 400, "invalid_request"),
-        (c.http().post(format!("{base}/v1/accounts")).body("not json"), 400, "invalid_request"),
-        (c.http().post(format!("{base}/v1/accounts")).json(&json!({"id": "x", "balance": -5})), 400, "invalid_request"),
-        (c.http().post(format!("{base}/v1/transfers")).json(&json!({"id": "t", "from": "a", "to": "nobody", "amount": 0})), 400, "invalid_request"),
-        (c.http().post(format!("{base}/v1/transfers")).json(&json!({"id": "t", "from": "a", "to": "a", "amount": 1})), 400, "invalid_request"),
-        (c.http().post(format!("{base}/v1/transfers")).json(&json!({"id": "bad id!", "from": "a", "to": "b", "amount": 1})), 400, "invalid_request"),
-        (c.http().put(format!("{base}/v1/kv/k")).header("if-match", "\"abc\"").body("v"), 400, "invalid_request"),
-        (c.http().get(format!("{base}/v1/kv/k?consistency=maybe")), 400, "invalid_request"),
+        (
+            c.http()
+                .put(format!("{base}/v1/kv/big"))
+                .body(vec![b'x'; 1024 * 1024 + 1]),
+            413,
+            "too_large",
+        ),
+        (
+            c.http().put(format!("{base}/v1/kv/{long_key}")).body("v"),
+            400,
+            "invalid_request",
+        ),
+        (
+            c.http()
+                .post(format!("{base}/v1/txn"))
+                .header("content-type", "application/json")
+                .body("{\"compare\": ["),
+            400,
+            "invalid_request",
+        ),
+        (
+            c.http()
+                .post(format!("{base}/v1/accounts"))
+                .body("not json"),
+            400,
+            "invalid_request",
+        ),
+        (
+            c.http()
+                .post(format!("{base}/v1/accounts"))
+                .json(&json!({"id": "x", "balance": -5})),
+            400,
+            "invalid_request",
+        ),
+        (
+            c.http()
+                .post(format!("{base}/v1/transfers"))
+                .json(&json!({"id": "t", "from": "a", "to": "nobody", "amount": 0})),
+            400,
+            "invalid_request",
+        ),
+        (
+            c.http()
+                .post(format!("{base}/v1/transfers"))
+                .json(&json!({"id": "t", "from": "a", "to": "a", "amount": 1})),
+            400,
+            "invalid_request",
+        ),
+        (
+            c.http()
+                .post(format!("{base}/v1/transfers"))
+                .json(&json!({"id": "bad id!", "from": "a", "to": "b", "amount": 1})),
+            400,
+            "invalid_request",
+        ),
+        (
+            c.http()
+                .put(format!("{base}/v1/kv/k"))
+                .header("if-match", "\"abc\"")
+                .body("v"),
+            400,
+            "invalid_request",
+        ),
+        (
+            c.http().get(format!("{base}/v1/kv/k?consistency=maybe")),
+            400,
+            "invalid_request",
+        ),
         (c.http().get(format!("{base}/v1/nope")), 404, "not_found"),
     ];
     for (i, (request, status, code)) in cases.into_iter().enumerate() {
         let (got, body) = json_of(request.send().await.unwrap()).await;
-        assert_eq!((got.as_u16(), body["error"].as_str()), (status, Some(code)), "case {i}: {body}");
-        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "case {i} has no message");
+        assert_eq!(
+            (got.as_u16(), body["error"].as_str()),
+            (status, Some(code)),
+            "case {i}: {body}"
+        );
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "case {i} has no message"
+        );
     }
     // An unknown account is refused by the state machine; that is an outcome and changes nothing.
-    let r = c.http().post(format!("{base}/v1/transfers")).json(&json!({"id": "t9", "from": "a", "to": "nobody", "amount": 1})).send().await.unwrap();
+    let r = c
+        .http()
+        .post(format!("{base}/v1/transfers"))
+        .json(&json!({"id": "t9", "from": "a", "to": "nobody", "amount": 1}))
+        .send()
+        .await
+        .unwrap();
     let (status, body) = json_of(r).await;
-    assert_eq!((status.as_u16(), body["error"].as_str()), (404, Some("account_not_found")));
-    assert_eq!(revision(&c, 3).await, before, "a refused request changed the revision");
+    assert_eq!(
+        (status.as_u16(), body["error"].as_str()),
+        (404, Some("account_not_found"))
+    );
+    assert_eq!(
+        revision(&c, 3).await,
+        before,
+        "a refused request changed the revision"
+    );
     assert_eq!(get(&c, 1, "big").await.0, 404);
-    let a = c.get_json(&format!("{}/v1/accounts/a", c.url(3))).await.unwrap();
+    let a = c
+        .get_json(&format!("{}/v1/accounts/a", c.url(3)))
+        .await
+        .unwrap();
     assert_eq!(a["balance"], 10);
 }

@@ -45,51 +45,94 @@ struct TransferJson {
     amount: u64,
 }
 
-pub async fn create(State(state): State<AppState>, RawQuery(raw): RawQuery, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn create(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     Query::parse(raw.as_deref(), &[])?;
     let idempotency_key = idempotency_key(&headers)?;
     let CreateAccount { id, balance } = read_json(body).await?;
     check_id("account id", &id)?;
-    let served = write(&state.service, Command::CreateAccount { id, balance }, idempotency_key).await?;
-    let Success::AccountCreated { id, balance, version } = served.value else {
+    let served = write(
+        &state.service,
+        Command::CreateAccount { id, balance },
+        idempotency_key,
+    )
+    .await?;
+    let Success::AccountCreated {
+        id,
+        balance,
+        version,
+    } = served.value
+    else {
         return Err(unexpected(served.value));
     };
     let body = Json(json!({ "id": id, "balance": balance, "version": version }));
-    Ok(with_headers((StatusCode::CREATED, body).into_response(), served.leader, None))
+    Ok(with_headers(
+        (StatusCode::CREATED, body).into_response(),
+        served.leader,
+        None,
+    ))
 }
 
-pub async fn get(State(state): State<AppState>, uri: Uri, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    uri: Uri,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
     let id = path_tail(&uri, "/v1/accounts/")?;
     check_id("account id", &id)?;
     let query = Query::parse(raw.as_deref(), &["consistency"])?;
     let leader = read_barrier(&state.service, query.consistency()?).await?;
     let applied = super::applied_index(&state.service);
     let Some(account) = state.service.reader().account(&id)? else {
-        return Ok(with_headers(ApiError::NotFound(format!("account {id:?} does not exist")).into_response(), leader, Some(applied)));
+        return Ok(with_headers(
+            ApiError::NotFound(format!("account {id:?} does not exist")).into_response(),
+            leader,
+            Some(applied),
+        ));
     };
     let body = Json(json!({ "id": id, "balance": account.balance, "version": account.version }));
     Ok(with_headers(body.into_response(), leader, Some(applied)))
 }
 
-pub async fn list(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
     let query = Query::parse(raw.as_deref(), &["prefix", "limit", "after", "consistency"])?;
     let prefix = query.get("prefix").unwrap_or("");
     if prefix.len() > crate::limits::ID_BYTES_MAX {
-        return Err(ApiError::InvalidRequest("prefix is longer than an id can be".into()));
+        return Err(ApiError::InvalidRequest(
+            "prefix is longer than an id can be".into(),
+        ));
     }
     let limit = query.limit()?;
     let leader = read_barrier(&state.service, query.consistency()?).await?;
     let applied = super::applied_index(&state.service);
-    let page = state.service.reader().list_accounts(prefix, query.get("after"), limit)?;
+    let page = state
+        .service
+        .reader()
+        .list_accounts(prefix, query.get("after"), limit)?;
     // The total is over this page; it is exact because the page is one snapshot.
-    let total: u128 = page.items.iter().map(|a| u128::from(a.record.balance)).sum();
+    let total: u128 = page
+        .items
+        .iter()
+        .map(|a| u128::from(a.record.balance))
+        .sum();
     let accounts: Vec<Value> = page
         .items
         .iter()
         .map(|a| json!({ "id": a.id, "balance": a.record.balance, "version": a.record.version }))
         .collect();
     let body = json!({ "revision": page.revision, "accounts": accounts, "total": total, "more": page.more });
-    Ok(with_headers(Json(body).into_response(), leader, Some(applied)))
+    Ok(with_headers(
+        Json(body).into_response(),
+        leader,
+        Some(applied),
+    ))
 }
 
 fn receipt_json(r: &TransferReceipt) -> Value {
@@ -99,27 +142,58 @@ fn receipt_json(r: &TransferReceipt) -> Value {
     })
 }
 
-pub async fn transfer(State(state): State<AppState>, RawQuery(raw): RawQuery, body: Body) -> Result<Response, ApiError> {
+pub async fn transfer(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+    body: Body,
+) -> Result<Response, ApiError> {
     Query::parse(raw.as_deref(), &[])?;
-    let TransferJson { id, from, to, amount } = read_json(body).await?;
+    let TransferJson {
+        id,
+        from,
+        to,
+        amount,
+    } = read_json(body).await?;
     check_id("transfer id", &id)?;
     check_id("account id", &from)?;
     check_id("account id", &to)?;
     if amount == 0 {
-        return Err(ApiError::InvalidRequest("amount must be greater than zero".into()));
+        return Err(ApiError::InvalidRequest(
+            "amount must be greater than zero".into(),
+        ));
     }
     if from == to {
-        return Err(ApiError::InvalidRequest("from and to must be different accounts".into()));
+        return Err(ApiError::InvalidRequest(
+            "from and to must be different accounts".into(),
+        ));
     }
     // The transfer id is the idempotency key; an Idempotency-Key header is not needed.
-    let served = write(&state.service, Command::Transfer(Transfer { id, from, to, amount }), None).await?;
+    let served = write(
+        &state.service,
+        Command::Transfer(Transfer {
+            id,
+            from,
+            to,
+            amount,
+        }),
+        None,
+    )
+    .await?;
     let Success::Transfer(receipt) = &served.value else {
         return Err(unexpected(served.value));
     };
-    Ok(with_headers(Json(receipt_json(receipt)).into_response(), served.leader, None))
+    Ok(with_headers(
+        Json(receipt_json(receipt)).into_response(),
+        served.leader,
+        None,
+    ))
 }
 
-pub async fn get_transfer(State(state): State<AppState>, uri: Uri, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+pub async fn get_transfer(
+    State(state): State<AppState>,
+    uri: Uri,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
     let id = path_tail(&uri, "/v1/transfers/")?;
     check_id("transfer id", &id)?;
     let query = Query::parse(raw.as_deref(), &["consistency"])?;
@@ -127,7 +201,11 @@ pub async fn get_transfer(State(state): State<AppState>, uri: Uri, RawQuery(raw)
     let applied = super::applied_index(&state.service);
     let Some(record) = state.service.reader().transfer(&id)? else {
         let msg = format!("no outcome is recorded for transfer {id:?} (never applied, or older than the retention period)");
-        return Ok(with_headers(ApiError::NotFound(msg).into_response(), leader, Some(applied)));
+        return Ok(with_headers(
+            ApiError::NotFound(msg).into_response(),
+            leader,
+            Some(applied),
+        ));
     };
     let body = match &record.response {
         Ok(Success::Transfer(receipt)) => receipt_json(receipt),
@@ -144,5 +222,9 @@ pub async fn get_transfer(State(state): State<AppState>, uri: Uri, RawQuery(raw)
             body
         }
     };
-    Ok(with_headers(Json(body).into_response(), leader, Some(applied)))
+    Ok(with_headers(
+        Json(body).into_response(),
+        leader,
+        Some(applied),
+    ))
 }

@@ -39,7 +39,11 @@ pub async fn cluster(State(state): State<AppState>) -> Result<Response, ApiError
         "commit_index": me.commit_index,
         "members": members,
     });
-    Ok(super::with_headers(Json(body).into_response(), me.leader, None))
+    Ok(super::with_headers(
+        Json(body).into_response(),
+        me.leader,
+        None,
+    ))
 }
 
 pub async fn health() -> Response {
@@ -55,7 +59,8 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         Json(body).into_response()
     } else {
         let mut r = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
-        r.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+        r.headers_mut()
+            .insert("retry-after", HeaderValue::from_static("1"));
         r
     }
 }
@@ -66,6 +71,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     };
     crate::metrics::record_scrape(&state.service);
     let mut r = handle.render().into_response();
-    r.headers_mut().insert("content-type", HeaderValue::from_static("text/plain; version=0.0.4"));
+    r.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
     r
 }

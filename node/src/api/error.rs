@@ -70,11 +70,15 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::Rejected(r) => match r {
-                Rejection::PreconditionFailed { .. } => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
+                Rejection::PreconditionFailed { .. } => {
+                    (StatusCode::PRECONDITION_FAILED, "precondition_failed")
+                }
                 Rejection::AccountExists { .. } => (StatusCode::CONFLICT, "account_exists"),
                 Rejection::AccountNotFound { .. } => (StatusCode::NOT_FOUND, "account_not_found"),
                 Rejection::InsufficientFunds { .. } => (StatusCode::CONFLICT, "insufficient_funds"),
-                Rejection::IdempotencyConflict { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_conflict"),
+                Rejection::IdempotencyConflict { .. } => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_conflict")
+                }
                 Rejection::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             },
         }
@@ -86,11 +90,20 @@ impl ApiError {
         let mut body = json!({ "error": code, "message": self.to_string() });
         if let ApiError::Rejected(r) = self {
             let extra = match r {
-                Rejection::PreconditionFailed { key, current_version } => json!({ "key": key, "current_version": current_version }),
-                Rejection::InsufficientFunds { account, balance, amount } => {
+                Rejection::PreconditionFailed {
+                    key,
+                    current_version,
+                } => json!({ "key": key, "current_version": current_version }),
+                Rejection::InsufficientFunds {
+                    account,
+                    balance,
+                    amount,
+                } => {
                     json!({ "account": account, "balance": balance, "amount": amount })
                 }
-                Rejection::AccountNotFound { id } | Rejection::AccountExists { id } => json!({ "account": id }),
+                Rejection::AccountNotFound { id } | Rejection::AccountExists { id } => {
+                    json!({ "account": id })
+                }
                 Rejection::IdempotencyConflict { key } => json!({ "key": key }),
                 Rejection::Invalid(_) => json!({}),
             };
@@ -107,9 +120,14 @@ impl IntoResponse for ApiError {
         let (status, _) = self.status_and_code();
         let mut response = (status, axum::Json(self.body())).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
         }
-        if let ApiError::Rejected(Rejection::PreconditionFailed { current_version, .. }) = &self {
+        if let ApiError::Rejected(Rejection::PreconditionFailed {
+            current_version, ..
+        }) = &self
+        {
             if let Ok(v) = HeaderValue::from_str(&format!("\"{current_version}\"")) {
                 response.headers_mut().insert("etag", v);
             }
@@ -125,19 +143,52 @@ mod tests {
     #[test]
     fn every_rejection_has_a_documented_code() {
         let cases = [
-            (Rejection::PreconditionFailed { key: "k".into(), current_version: 3 }, 412, "precondition_failed"),
-            (Rejection::AccountExists { id: "a".into() }, 409, "account_exists"),
-            (Rejection::AccountNotFound { id: "a".into() }, 404, "account_not_found"),
-            (Rejection::InsufficientFunds { account: "a".into(), balance: 1, amount: 2 }, 409, "insufficient_funds"),
-            (Rejection::IdempotencyConflict { key: "k".into() }, 422, "idempotency_conflict"),
+            (
+                Rejection::PreconditionFailed {
+                    key: "k".into(),
+                    current_version: 3,
+                },
+                412,
+                "precondition_failed",
+            ),
+            (
+                Rejection::AccountExists { id: "a".into() },
+                409,
+                "account_exists",
+            ),
+            (
+                Rejection::AccountNotFound { id: "a".into() },
+                404,
+                "account_not_found",
+            ),
+            (
+                Rejection::InsufficientFunds {
+                    account: "a".into(),
+                    balance: 1,
+                    amount: 2,
+                },
+                409,
+                "insufficient_funds",
+            ),
+            (
+                Rejection::IdempotencyConflict { key: "k".into() },
+                422,
+                "idempotency_conflict",
+            ),
         ];
         for (rejection, status, code) in cases {
             let e = ApiError::Rejected(rejection);
-            assert_eq!(e.status_and_code(), (StatusCode::from_u16(status).unwrap(), code));
+            assert_eq!(
+                e.status_and_code(),
+                (StatusCode::from_u16(status).unwrap(), code)
+            );
             assert_eq!(e.body()["error"], code);
             assert!(e.body()["message"].as_str().is_some_and(|m| !m.is_empty()));
         }
-        let e = ApiError::Rejected(Rejection::PreconditionFailed { key: "k".into(), current_version: 3 });
+        let e = ApiError::Rejected(Rejection::PreconditionFailed {
+            key: "k".into(),
+            current_version: 3,
+        });
         assert_eq!(e.body()["current_version"], 3);
     }
 

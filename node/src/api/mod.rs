@@ -50,11 +50,18 @@ pub struct AppState {
 }
 
 pub fn router(service: Arc<Service>, metrics: Option<PrometheusHandle>) -> Router {
-    let state = AppState { service, metrics, inflight: Arc::new(Semaphore::new(limits::API_INFLIGHT_MAX)) };
+    let state = AppState {
+        service,
+        metrics,
+        inflight: Arc::new(Semaphore::new(limits::API_INFLIGHT_MAX)),
+    };
     Router::new()
         .route("/v1/kv", get(kv::list))
         .route("/v1/kv/", get(kv::get).put(kv::put).delete(kv::delete))
-        .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
+        .route(
+            "/v1/kv/{*key}",
+            get(kv::get).put(kv::put).delete(kv::delete),
+        )
         .route("/v1/txn", post(txn::txn))
         .route("/v1/accounts", post(accounts::create).get(accounts::list))
         .route("/v1/accounts/{*id}", get(accounts::get))
@@ -71,11 +78,19 @@ pub fn router(service: Arc<Service>, metrics: Option<PrometheusHandle>) -> Route
 }
 
 async fn not_found(request: Request) -> ApiError {
-    ApiError::NotFound(format!("no such endpoint: {} {}", request.method(), request.uri().path()))
+    ApiError::NotFound(format!(
+        "no such endpoint: {} {}",
+        request.method(),
+        request.uri().path()
+    ))
 }
 
 async fn method_not_allowed(request: Request) -> ApiError {
-    ApiError::MethodNotAllowed(format!("{} is not supported on {}", request.method(), request.uri().path()))
+    ApiError::MethodNotAllowed(format!(
+        "{} is not supported on {}",
+        request.method(),
+        request.uri().path()
+    ))
 }
 
 /// Count and time every request by route and status; refuse past the in-flight limit.
@@ -88,7 +103,11 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
     let method = request.method().to_string();
     let response = match state.inflight.clone().try_acquire_owned() {
         Ok(_permit) => next.run(request).await,
-        Err(_) => ApiError::Unavailable(format!("more than {} requests in flight on this node", limits::API_INFLIGHT_MAX)).into_response(),
+        Err(_) => ApiError::Unavailable(format!(
+            "more than {} requests in flight on this node",
+            limits::API_INFLIGHT_MAX
+        ))
+        .into_response(),
     };
     let status = response.status().as_u16().to_string();
     let elapsed = started.elapsed().as_secs_f64();
@@ -108,10 +127,15 @@ impl Query {
         let mut params = HashMap::new();
         for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
             if !allowed.contains(&k.as_ref()) {
-                return Err(ApiError::InvalidRequest(format!("unknown query parameter {k:?} (allowed: {})", allowed.join(", "))));
+                return Err(ApiError::InvalidRequest(format!(
+                    "unknown query parameter {k:?} (allowed: {})",
+                    allowed.join(", ")
+                )));
             }
             if params.insert(k.to_string(), v.to_string()).is_some() {
-                return Err(ApiError::InvalidRequest(format!("query parameter {k:?} given twice")));
+                return Err(ApiError::InvalidRequest(format!(
+                    "query parameter {k:?} given twice"
+                )));
             }
         }
         Ok(Self(params))
@@ -125,7 +149,9 @@ impl Query {
         match self.get("consistency") {
             None | Some("linearizable") => Ok(Consistency::Linearizable),
             Some("stale") => Ok(Consistency::Stale),
-            Some(other) => Err(ApiError::InvalidRequest(format!("consistency must be linearizable or stale, not {other:?}"))),
+            Some(other) => Err(ApiError::InvalidRequest(format!(
+                "consistency must be linearizable or stale, not {other:?}"
+            ))),
         }
     }
 
@@ -133,7 +159,9 @@ impl Query {
         match self.get("limit") {
             None => Ok(limits::LIST_LIMIT_DEFAULT),
             Some(v) => match v.parse::<usize>() {
-                Ok(0) | Err(_) => Err(ApiError::InvalidRequest(format!("limit must be a positive integer, not {v:?}"))),
+                Ok(0) | Err(_) => Err(ApiError::InvalidRequest(format!(
+                    "limit must be a positive integer, not {v:?}"
+                ))),
                 Ok(n) => Ok(n.min(limits::LIST_LIMIT_MAX)),
             },
         }
@@ -162,14 +190,17 @@ pub async fn read_body(body: Body, max: usize) -> Result<bytes::Bytes, ApiError>
 /// the problem.
 pub async fn read_json<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
     let bytes = read_body(body, limits::REQUEST_BODY_BYTES_MAX).await?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidRequest(format!("malformed JSON body: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::InvalidRequest(format!("malformed JSON body: {e}")))
 }
 
 /// The path after `prefix`, percent-decoded, as UTF-8.
 pub fn path_tail(uri: &axum::http::Uri, prefix: &str) -> Result<String, ApiError> {
     let raw = uri.path().strip_prefix(prefix).unwrap_or("");
     let bytes: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
-    String::from_utf8(bytes).map_err(|_| ApiError::InvalidRequest("the key is not valid UTF-8 after percent-decoding".into()))
+    String::from_utf8(bytes).map_err(|_| {
+        ApiError::InvalidRequest("the key is not valid UTF-8 after percent-decoding".into())
+    })
 }
 
 pub fn check_key(key: &str) -> Result<(), ApiError> {
@@ -217,14 +248,28 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
 }
 
 /// A value from a JSON body: `value` (UTF-8) or `value_base64`, exactly one of them.
-pub fn json_value(value: Option<String>, value_base64: Option<String>, what: &str) -> Result<Vec<u8>, ApiError> {
+pub fn json_value(
+    value: Option<String>,
+    value_base64: Option<String>,
+    what: &str,
+) -> Result<Vec<u8>, ApiError> {
     let bytes = match (value, value_base64) {
         (Some(v), None) => v.into_bytes(),
         (None, Some(b)) => base64::engine::general_purpose::STANDARD
             .decode(b)
-            .map_err(|e| ApiError::InvalidRequest(format!("{what}: value_base64 is not valid base64: {e}")))?,
-        (Some(_), Some(_)) => return Err(ApiError::InvalidRequest(format!("{what}: give value or value_base64, not both"))),
-        (None, None) => return Err(ApiError::InvalidRequest(format!("{what}: missing value (or value_base64)"))),
+            .map_err(|e| {
+                ApiError::InvalidRequest(format!("{what}: value_base64 is not valid base64: {e}"))
+            })?,
+        (Some(_), Some(_)) => {
+            return Err(ApiError::InvalidRequest(format!(
+                "{what}: give value or value_base64, not both"
+            )))
+        }
+        (None, None) => {
+            return Err(ApiError::InvalidRequest(format!(
+                "{what}: missing value (or value_base64)"
+            )))
+        }
     };
     if bytes.len() > limits::VALUE_BYTES_MAX {
         return Err(ApiError::TooLarge(format!(
@@ -240,7 +285,12 @@ pub fn json_value(value: Option<String>, value_base64: Option<String>, what: &st
 pub fn value_json(map: &mut serde_json::Map<String, serde_json::Value>, value: &[u8]) {
     match std::str::from_utf8(value) {
         Ok(s) => map.insert("value".into(), s.into()),
-        Err(_) => map.insert("value_base64".into(), base64::engine::general_purpose::STANDARD.encode(value).into()),
+        Err(_) => map.insert(
+            "value_base64".into(),
+            base64::engine::general_purpose::STANDARD
+                .encode(value)
+                .into(),
+        ),
     };
 }
 
@@ -248,7 +298,10 @@ pub fn value_json(map: &mut serde_json::Map<String, serde_json::Value>, value: &
 // Reads and writes.
 
 /// Make a read at `consistency` safe to serve from local state; returns the confirming leader.
-pub async fn read_barrier(service: &Service, consistency: Consistency) -> Result<Option<NodeId>, ApiError> {
+pub async fn read_barrier(
+    service: &Service,
+    consistency: Consistency,
+) -> Result<Option<NodeId>, ApiError> {
     match consistency {
         Consistency::Linearizable => Ok(service.linearize().await?),
         Consistency::Stale => Ok(service.metrics().current_leader),
@@ -256,26 +309,45 @@ pub async fn read_barrier(service: &Service, consistency: Consistency) -> Result
 }
 
 /// Propose a command and turn refusals into errors.
-pub async fn write(service: &Service, command: Command, idempotency_key: Option<String>) -> Result<Served<Success>, ApiError> {
+pub async fn write(
+    service: &Service,
+    command: Command,
+    idempotency_key: Option<String>,
+) -> Result<Served<Success>, ApiError> {
     let Served { value, leader } = service.write(command, idempotency_key).await?;
     let value: SmResponse = value;
-    Ok(Served { value: value?, leader })
+    Ok(Served {
+        value: value?,
+        leader,
+    })
 }
 
 /// Add `X-Metrokv-Leader` (and for stale reads the applied index) to a response.
-pub fn with_headers(mut response: Response, leader: Option<NodeId>, applied_index: Option<u64>) -> Response {
+pub fn with_headers(
+    mut response: Response,
+    leader: Option<NodeId>,
+    applied_index: Option<u64>,
+) -> Response {
     if let Some(leader) = leader {
-        response.headers_mut().insert("x-metrokv-leader", HeaderValue::from(leader));
+        response
+            .headers_mut()
+            .insert("x-metrokv-leader", HeaderValue::from(leader));
     }
     if let Some(applied) = applied_index {
-        response.headers_mut().insert("x-metrokv-applied-index", HeaderValue::from(applied));
+        response
+            .headers_mut()
+            .insert("x-metrokv-applied-index", HeaderValue::from(applied));
     }
     response
 }
 
 /// The applied index to report with a read: the state read was at least this fresh.
 pub fn applied_index(service: &Service) -> u64 {
-    service.metrics().last_applied.as_ref().map_or(0, |id| id.index)
+    service
+        .metrics()
+        .last_applied
+        .as_ref()
+        .map_or(0, |id| id.index)
 }
 
 /// A response for a success the route did not expect: a bug, reported rather than hidden.
@@ -294,11 +366,29 @@ mod tests {
         assert_eq!(q.limit().unwrap(), 5);
         assert!(Query::parse(Some("bogus=1"), &["prefix"]).is_err());
         assert!(Query::parse(Some("limit=1&limit=2"), &["limit"]).is_err());
-        assert!(Query::parse(Some("limit=0"), &["limit"]).unwrap().limit().is_err());
-        assert!(Query::parse(Some("limit=x"), &["limit"]).unwrap().limit().is_err());
-        assert_eq!(Query::parse(Some("limit=999999"), &["limit"]).unwrap().limit().unwrap(), limits::LIST_LIMIT_MAX);
-        assert!(Query::parse(Some("consistency=weird"), &["consistency"]).unwrap().consistency().is_err());
-        assert_eq!(Query::parse(None, &[]).unwrap().consistency().unwrap(), Consistency::Linearizable);
+        assert!(Query::parse(Some("limit=0"), &["limit"])
+            .unwrap()
+            .limit()
+            .is_err());
+        assert!(Query::parse(Some("limit=x"), &["limit"])
+            .unwrap()
+            .limit()
+            .is_err());
+        assert_eq!(
+            Query::parse(Some("limit=999999"), &["limit"])
+                .unwrap()
+                .limit()
+                .unwrap(),
+            limits::LIST_LIMIT_MAX
+        );
+        assert!(Query::parse(Some("consistency=weird"), &["consistency"])
+            .unwrap()
+            .consistency()
+            .is_err());
+        assert_eq!(
+            Query::parse(None, &[]).unwrap().consistency().unwrap(),
+            Consistency::Linearizable
+        );
     }
 
     #[test]
@@ -316,12 +406,18 @@ mod tests {
     #[test]
     fn json_values_decode_one_way_only() {
         assert_eq!(json_value(Some("hi".into()), None, "op").unwrap(), b"hi");
-        assert_eq!(json_value(None, Some("AAE=".into()), "op").unwrap(), vec![0, 1]);
+        assert_eq!(
+            json_value(None, Some("AAE=".into()), "op").unwrap(),
+            vec![0, 1]
+        );
         assert!(json_value(None, None, "op").is_err());
         assert!(json_value(Some("a".into()), Some("AA==".into()), "op").is_err());
         assert!(json_value(None, Some("!!".into()), "op").is_err());
         let big = "v".repeat(limits::VALUE_BYTES_MAX + 1);
-        assert!(matches!(json_value(Some(big), None, "op"), Err(ApiError::TooLarge(_))));
+        assert!(matches!(
+            json_value(Some(big), None, "op"),
+            Err(ApiError::TooLarge(_))
+        ));
         let mut m = serde_json::Map::new();
         value_json(&mut m, &[0xff, 0x00]);
         assert_eq!(m["value_base64"], "/wA=");

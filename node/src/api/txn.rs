@@ -86,27 +86,47 @@ fn compare(c: CompareJson, i: usize) -> Result<Compare, ApiError> {
         "!=" => CompareOp::Ne,
         "<" => CompareOp::Lt,
         ">" => CompareOp::Gt,
-        other => return Err(ApiError::InvalidRequest(format!("{what}: op must be ==, !=, < or >, not {other:?}"))),
+        other => {
+            return Err(ApiError::InvalidRequest(format!(
+                "{what}: op must be ==, !=, < or >, not {other:?}"
+            )))
+        }
     };
     let target = match c.target.as_str() {
-        "version" => CompareTarget::Version(
-            c.version.ok_or_else(|| ApiError::InvalidRequest(format!("{what}: target version needs a \"version\"")))?,
-        ),
+        "version" => CompareTarget::Version(c.version.ok_or_else(|| {
+            ApiError::InvalidRequest(format!("{what}: target version needs a \"version\""))
+        })?),
         "value" => CompareTarget::Value(json_value(c.value, c.value_base64, &what)?),
         "exists" => {
             if !matches!(op, CompareOp::Eq | CompareOp::Ne) {
-                return Err(ApiError::InvalidRequest(format!("{what}: exists can only be compared with == or !=")));
+                return Err(ApiError::InvalidRequest(format!(
+                    "{what}: exists can only be compared with == or !="
+                )));
             }
-            CompareTarget::Exists(c.exists.ok_or_else(|| ApiError::InvalidRequest(format!("{what}: target exists needs \"exists\"")))?)
+            CompareTarget::Exists(c.exists.ok_or_else(|| {
+                ApiError::InvalidRequest(format!("{what}: target exists needs \"exists\""))
+            })?)
         }
-        other => return Err(ApiError::InvalidRequest(format!("{what}: target must be version, value or exists, not {other:?}"))),
+        other => {
+            return Err(ApiError::InvalidRequest(format!(
+                "{what}: target must be version, value or exists, not {other:?}"
+            )))
+        }
     };
-    Ok(Compare { key: c.key, op, target })
+    Ok(Compare {
+        key: c.key,
+        op,
+        target,
+    })
 }
 
 fn ops(branch: &str, ops: Vec<OpJson>, value_bytes: &mut usize) -> Result<Vec<TxnOp>, ApiError> {
     if ops.len() > limits::TXN_OPS_MAX {
-        return Err(ApiError::InvalidRequest(format!("{branch} has {} ops; at most {} are allowed", ops.len(), limits::TXN_OPS_MAX)));
+        return Err(ApiError::InvalidRequest(format!(
+            "{branch} has {} ops; at most {} are allowed",
+            ops.len(),
+            limits::TXN_OPS_MAX
+        )));
     }
     let mut written = std::collections::BTreeSet::new();
     let mut out = Vec::with_capacity(ops.len());
@@ -123,7 +143,10 @@ fn ops(branch: &str, ops: Vec<OpJson>, value_bytes: &mut usize) -> Result<Vec<Tx
         };
         check_key(op.key()).map_err(|e| ApiError::InvalidRequest(format!("{what}: {e}")))?;
         if op.is_write() && !written.insert(op.key().to_string()) {
-            return Err(ApiError::InvalidRequest(format!("{what}: key {:?} is written twice in {branch}", op.key())));
+            return Err(ApiError::InvalidRequest(format!(
+                "{what}: key {:?} is written twice in {branch}",
+                op.key()
+            )));
         }
         out.push(op);
     }
@@ -138,7 +161,12 @@ pub fn parse(body: TxnJson) -> Result<Txn, ApiError> {
             limits::TXN_COMPARES_MAX
         )));
     }
-    let compare = body.compare.into_iter().enumerate().map(|(i, c)| compare(c, i)).collect::<Result<Vec<_>, _>>()?;
+    let compare = body
+        .compare
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| compare(c, i))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut value_bytes = 0;
     let success = ops("success", body.success, &mut value_bytes)?;
     let failure = ops("failure", body.failure, &mut value_bytes)?;
@@ -148,7 +176,11 @@ pub fn parse(body: TxnJson) -> Result<Txn, ApiError> {
             limits::TXN_VALUE_BYTES_MAX
         )));
     }
-    Ok(Txn { compare, success, failure })
+    Ok(Txn {
+        compare,
+        success,
+        failure,
+    })
 }
 
 fn result_json(result: &TxnOpResult) -> Value {
@@ -166,17 +198,31 @@ fn result_json(result: &TxnOpResult) -> Value {
     }
 }
 
-pub async fn txn(State(state): State<AppState>, RawQuery(raw): RawQuery, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn txn(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     Query::parse(raw.as_deref(), &[])?;
     let idempotency_key = idempotency_key(&headers)?;
     let txn = parse(read_json(body).await?)?;
     let served = write(&state.service, Command::Txn(txn), idempotency_key).await?;
-    let Success::Txn { succeeded, results, revision } = served.value else {
+    let Success::Txn {
+        succeeded,
+        results,
+        revision,
+    } = served.value
+    else {
         return Err(unexpected(served.value));
     };
     let results: Vec<Value> = results.iter().map(result_json).collect();
     let body = json!({ "succeeded": succeeded, "results": results, "revision": revision });
-    Ok(with_headers(Json(body).into_response(), served.leader, None))
+    Ok(with_headers(
+        Json(body).into_response(),
+        served.leader,
+        None,
+    ))
 }
 
 #[cfg(test)]
@@ -184,7 +230,8 @@ mod tests {
     use super::*;
 
     fn parse_str(s: &str) -> Result<Txn, ApiError> {
-        let body: TxnJson = serde_json::from_str(s).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+        let body: TxnJson =
+            serde_json::from_str(s).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
         parse(body)
     }
 
@@ -200,7 +247,13 @@ mod tests {
         .unwrap();
         assert_eq!(txn.compare.len(), 3);
         assert_eq!(txn.compare[2].target, CompareTarget::Exists(false));
-        assert_eq!(txn.success[0], TxnOp::Put { key: "a".into(), value: b"S".to_vec() });
+        assert_eq!(
+            txn.success[0],
+            TxnOp::Put {
+                key: "a".into(),
+                value: b"S".to_vec()
+            }
+        );
         assert_eq!(txn.failure.len(), 1);
     }
 
@@ -218,13 +271,18 @@ mod tests {
         ] {
             assert!(parse_str(bad).is_err(), "{bad} should be refused");
         }
-        let many: Vec<String> = (0..=limits::TXN_OPS_MAX).map(|i| format!(r#"{{"get": {{"key": "k{i}"}}}}"#)).collect();
+        let many: Vec<String> = (0..=limits::TXN_OPS_MAX)
+            .map(|i| format!(r#"{{"get": {{"key": "k{i}"}}}}"#))
+            .collect();
         assert!(parse_str(&format!(r#"{{"success": [{}]}}"#, many.join(","))).is_err());
     }
 
     #[test]
     fn results_render_as_documented() {
         assert_eq!(result_json(&TxnOpResult::Get(None)), json!({ "get": null }));
-        assert_eq!(result_json(&TxnOpResult::Put { version: 4 }), json!({ "put": { "version": 4 } }));
+        assert_eq!(
+            result_json(&TxnOpResult::Put { version: 4 }),
+            json!({ "put": { "version": 4 } })
+        );
     }
 }

@@ -80,26 +80,63 @@ fn build_config(args: &Args) -> Result<NodeConfig, config::ConfigError> {
     let mut raft = file.raft.clone().unwrap_or_default();
     let overrides = [
         (args.heartbeat_interval_ms, &mut raft.heartbeat_interval_ms),
-        (args.election_timeout_ms_min, &mut raft.election_timeout_ms_min),
-        (args.election_timeout_ms_max, &mut raft.election_timeout_ms_max),
+        (
+            args.election_timeout_ms_min,
+            &mut raft.election_timeout_ms_min,
+        ),
+        (
+            args.election_timeout_ms_max,
+            &mut raft.election_timeout_ms_max,
+        ),
         (args.write_timeout_ms, &mut raft.write_timeout_ms),
         (args.read_timeout_ms, &mut raft.read_timeout_ms),
-        (args.snapshot_logs_since_last, &mut raft.snapshot_logs_since_last),
-        (args.logs_kept_after_snapshot, &mut raft.logs_kept_after_snapshot),
+        (
+            args.snapshot_logs_since_last,
+            &mut raft.snapshot_logs_since_last,
+        ),
+        (
+            args.logs_kept_after_snapshot,
+            &mut raft.logs_kept_after_snapshot,
+        ),
     ];
     for (flag, field) in overrides {
         if let Some(v) = flag {
             *field = v;
         }
     }
-    let members = if args.members.is_empty() { file.members.clone().unwrap_or_default() } else { args.members.clone() };
+    let members = if args.members.is_empty() {
+        file.members.clone().unwrap_or_default()
+    } else {
+        args.members.clone()
+    };
     NodeConfig {
-        id: args.id.or(file.id).ok_or(config::ConfigError::Missing("id"))?,
-        zone: args.zone.clone().or(file.zone).ok_or(config::ConfigError::Missing("zone"))?,
-        client_addr: args.client_addr.or(file.client_addr).ok_or(config::ConfigError::Missing("client_addr"))?,
-        peer_addr: args.peer_addr.or(file.peer_addr).ok_or(config::ConfigError::Missing("peer_addr"))?,
-        data_dir: args.data_dir.clone().or(file.data_dir).ok_or(config::ConfigError::Missing("data_dir"))?,
-        cluster_id: args.cluster_id.clone().or(file.cluster_id).unwrap_or_else(|| "metrokv".to_string()),
+        id: args
+            .id
+            .or(file.id)
+            .ok_or(config::ConfigError::Missing("id"))?,
+        zone: args
+            .zone
+            .clone()
+            .or(file.zone)
+            .ok_or(config::ConfigError::Missing("zone"))?,
+        client_addr: args
+            .client_addr
+            .or(file.client_addr)
+            .ok_or(config::ConfigError::Missing("client_addr"))?,
+        peer_addr: args
+            .peer_addr
+            .or(file.peer_addr)
+            .ok_or(config::ConfigError::Missing("peer_addr"))?,
+        data_dir: args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .ok_or(config::ConfigError::Missing("data_dir"))?,
+        cluster_id: args
+            .cluster_id
+            .clone()
+            .or(file.cluster_id)
+            .unwrap_or_else(|| "metrokv".to_string()),
         members: config::parse_members(&members)?,
         peer_routes: config::parse_peer_routes(if args.peer_routes.is_empty() {
             file.peer_routes.as_deref().unwrap_or_default()
@@ -114,7 +151,9 @@ fn build_config(args: &Args) -> Result<NodeConfig, config::ConfigError> {
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -149,7 +188,15 @@ fn main() -> anyhow::Result<()> {
         }
     };
     init_logging(&args.log_format);
-    let metrics_handle = metrokv_node::metrics::install().context("cannot install the metrics recorder")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
-    runtime.block_on(metrokv_node::node::run(config, Some(metrics_handle), shutdown_signal()))
+    let metrics_handle =
+        metrokv_node::metrics::install().context("cannot install the metrics recorder")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(metrokv_node::node::run(
+        config,
+        Some(metrics_handle),
+        shutdown_signal(),
+    ))
 }

@@ -41,12 +41,26 @@ pub trait StateView {
 /// One write the state machine asks storage to make. Storage applies them in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
-    PutKv { key: String, record: KvRecord },
-    DeleteKv { key: String },
-    PutAccount { id: String, record: AccountRecord },
-    PutDedup { key: DedupKey, record: DedupRecord },
+    PutKv {
+        key: String,
+        record: KvRecord,
+    },
+    DeleteKv {
+        key: String,
+    },
+    PutAccount {
+        id: String,
+        record: AccountRecord,
+    },
+    PutDedup {
+        key: DedupKey,
+        record: DedupRecord,
+    },
     /// Remove a dedup record; `recorded_ms` locates its expiry index entry.
-    DeleteDedup { key: DedupKey, recorded_ms: u64 },
+    DeleteDedup {
+        key: DedupKey,
+        recorded_ms: u64,
+    },
     SetMeta(SmMeta),
 }
 
@@ -77,7 +91,9 @@ pub fn apply<V: StateView>(view: &V, request: &Request) -> Result<Applied, V::Er
                 let response = if first.fingerprint == fingerprint {
                     first.response
                 } else {
-                    Err(Rejection::IdempotencyConflict { key: dedup_key_name(key).to_string() })
+                    Err(Rejection::IdempotencyConflict {
+                        key: dedup_key_name(key).to_string(),
+                    })
                 };
                 changes.push(SetMeta(meta));
                 return Ok(Applied { changes, response });
@@ -85,7 +101,11 @@ pub fn apply<V: StateView>(view: &V, request: &Request) -> Result<Applied, V::Er
         }
     }
 
-    let mut exec = Exec { view, revision: meta.revision, changes: &mut changes };
+    let mut exec = Exec {
+        view,
+        revision: meta.revision,
+        changes: &mut changes,
+    };
     let response = exec.command(&request.command)?;
     let revision = exec.revision;
     assert!(
@@ -99,7 +119,12 @@ pub fn apply<V: StateView>(view: &V, request: &Request) -> Result<Applied, V::Er
             Command::Transfer(t) => Some(t.clone()),
             _ => None,
         };
-        let record = DedupRecord { fingerprint, recorded_ms: meta.clock_ms, response: response.clone(), transfer };
+        let record = DedupRecord {
+            fingerprint,
+            recorded_ms: meta.clock_ms,
+            response: response.clone(),
+            transfer,
+        };
         changes.push(Change::PutDedup { key, record });
     }
     changes.push(SetMeta(meta));
@@ -114,13 +139,20 @@ fn dedup_key_name(key: &DedupKey) -> &str {
 }
 
 /// Drop dedup records older than the retention window, a bounded number per entry.
-fn expire_dedup<V: StateView>(view: &V, clock_ms: u64, changes: &mut Vec<Change>) -> Result<Vec<DedupKey>, V::Error> {
+fn expire_dedup<V: StateView>(
+    view: &V,
+    clock_ms: u64,
+    changes: &mut Vec<Change>,
+) -> Result<Vec<DedupKey>, V::Error> {
     let mut expired = Vec::new();
     for (recorded_ms, key) in view.oldest_dedup(limits::DEDUP_EXPIRE_PER_ENTRY_MAX)? {
         if recorded_ms.saturating_add(limits::DEDUP_RETENTION_MS) > clock_ms {
             break;
         }
-        changes.push(Change::DeleteDedup { key: key.clone(), recorded_ms });
+        changes.push(Change::DeleteDedup {
+            key: key.clone(),
+            recorded_ms,
+        });
         expired.push(key);
     }
     Ok(expired)
@@ -149,7 +181,11 @@ struct Exec<'a, V> {
 impl<V: StateView> Exec<'_, V> {
     fn command(&mut self, command: &Command) -> Result<Response, V::Error> {
         match command {
-            Command::Put { key, value, condition } => self.put(key, value, *condition),
+            Command::Put {
+                key,
+                value,
+                condition,
+            } => self.put(key, value, *condition),
             Command::Delete { key, condition } => self.delete(key, *condition),
             Command::Txn(txn) => self.txn(txn),
             Command::CreateAccount { id, balance } => self.create_account(id, *balance),
@@ -168,9 +204,18 @@ impl<V: StateView> Exec<'_, V> {
         }
         let revision = self.next_revision();
         self.revision = revision;
-        let record = KvRecord { version: revision, value: value.to_vec() };
-        self.changes.push(Change::PutKv { key: key.to_string(), record });
-        Ok(Ok(Success::Put { version: revision, revision }))
+        let record = KvRecord {
+            version: revision,
+            value: value.to_vec(),
+        };
+        self.changes.push(Change::PutKv {
+            key: key.to_string(),
+            record,
+        });
+        Ok(Ok(Success::Put {
+            version: revision,
+            revision,
+        }))
     }
 
     fn delete(&mut self, key: &str, condition: Condition) -> Result<Response, V::Error> {
@@ -179,17 +224,29 @@ impl<V: StateView> Exec<'_, V> {
             return Ok(Err(rejection));
         }
         if current.is_none() {
-            return Ok(Ok(Success::Delete { deleted: false, revision: self.revision }));
+            return Ok(Ok(Success::Delete {
+                deleted: false,
+                revision: self.revision,
+            }));
         }
         self.revision = self.next_revision();
-        self.changes.push(Change::DeleteKv { key: key.to_string() });
-        Ok(Ok(Success::Delete { deleted: true, revision: self.revision }))
+        self.changes.push(Change::DeleteKv {
+            key: key.to_string(),
+        });
+        Ok(Ok(Success::Delete {
+            deleted: true,
+            revision: self.revision,
+        }))
     }
 
     fn txn(&mut self, txn: &Txn) -> Result<Response, V::Error> {
         for branch in [&txn.success, &txn.failure] {
             let mut written = std::collections::BTreeSet::new();
-            if branch.iter().filter(|op| op.is_write()).any(|op| !written.insert(op.key())) {
+            if branch
+                .iter()
+                .filter(|op| op.is_write())
+                .any(|op| !written.insert(op.key()))
+            {
                 return Ok(Err(Rejection::Invalid(Invalid::DuplicateTxnWrite)));
             }
         }
@@ -202,7 +259,11 @@ impl<V: StateView> Exec<'_, V> {
                 Err(invalid) => return Ok(Err(Rejection::Invalid(invalid))),
             }
         }
-        let ops = if succeeded { &txn.success } else { &txn.failure };
+        let ops = if succeeded {
+            &txn.success
+        } else {
+            &txn.failure
+        };
 
         // Ops run in order and see the branch's own earlier writes.
         let revision = self.next_revision();
@@ -216,13 +277,23 @@ impl<V: StateView> Exec<'_, V> {
             };
             match op {
                 TxnOp::Get { key } => {
-                    let got = current.map(|r| TxnGot { key: key.clone(), value: r.value, version: r.version });
+                    let got = current.map(|r| TxnGot {
+                        key: key.clone(),
+                        value: r.value,
+                        version: r.version,
+                    });
                     results.push(TxnOpResult::Get(got));
                 }
                 TxnOp::Put { key, value } => {
-                    let record = KvRecord { version: revision, value: value.clone() };
+                    let record = KvRecord {
+                        version: revision,
+                        value: value.clone(),
+                    };
                     overlay.insert(key, Some(record.clone()));
-                    self.changes.push(Change::PutKv { key: key.clone(), record });
+                    self.changes.push(Change::PutKv {
+                        key: key.clone(),
+                        record,
+                    });
                     results.push(TxnOpResult::Put { version: revision });
                     wrote = true;
                 }
@@ -240,7 +311,11 @@ impl<V: StateView> Exec<'_, V> {
         if wrote {
             self.revision = revision;
         }
-        Ok(Ok(Success::Txn { succeeded, results, revision: self.revision }))
+        Ok(Ok(Success::Txn {
+            succeeded,
+            results,
+            revision: self.revision,
+        }))
     }
 
     fn create_account(&mut self, id: &str, balance: u64) -> Result<Response, V::Error> {
@@ -248,9 +323,19 @@ impl<V: StateView> Exec<'_, V> {
             return Ok(Err(Rejection::AccountExists { id: id.to_string() }));
         }
         self.revision = self.next_revision();
-        let record = AccountRecord { balance, version: self.revision };
-        self.changes.push(Change::PutAccount { id: id.to_string(), record });
-        Ok(Ok(Success::AccountCreated { id: id.to_string(), balance, version: self.revision }))
+        let record = AccountRecord {
+            balance,
+            version: self.revision,
+        };
+        self.changes.push(Change::PutAccount {
+            id: id.to_string(),
+            record,
+        });
+        Ok(Ok(Success::AccountCreated {
+            id: id.to_string(),
+            balance,
+            version: self.revision,
+        }))
     }
 
     fn transfer(&mut self, t: &Transfer) -> Result<Response, V::Error> {
@@ -283,8 +368,20 @@ impl<V: StateView> Exec<'_, V> {
         );
         self.revision = self.next_revision();
         let version = self.revision;
-        self.changes.push(Change::PutAccount { id: t.from.clone(), record: AccountRecord { balance: from_balance, version } });
-        self.changes.push(Change::PutAccount { id: t.to.clone(), record: AccountRecord { balance: to_balance, version } });
+        self.changes.push(Change::PutAccount {
+            id: t.from.clone(),
+            record: AccountRecord {
+                balance: from_balance,
+                version,
+            },
+        });
+        self.changes.push(Change::PutAccount {
+            id: t.to.clone(),
+            record: AccountRecord {
+                balance: to_balance,
+                version,
+            },
+        });
         Ok(Ok(Success::Transfer(TransferReceipt {
             id: t.id.clone(),
             from: t.from.clone(),
@@ -297,7 +394,11 @@ impl<V: StateView> Exec<'_, V> {
     }
 }
 
-fn check_condition(key: &str, current: Option<&KvRecord>, condition: Condition) -> Result<(), Rejection> {
+fn check_condition(
+    key: &str,
+    current: Option<&KvRecord>,
+    condition: Condition,
+) -> Result<(), Rejection> {
     let current_version = current.map_or(0, |r| r.version);
     let holds = match condition {
         Condition::Always => true,
@@ -307,7 +408,10 @@ fn check_condition(key: &str, current: Option<&KvRecord>, condition: Condition) 
     if holds {
         Ok(())
     } else {
-        Err(Rejection::PreconditionFailed { key: key.to_string(), current_version })
+        Err(Rejection::PreconditionFailed {
+            key: key.to_string(),
+            current_version,
+        })
     }
 }
 

@@ -35,7 +35,11 @@ impl StateView for MemState {
         Ok(self.dedup.get(key).cloned())
     }
     fn oldest_dedup(&self, limit: usize) -> Result<Vec<(u64, DedupKey)>, Infallible> {
-        let mut all: Vec<_> = self.dedup.iter().map(|(k, r)| (r.recorded_ms, k.clone())).collect();
+        let mut all: Vec<_> = self
+            .dedup
+            .iter()
+            .map(|(k, r)| (r.recorded_ms, k.clone()))
+            .collect();
         all.sort();
         all.truncate(limit);
         Ok(all)
@@ -77,9 +81,17 @@ impl MemState {
     }
 
     fn dump(&self) -> String {
-        let mut out = format!("revision={} clock_ms={}\n", self.meta.revision, self.meta.clock_ms);
+        let mut out = format!(
+            "revision={} clock_ms={}\n",
+            self.meta.revision, self.meta.clock_ms
+        );
         for (k, r) in &self.kv {
-            let _ = writeln!(out, "kv {k} = {:?} @{}", String::from_utf8_lossy(&r.value), r.version);
+            let _ = writeln!(
+                out,
+                "kv {k} = {:?} @{}",
+                String::from_utf8_lossy(&r.value),
+                r.version
+            );
         }
         for (id, a) in &self.accounts {
             let _ = writeln!(out, "account {id} = {} @{}", a.balance, a.version);
@@ -92,19 +104,35 @@ impl MemState {
 }
 
 fn req(t: u64, idem: Option<&str>, command: Command) -> Request {
-    Request { leader_time_ms: t, idempotency_key: idem.map(str::to_string), command }
+    Request {
+        leader_time_ms: t,
+        idempotency_key: idem.map(str::to_string),
+        command,
+    }
 }
 
 fn put(key: &str, value: &str, condition: Condition) -> Command {
-    Command::Put { key: key.into(), value: value.as_bytes().to_vec(), condition }
+    Command::Put {
+        key: key.into(),
+        value: value.as_bytes().to_vec(),
+        condition,
+    }
 }
 
 fn xfer(id: &str, from: &str, to: &str, amount: u64) -> Command {
-    Command::Transfer(Transfer { id: id.into(), from: from.into(), to: to.into(), amount })
+    Command::Transfer(Transfer {
+        id: id.into(),
+        from: from.into(),
+        to: to.into(),
+        amount,
+    })
 }
 
 fn acct(id: &str, balance: u64) -> Command {
-    Command::CreateAccount { id: id.into(), balance }
+    Command::CreateAccount {
+        id: id.into(),
+        balance,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -129,12 +157,20 @@ fn parse_line(line: &str) -> Request {
     let cond = |w: Option<&&str>| match w {
         None => Condition::Always,
         Some(&"ifabsent") => Condition::IfAbsent,
-        Some(w) => Condition::IfVersion(w.strip_prefix("if=").expect("if=<version>").parse().expect("version")),
+        Some(w) => Condition::IfVersion(
+            w.strip_prefix("if=")
+                .expect("if=<version>")
+                .parse()
+                .expect("version"),
+        ),
     };
     let num = |w: &str| w.parse::<u64>().expect("number");
     let command = match words.as_slice() {
         ["put", k, v, rest @ ..] => put(k, v, cond(rest.first())),
-        ["del", k, rest @ ..] => Command::Delete { key: k.to_string(), condition: cond(rest.first()) },
+        ["del", k, rest @ ..] => Command::Delete {
+            key: k.to_string(),
+            condition: cond(rest.first()),
+        },
         ["acct", id, bal] => acct(id, num(bal)),
         ["xfer", id, from, to, amount] => xfer(id, from, to, num(amount)),
         ["cas", k, expected, new] => Command::Txn(Txn {
@@ -143,7 +179,10 @@ fn parse_line(line: &str) -> Request {
                 op: CompareOp::Eq,
                 target: CompareTarget::Value(expected.as_bytes().to_vec()),
             }],
-            success: vec![TxnOp::Put { key: k.to_string(), value: new.as_bytes().to_vec() }],
+            success: vec![TxnOp::Put {
+                key: k.to_string(),
+                value: new.as_bytes().to_vec(),
+            }],
             failure: vec![TxnOp::Get { key: k.to_string() }],
         }),
         other => panic!("unknown script command {other:?}"),
@@ -174,7 +213,8 @@ fn run_script(script: &str) -> String {
 
 #[test]
 fn golden_scripts() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/state_machine/testscripts");
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/state_machine/testscripts");
     let update = std::env::var_os("METROKV_UPDATE_GOLDEN").is_some();
     let mut ran = 0;
     for entry in std::fs::read_dir(&dir).expect("testscripts dir") {
@@ -199,9 +239,16 @@ fn txn_ops_see_their_own_writes_and_share_one_revision() {
     let mut s = MemState::default();
     let _ = s.run(&req(1, None, put("a", "1", Condition::Always)));
     let txn = Txn {
-        compare: vec![Compare { key: "a".into(), op: CompareOp::Eq, target: CompareTarget::Version(1) }],
+        compare: vec![Compare {
+            key: "a".into(),
+            op: CompareOp::Eq,
+            target: CompareTarget::Version(1),
+        }],
         success: vec![
-            TxnOp::Put { key: "b".into(), value: b"2".to_vec() },
+            TxnOp::Put {
+                key: "b".into(),
+                value: b"2".to_vec(),
+            },
             TxnOp::Get { key: "b".into() },
             TxnOp::Delete { key: "a".into() },
             TxnOp::Get { key: "a".into() },
@@ -215,7 +262,11 @@ fn txn_ops_see_their_own_writes_and_share_one_revision() {
             succeeded: true,
             results: vec![
                 TxnOpResult::Put { version: 2 },
-                TxnOpResult::Get(Some(TxnGot { key: "b".into(), value: b"2".to_vec(), version: 2 })),
+                TxnOpResult::Get(Some(TxnGot {
+                    key: "b".into(),
+                    value: b"2".to_vec(),
+                    version: 2
+                })),
                 TxnOpResult::Delete { deleted: true },
                 TxnOpResult::Get(None),
             ],
@@ -230,12 +281,29 @@ fn txn_failure_branch_and_read_only_txn_keep_revision() {
     let mut s = MemState::default();
     let _ = s.run(&req(1, None, put("a", "1", Condition::Always)));
     let txn = Txn {
-        compare: vec![Compare { key: "a".into(), op: CompareOp::Gt, target: CompareTarget::Version(5) }],
-        success: vec![TxnOp::Put { key: "a".into(), value: b"x".to_vec() }],
+        compare: vec![Compare {
+            key: "a".into(),
+            op: CompareOp::Gt,
+            target: CompareTarget::Version(5),
+        }],
+        success: vec![TxnOp::Put {
+            key: "a".into(),
+            value: b"x".to_vec(),
+        }],
         failure: vec![TxnOp::Get { key: "a".into() }],
     };
     let r = s.run(&req(2, None, Command::Txn(txn)));
-    assert!(matches!(r, Ok(Success::Txn { succeeded: false, revision: 1, .. })), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            Ok(Success::Txn {
+                succeeded: false,
+                revision: 1,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
     assert_eq!(s.kv["a"].value, b"1");
 }
 
@@ -244,16 +312,32 @@ fn txn_refuses_duplicate_writes_and_exists_ordering() {
     let mut s = MemState::default();
     let dup = Txn {
         compare: vec![],
-        success: vec![TxnOp::Put { key: "a".into(), value: vec![] }, TxnOp::Delete { key: "a".into() }],
+        success: vec![
+            TxnOp::Put {
+                key: "a".into(),
+                value: vec![],
+            },
+            TxnOp::Delete { key: "a".into() },
+        ],
         failure: vec![],
     };
-    assert_eq!(s.run(&req(1, None, Command::Txn(dup))), Err(Rejection::Invalid(Invalid::DuplicateTxnWrite)));
+    assert_eq!(
+        s.run(&req(1, None, Command::Txn(dup))),
+        Err(Rejection::Invalid(Invalid::DuplicateTxnWrite))
+    );
     let ordering = Txn {
-        compare: vec![Compare { key: "a".into(), op: CompareOp::Lt, target: CompareTarget::Exists(true) }],
+        compare: vec![Compare {
+            key: "a".into(),
+            op: CompareOp::Lt,
+            target: CompareTarget::Exists(true),
+        }],
         success: vec![],
         failure: vec![],
     };
-    assert_eq!(s.run(&req(1, None, Command::Txn(ordering))), Err(Rejection::Invalid(Invalid::ExistsOrdering)));
+    assert_eq!(
+        s.run(&req(1, None, Command::Txn(ordering))),
+        Err(Rejection::Invalid(Invalid::ExistsOrdering))
+    );
     assert_eq!(s.meta.revision, 0);
     assert!(s.kv.is_empty());
 }
@@ -262,7 +346,11 @@ fn txn_refuses_duplicate_writes_and_exists_ordering() {
 fn value_compare_with_absent_key_is_false() {
     let absent = None;
     for op in [CompareOp::Eq, CompareOp::Ne, CompareOp::Lt, CompareOp::Gt] {
-        let c = Compare { key: "k".into(), op, target: CompareTarget::Value(b"v".to_vec()) };
+        let c = Compare {
+            key: "k".into(),
+            op,
+            target: CompareTarget::Value(b"v".to_vec()),
+        };
         assert_eq!(compare_holds(&c, absent), Ok(false));
     }
 }
@@ -277,7 +365,13 @@ fn dedup_records_expire_after_retention_and_clock_never_goes_back() {
     assert_eq!(s.meta.clock_ms, 1_000);
     // Just inside the window the record is kept and a retry is answered from it.
     let inside = 1_000 + limits::DEDUP_RETENTION_MS - 1;
-    assert_eq!(s.run(&req(inside, Some("k1"), put("a", "1", Condition::Always))), Ok(Success::Put { version: 1, revision: 1 }));
+    assert_eq!(
+        s.run(&req(inside, Some("k1"), put("a", "1", Condition::Always))),
+        Ok(Success::Put {
+            version: 1,
+            revision: 1
+        })
+    );
     assert_eq!(s.dedup.len(), 1);
     // Past the window the record goes, so the same key applies as a new request.
     let after = 1_000 + limits::DEDUP_RETENTION_MS;
@@ -290,7 +384,11 @@ fn expiry_is_bounded_per_entry() {
     let mut s = MemState::default();
     let n = limits::DEDUP_EXPIRE_PER_ENTRY_MAX * 2 + 1;
     for i in 0..n {
-        let _ = s.run(&req(1, Some(&format!("k{i}")), put("a", "1", Condition::Always)));
+        let _ = s.run(&req(
+            1,
+            Some(&format!("k{i}")),
+            put("a", "1", Condition::Always),
+        ));
     }
     assert_eq!(s.dedup.len(), n);
     let later = 2 + limits::DEDUP_RETENTION_MS;
@@ -304,7 +402,10 @@ fn fingerprint_is_stable_across_builds() {
     let f = fingerprint(&put("key", "value", Condition::Always));
     assert_eq!(f, fingerprint(&put("key", "value", Condition::Always)));
     assert_ne!(f, fingerprint(&put("key", "value2", Condition::Always)));
-    assert_eq!(f, 0xbb3b_ada4_f2af_9851_u64, "fingerprint of a fixed command changed: {f:#x}");
+    assert_eq!(
+        f, 0xbb3b_ada4_f2af_9851_u64,
+        "fingerprint of a fixed command changed: {f:#x}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -321,15 +422,37 @@ fn arb_command() -> impl Strategy<Value = (u64, Option<String>, Command)> {
         (0u64..6).prop_map(Condition::IfVersion),
     ];
     let command = prop_oneof![
-        (key.clone(), "[a-c]{0,3}", condition.clone())
-            .prop_map(|(key, v, condition)| Command::Put { key, value: v.into_bytes(), condition }),
+        (key.clone(), "[a-c]{0,3}", condition.clone()).prop_map(|(key, v, condition)| {
+            Command::Put {
+                key,
+                value: v.into_bytes(),
+                condition,
+            }
+        }),
         (key.clone(), condition).prop_map(|(key, condition)| Command::Delete { key, condition }),
-        (account.clone(), 0u64..100).prop_map(|(id, balance)| Command::CreateAccount { id, balance }),
-        (transfer_id, account.clone(), account, 0u64..60)
-            .prop_map(|(id, from, to, amount)| Command::Transfer(Transfer { id, from, to, amount })),
+        (account.clone(), 0u64..100)
+            .prop_map(|(id, balance)| Command::CreateAccount { id, balance }),
+        (transfer_id, account.clone(), account, 0u64..60).prop_map(|(id, from, to, amount)| {
+            Command::Transfer(Transfer {
+                id,
+                from,
+                to,
+                amount,
+            })
+        }),
         (key.clone(), 0u64..6, key).prop_map(|(k, v, k2)| Command::Txn(Txn {
-            compare: vec![Compare { key: k.clone(), op: CompareOp::Eq, target: CompareTarget::Version(v) }],
-            success: vec![TxnOp::Put { key: k, value: b"t".to_vec() }, TxnOp::Get { key: k2.clone() }],
+            compare: vec![Compare {
+                key: k.clone(),
+                op: CompareOp::Eq,
+                target: CompareTarget::Version(v)
+            }],
+            success: vec![
+                TxnOp::Put {
+                    key: k,
+                    value: b"t".to_vec()
+                },
+                TxnOp::Get { key: k2.clone() }
+            ],
             failure: vec![TxnOp::Delete { key: k2 }],
         })),
     ];
@@ -430,8 +553,23 @@ fn the_state_machine_imports_no_io_clock_or_randomness() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/state_machine");
     for file in ["mod.rs", "types.rs"] {
         let text = std::fs::read_to_string(dir.join(file)).expect("read source");
-        for forbidden in ["tokio", "rocksdb", "openraft", "std::time", "rand", "SystemTime", "Instant", "std::fs", "std::net", "crate::storage", "crate::raft"] {
-            let used = text.lines().filter(|l| !l.trim_start().starts_with("//")).any(|l| l.contains(forbidden));
+        for forbidden in [
+            "tokio",
+            "rocksdb",
+            "openraft",
+            "std::time",
+            "rand",
+            "SystemTime",
+            "Instant",
+            "std::fs",
+            "std::net",
+            "crate::storage",
+            "crate::raft",
+        ] {
+            let used = text
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .any(|l| l.contains(forbidden));
             assert!(!used, "state_machine/{file} mentions {forbidden}");
         }
     }

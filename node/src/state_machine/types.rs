@@ -33,10 +33,20 @@ impl fmt::Display for Request {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    Put { key: String, value: Vec<u8>, condition: Condition },
-    Delete { key: String, condition: Condition },
+    Put {
+        key: String,
+        value: Vec<u8>,
+        condition: Condition,
+    },
+    Delete {
+        key: String,
+        condition: Condition,
+    },
     Txn(Txn),
-    CreateAccount { id: String, balance: u64 },
+    CreateAccount {
+        id: String,
+        balance: u64,
+    },
     Transfer(Transfer),
 }
 
@@ -127,10 +137,24 @@ pub type Response = Result<Success, Rejection>;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Success {
-    Put { version: u64, revision: u64 },
-    Delete { deleted: bool, revision: u64 },
-    Txn { succeeded: bool, results: Vec<TxnOpResult>, revision: u64 },
-    AccountCreated { id: String, balance: u64, version: u64 },
+    Put {
+        version: u64,
+        revision: u64,
+    },
+    Delete {
+        deleted: bool,
+        revision: u64,
+    },
+    Txn {
+        succeeded: bool,
+        results: Vec<TxnOpResult>,
+        revision: u64,
+    },
+    AccountCreated {
+        id: String,
+        balance: u64,
+        version: u64,
+    },
     Transfer(TransferReceipt),
     /// The answer to an entry without a request (a leader's blank entry, a membership change).
     Noop,
@@ -172,7 +196,11 @@ pub enum Rejection {
     #[error("account {id:?} does not exist")]
     AccountNotFound { id: String },
     #[error("account {account:?} holds {balance}, less than the {amount} requested")]
-    InsufficientFunds { account: String, balance: u64, amount: u64 },
+    InsufficientFunds {
+        account: String,
+        balance: u64,
+        amount: u64,
+    },
     #[error("the key {key:?} was already used for a different request")]
     IdempotencyConflict { key: String },
     #[error("invalid request: {0}")]

@@ -126,7 +126,10 @@ mod tests {
 
     #[test]
     fn log_keys_sort_by_index() {
-        let mut keys: Vec<_> = [5u64, 300, 0, 70_000, u64::MAX].iter().map(|i| log_key(*i)).collect();
+        let mut keys: Vec<_> = [5u64, 300, 0, 70_000, u64::MAX]
+            .iter()
+            .map(|i| log_key(*i))
+            .collect();
         keys.sort();
         let back: Vec<_> = keys.iter().map(|k| log_index(k).unwrap()).collect();
         assert_eq!(back, vec![0, 5, 300, 70_000, u64::MAX]);
@@ -139,7 +142,10 @@ mod tests {
         let b = expiry(300, &DedupKey::Idempotency("aa".into()));
         assert!(a < b);
         assert_eq!(parse_expiry(&a), Some((5, DedupKey::Transfer("zz".into()))));
-        assert_eq!(parse_expiry(&b), Some((300, DedupKey::Idempotency("aa".into()))));
+        assert_eq!(
+            parse_expiry(&b),
+            Some((300, DedupKey::Idempotency("aa".into())))
+        );
         assert_eq!(parse_expiry(b"x123"), None);
         assert_eq!(parse_expiry(&kv("a")), None);
     }
@@ -147,10 +153,18 @@ mod tests {
     #[test]
     fn kinds_do_not_collide() {
         assert_ne!(kv("a"), account("a"));
-        assert_ne!(dedup(&DedupKey::Idempotency("a".into())), dedup(&DedupKey::Transfer("a".into())));
+        assert_ne!(
+            dedup(&DedupKey::Idempotency("a".into())),
+            dedup(&DedupKey::Transfer("a".into()))
+        );
         assert_eq!(kv_user_key(&kv("héllo")), Some("héllo".as_bytes()));
         assert_eq!(kv_user_key(&account("a")), None);
-        for key in [kv("a"), account("a"), SM_META.to_vec(), expiry(1, &DedupKey::Transfer("t".into()))] {
+        for key in [
+            kv("a"),
+            account("a"),
+            SM_META.to_vec(),
+            expiry(1, &DedupKey::Transfer("t".into())),
+        ] {
             assert!(key.as_slice() >= SM_FIRST && key.as_slice() < SM_END);
         }
     }

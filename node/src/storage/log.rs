@@ -67,11 +67,17 @@ impl LogStore {
         let thread = std::thread::Builder::new()
             .name("metrokv-fsync".into())
             .spawn(move || fsync_worker(&worker_db, &fsync_rx))?;
-        Ok(Self { db, fsync_tx: Some(fsync_tx), fsync_thread: Some(thread) })
+        Ok(Self {
+            db,
+            fsync_tx: Some(fsync_tx),
+            fsync_thread: Some(thread),
+        })
     }
 
     fn reader(&self) -> LogReader {
-        LogReader { db: self.db.clone() }
+        LogReader {
+            db: self.db.clone(),
+        }
     }
 }
 
@@ -88,7 +94,12 @@ fn fsync_worker(db: &Db, rx: &mpsc::Receiver<Flushed>) {
             tracing::error!(error = %e, "fsync of the Raft log failed; the node will stop");
         }
         for callback in batch.drain(..) {
-            callback.io_completed(result.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string())));
+            callback.io_completed(
+                result
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| io::Error::new(e.kind(), e.to_string())),
+            );
         }
         metrics::counter!("metrokv_log_fsyncs_total").increment(1);
     }
@@ -101,7 +112,11 @@ pub struct LogReader {
 }
 
 impl LogReader {
-    fn get_raft<T: serde::de::DeserializeOwned>(&self, key: &[u8], what: &str) -> io::Result<Option<T>> {
+    fn get_raft<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+        what: &str,
+    ) -> io::Result<Option<T>> {
         let cf = self.db.cf(keys::CF_RAFT);
         match self.db.db.get_pinned_cf(cf, key).map_err(rocks_err)? {
             Some(bytes) => Ok(Some(decode(&bytes, what)?)),
@@ -136,12 +151,16 @@ impl RaftLogReader<TypeConfig> for LogReader {
         it.seek(keys::log_key(start));
         let mut entries = Vec::new();
         while let (Some(key), Some(value)) = (it.key(), it.value()) {
-            let index = keys::log_index(key).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad log key"))?;
+            let index = keys::log_index(key)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad log key"))?;
             if !range.contains(&index) {
                 break;
             }
             let entry: Entry = decode(value, "log entry")?;
-            assert_eq!(entry.log_id.index, index, "log entry stored under its own index");
+            assert_eq!(
+                entry.log_id.index, index,
+                "log entry stored under its own index"
+            );
             entries.push(entry);
             it.next();
         }
@@ -159,9 +178,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let reader = self.reader();
-        let last_purged_log_id: Option<LogId> = reader.get_raft(keys::RAFT_PURGED, "purged log id")?;
-        let last_log_id = reader.last_entry_log_id()?.or_else(|| last_purged_log_id.clone());
-        Ok(LogState { last_purged_log_id, last_log_id })
+        let last_purged_log_id: Option<LogId> =
+            reader.get_raft(keys::RAFT_PURGED, "purged log id")?;
+        let last_log_id = reader.last_entry_log_id()?.or(last_purged_log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -171,20 +194,33 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         let cf = self.db.cf(keys::CF_RAFT);
         // The vote must be on disk before it is used: a node that forgets its vote can vote twice.
-        self.db.db.put_cf_opt(cf, keys::RAFT_VOTE, encode(vote), &synced()).map_err(rocks_err)
+        self.db
+            .db
+            .put_cf_opt(cf, keys::RAFT_VOTE, encode(vote), &synced())
+            .map_err(rocks_err)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         let cf = self.db.cf(keys::CF_RAFT);
         // Unsynced: a lost committed id only delays recovery, and the next log fsync covers it.
-        self.db.db.put_cf_opt(cf, keys::RAFT_COMMITTED, encode(&committed), &unsynced()).map_err(rocks_err)
+        self.db
+            .db
+            .put_cf_opt(cf, keys::RAFT_COMMITTED, encode(&committed), &unsynced())
+            .map_err(rocks_err)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        Ok(self.reader().get_raft::<Option<LogId>>(keys::RAFT_COMMITTED, "committed log id")?.flatten())
+        Ok(self
+            .reader()
+            .get_raft::<Option<LogId>>(keys::RAFT_COMMITTED, "committed log id")?
+            .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -196,7 +232,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.put_cf(cf, keys::log_key(entry.log_id.index), encode(&entry));
             count += 1;
         }
-        self.db.db.write_opt(batch, &unsynced()).map_err(rocks_err)?;
+        self.db
+            .db
+            .write_opt(batch, &unsynced())
+            .map_err(rocks_err)?;
         metrics::counter!("metrokv_log_entries_appended_total").increment(count);
         self.fsync_tx
             .as_ref()
@@ -214,7 +253,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let raft_cf = self.db.cf(keys::CF_RAFT);
         // Record the purge point first: if we crash between the two writes, the log state still
         // says where the log begins and no reader expects the deleted entries.
-        self.db.db.put_cf_opt(raft_cf, keys::RAFT_PURGED, encode(&log_id), &synced()).map_err(rocks_err)?;
+        self.db
+            .db
+            .put_cf_opt(raft_cf, keys::RAFT_PURGED, encode(&log_id), &synced())
+            .map_err(rocks_err)?;
         self.delete_log_range(0, log_id.index.saturating_add(1))
     }
 }

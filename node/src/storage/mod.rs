@@ -44,10 +44,17 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> io::Result<T> {
     match bytes.split_first() {
-        Some((&FORMAT_V1, rest)) => postcard::from_bytes(rest)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("corrupt {what}: {e}"))),
-        Some((v, _)) => Err(io::Error::new(io::ErrorKind::InvalidData, format!("{what}: unknown format version {v}"))),
-        None => Err(io::Error::new(io::ErrorKind::InvalidData, format!("{what}: empty value"))),
+        Some((&FORMAT_V1, rest)) => postcard::from_bytes(rest).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("corrupt {what}: {e}"))
+        }),
+        Some((v, _)) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{what}: unknown format version {v}"),
+        )),
+        None => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{what}: empty value"),
+        )),
     }
 }
 
@@ -67,7 +74,9 @@ pub struct Db {
 impl Db {
     pub fn cf(&self, name: &str) -> &ColumnFamily {
         // The column families are created at open; a missing one is a programming error.
-        self.db.cf_handle(name).unwrap_or_else(|| panic!("column family {name} exists"))
+        self.db
+            .cf_handle(name)
+            .unwrap_or_else(|| panic!("column family {name} exists"))
     }
 }
 
@@ -95,7 +104,11 @@ pub fn open_db(data_dir: &Path) -> io::Result<Arc<Db>> {
         ColumnFamilyDescriptor::new(*name, cf_opts)
     });
     let db = DB::open_cf_descriptors(&opts, data_dir.join("rocksdb"), cfs).map_err(rocks_err)?;
-    Ok(Arc::new(Db { db, snapshot_dir, install_lock: std::sync::RwLock::new(()) }))
+    Ok(Arc::new(Db {
+        db,
+        snapshot_dir,
+        install_lock: std::sync::RwLock::new(()),
+    }))
 }
 
 /// Synced write options: the write is on disk when the call returns.

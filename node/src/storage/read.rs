@@ -57,12 +57,24 @@ impl StateReader {
     }
 
     fn view(&self) -> SnapshotWithThreadMode<'_, DB> {
-        let _guard = self.db.install_lock.read().unwrap_or_else(|e| e.into_inner());
+        let _guard = self
+            .db
+            .install_lock
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         self.db.db.snapshot()
     }
 
-    fn get<T: serde::de::DeserializeOwned>(&self, view: &SnapshotWithThreadMode<'_, DB>, key: &[u8], what: &str) -> io::Result<Option<T>> {
-        match view.get_pinned_cf(self.db.cf(keys::CF_SM), key).map_err(rocks_err)? {
+    fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        view: &SnapshotWithThreadMode<'_, DB>,
+        key: &[u8],
+        what: &str,
+    ) -> io::Result<Option<T>> {
+        match view
+            .get_pinned_cf(self.db.cf(keys::CF_SM), key)
+            .map_err(rocks_err)?
+        {
             Some(bytes) => Ok(Some(decode(&bytes, what)?)),
             None => Ok(None),
         }
@@ -70,7 +82,9 @@ impl StateReader {
 
     pub fn meta(&self) -> io::Result<SmMeta> {
         let view = self.view();
-        Ok(self.get(&view, keys::SM_META, "state machine meta")?.unwrap_or_default())
+        Ok(self
+            .get(&view, keys::SM_META, "state machine meta")?
+            .unwrap_or_default())
     }
 
     pub fn kv(&self, key: &str) -> io::Result<Option<KvRecord>> {
@@ -85,38 +99,81 @@ impl StateReader {
 
     pub fn transfer(&self, id: &str) -> io::Result<Option<DedupRecord>> {
         let view = self.view();
-        self.get(&view, &keys::dedup(&DedupKey::Transfer(id.to_string())), "transfer record")
+        self.get(
+            &view,
+            &keys::dedup(&DedupKey::Transfer(id.to_string())),
+            "transfer record",
+        )
     }
 
     /// Keys starting with `prefix`, after `after` (exclusive) if given, at most `limit` of them.
-    pub fn list_kv(&self, prefix: &str, after: Option<&str>, limit: usize) -> io::Result<Page<KvItem>> {
+    pub fn list_kv(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> io::Result<Page<KvItem>> {
         let view = self.view();
-        let revision = self.get::<SmMeta>(&view, keys::SM_META, "state machine meta")?.unwrap_or_default().revision;
+        let revision = self
+            .get::<SmMeta>(&view, keys::SM_META, "state machine meta")?
+            .unwrap_or_default()
+            .revision;
         let mut items = Vec::new();
         let mut bytes = 0usize;
-        let more = self.scan(&view, keys::kv(prefix), after.map(keys::kv), limit, |raw_key, value| {
-            let key = keys::kv_user_key(raw_key).ok_or_else(|| corrupt("kv key"))?;
-            let key = String::from_utf8(key.to_vec()).map_err(|_| corrupt("kv key utf-8"))?;
-            let record: KvRecord = decode(value, "kv record")?;
-            bytes += record.value.len() + key.len();
-            items.push(KvItem { key, record });
-            // Stop once the page is full by bytes, but always return at least one item.
-            Ok(bytes < limits::LIST_PAGE_BYTES_MAX)
-        })?;
-        Ok(Page { revision, items, more })
+        let more = self.scan(
+            &view,
+            keys::kv(prefix),
+            after.map(keys::kv),
+            limit,
+            |raw_key, value| {
+                let key = keys::kv_user_key(raw_key).ok_or_else(|| corrupt("kv key"))?;
+                let key = String::from_utf8(key.to_vec()).map_err(|_| corrupt("kv key utf-8"))?;
+                let record: KvRecord = decode(value, "kv record")?;
+                bytes += record.value.len() + key.len();
+                items.push(KvItem { key, record });
+                // Stop once the page is full by bytes, but always return at least one item.
+                Ok(bytes < limits::LIST_PAGE_BYTES_MAX)
+            },
+        )?;
+        Ok(Page {
+            revision,
+            items,
+            more,
+        })
     }
 
-    pub fn list_accounts(&self, prefix: &str, after: Option<&str>, limit: usize) -> io::Result<Page<AccountItem>> {
+    pub fn list_accounts(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> io::Result<Page<AccountItem>> {
         let view = self.view();
-        let revision = self.get::<SmMeta>(&view, keys::SM_META, "state machine meta")?.unwrap_or_default().revision;
+        let revision = self
+            .get::<SmMeta>(&view, keys::SM_META, "state machine meta")?
+            .unwrap_or_default()
+            .revision;
         let mut items = Vec::new();
-        let more = self.scan(&view, keys::account(prefix), after.map(keys::account), limit, |raw_key, value| {
-            let id = keys::account_id(raw_key).ok_or_else(|| corrupt("account key"))?;
-            let id = String::from_utf8(id.to_vec()).map_err(|_| corrupt("account id utf-8"))?;
-            items.push(AccountItem { id, record: decode(value, "account")? });
-            Ok(true)
-        })?;
-        Ok(Page { revision, items, more })
+        let more = self.scan(
+            &view,
+            keys::account(prefix),
+            after.map(keys::account),
+            limit,
+            |raw_key, value| {
+                let id = keys::account_id(raw_key).ok_or_else(|| corrupt("account key"))?;
+                let id = String::from_utf8(id.to_vec()).map_err(|_| corrupt("account id utf-8"))?;
+                items.push(AccountItem {
+                    id,
+                    record: decode(value, "account")?,
+                });
+                Ok(true)
+            },
+        )?;
+        Ok(Page {
+            revision,
+            items,
+            more,
+        })
     }
 
     /// Visit keys with `prefix` (after `after`), up to `limit` or until `visit` says stop.

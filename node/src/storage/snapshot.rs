@@ -48,7 +48,11 @@ impl SnapshotFile {
     pub fn open(path: &Path) -> io::Result<Self> {
         let file = File::open(path)?;
         let len = file.metadata()?.len();
-        Ok(Self { path: path.to_path_buf(), file, len })
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            len,
+        })
     }
 
     /// A second handle on the same file, positioned at its start.
@@ -73,15 +77,28 @@ pub struct SnapshotWriter {
 impl SnapshotWriter {
     /// Start a snapshot in `dir`; `unique` keeps concurrent writers apart.
     pub fn create(dir: &Path, meta: &SnapshotMeta, unique: u64) -> io::Result<Self> {
-        let (term, index) = meta.last_log_id.as_ref().map_or((0, 0), |id| (id.leader_id.term, id.index));
+        let (term, index) = meta
+            .last_log_id
+            .as_ref()
+            .map_or((0, 0), |id| (id.leader_id.term, id.index));
         let name = format!("{FILE_PREFIX}{index:020}-{term:010}-{unique:016x}");
         let final_path = dir.join(format!("{name}{FILE_SUFFIX}"));
         let tmp_path = dir.join(format!("{name}.tmp"));
         let file = File::create(&tmp_path)?;
-        let mut w = Self { tmp_path, final_path, out: BufWriter::with_capacity(1 << 20, file), crc: crc32fast::Hasher::new(), records: 0 };
+        let mut w = Self {
+            tmp_path,
+            final_path,
+            out: BufWriter::with_capacity(1 << 20, file),
+            crc: crc32fast::Hasher::new(),
+            records: 0,
+        };
         w.write_all(MAGIC)?;
         let meta = encode(meta);
-        w.write_all(&u32::try_from(meta.len()).map_err(|_| bad("snapshot meta too large"))?.to_be_bytes())?;
+        w.write_all(
+            &u32::try_from(meta.len())
+                .map_err(|_| bad("snapshot meta too large"))?
+                .to_be_bytes(),
+        )?;
         w.write_all(&meta)?;
         Ok(w)
     }
@@ -93,7 +110,10 @@ impl SnapshotWriter {
 
     pub fn record(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
         if key.len() + value.len() + 8 > limits::SNAPSHOT_RECORD_BYTES_MAX {
-            return Err(bad(format!("snapshot record of {} bytes is over the limit", key.len() + value.len())));
+            return Err(bad(format!(
+                "snapshot record of {} bytes is over the limit",
+                key.len() + value.len()
+            )));
         }
         self.write_all(&(key.len() as u32).to_be_bytes())?;
         self.write_all(&(value.len() as u32).to_be_bytes())?;
@@ -140,7 +160,11 @@ impl SnapshotReader<BufReader<File>> {
 
 impl<R: Read> SnapshotReader<R> {
     pub fn new(input: R) -> io::Result<(SnapshotMeta, Self)> {
-        let mut r = Self { input, crc: crc32fast::Hasher::new(), remaining_check: true };
+        let mut r = Self {
+            input,
+            crc: crc32fast::Hasher::new(),
+            remaining_check: true,
+        };
         let mut magic = [0u8; 8];
         r.read_exact(&mut magic)?;
         if &magic != MAGIC {
@@ -182,7 +206,9 @@ impl<R: Read> SnapshotReader<R> {
             self.read_exact(&mut count)?;
             let want = self.crc.clone().finalize();
             let mut crc = [0u8; 4];
-            self.input.read_exact(&mut crc).map_err(|_| bad("snapshot file is truncated"))?;
+            self.input
+                .read_exact(&mut crc)
+                .map_err(|_| bad("snapshot file is truncated"))?;
             if u32::from_be_bytes(crc) != want {
                 return Err(bad("snapshot checksum mismatch"));
             }
@@ -192,7 +218,9 @@ impl<R: Read> SnapshotReader<R> {
         let value_len = self.read_u32()?;
         let total = key_len as usize + value_len as usize;
         if total + 8 > limits::SNAPSHOT_RECORD_BYTES_MAX {
-            return Err(bad(format!("snapshot record of {total} bytes is over the limit")));
+            return Err(bad(format!(
+                "snapshot record of {total} bytes is over the limit"
+            )));
         }
         let mut key = vec![0u8; key_len as usize];
         self.read_exact(&mut key)?;
@@ -214,7 +242,9 @@ pub fn list(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
         if name.starts_with(FILE_PREFIX) && name.ends_with(FILE_SUFFIX) {
             found.push(path);
         }
@@ -258,7 +288,10 @@ mod tests {
         let path = write(dir.path(), &[(b"a", b"1"), (b"b", b"")]);
         let (m, mut r) = SnapshotReader::open(&path).unwrap();
         assert_eq!(m, meta());
-        assert_eq!(r.next_record().unwrap(), Some((b"a".to_vec(), b"1".to_vec())));
+        assert_eq!(
+            r.next_record().unwrap(),
+            Some((b"a".to_vec(), b"1".to_vec()))
+        );
         assert_eq!(r.next_record().unwrap(), Some((b"b".to_vec(), vec![])));
         assert_eq!(r.next_record().unwrap(), None);
         assert_eq!(list(dir.path()).unwrap(), vec![path]);

@@ -67,7 +67,11 @@ pub struct StateStore {
 
 impl StateStore {
     pub fn open(db: Arc<Db>) -> io::Result<Self> {
-        if let Some(bytes) = db.db.get_cf(db.cf(keys::CF_SM), keys::SM_INSTALLING).map_err(rocks_err)? {
+        if let Some(bytes) = db
+            .db
+            .get_cf(db.cf(keys::CF_SM), keys::SM_INSTALLING)
+            .map_err(rocks_err)?
+        {
             let name: String = decode(&bytes, "install marker")?;
             let path = db.snapshot_dir.join(&name);
             tracing::warn!(snapshot = %path.display(), "finishing a snapshot install interrupted by a crash");
@@ -77,8 +81,14 @@ impl StateStore {
         let current = snapshot::list(&db.snapshot_dir)?.pop();
         snapshot::remove_all_but(&db.snapshot_dir, current.as_deref())?;
         let last_applied = read_applied(&db)?.0;
-        let seq = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-        Ok(Self { db, last_applied, snapshot_seq: Arc::new(AtomicU64::new(seq)) })
+        let seq = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Ok(Self {
+            db,
+            last_applied,
+            snapshot_seq: Arc::new(AtomicU64::new(seq)),
+        })
     }
 
     pub fn reader(&self) -> StateReader {
@@ -90,12 +100,23 @@ impl StateStore {
         self.db.snapshot_dir.join("incoming")
     }
 
-    fn apply_one(&mut self, entry: &crate::raft::Entry) -> io::Result<Option<state_machine::Response>> {
+    fn apply_one(
+        &mut self,
+        entry: &crate::raft::Entry,
+    ) -> io::Result<Option<state_machine::Response>> {
         if let Some(prev) = &self.last_applied {
             // openraft applies committed entries in order, one after another. (Its storage test
             // suite also applies non-adjacent entries, so only "forward" is asserted.)
-            assert!(entry.log_id.index > prev.index, "apply never repeats or goes back: {} after {}", entry.log_id, prev);
-            assert!(entry.log_id.leader_id.term >= prev.leader_id.term, "the term never goes back");
+            assert!(
+                entry.log_id.index > prev.index,
+                "apply never repeats or goes back: {} after {}",
+                entry.log_id,
+                prev
+            );
+            assert!(
+                entry.log_id.leader_id.term >= prev.leader_id.term,
+                "the term never goes back"
+            );
         }
         let sm = self.db.cf(keys::CF_SM);
         let mut batch = WriteBatch::default();
@@ -107,25 +128,36 @@ impl StateStore {
                 Some(applied.response)
             }
             EntryPayload::Membership(membership) => {
-                let stored = StoredMembership::new(Some(entry.log_id.clone()), membership.clone());
+                let stored = StoredMembership::new(Some(entry.log_id), membership.clone());
                 batch.put_cf(sm, keys::SM_MEMBERSHIP, encode(&stored));
                 None
             }
         };
-        batch.put_cf(sm, keys::SM_APPLIED, encode(&Some(entry.log_id.clone())));
-        self.db.db.write_opt(batch, &unsynced()).map_err(rocks_err)?;
-        self.last_applied = Some(entry.log_id.clone());
+        batch.put_cf(sm, keys::SM_APPLIED, encode(&Some(entry.log_id)));
+        self.db
+            .db
+            .write_opt(batch, &unsynced())
+            .map_err(rocks_err)?;
+        self.last_applied = Some(entry.log_id);
         Ok(response)
     }
 }
 
 fn read_applied(db: &Db) -> io::Result<(Option<LogId>, StoredMembership)> {
     let sm = db.cf(keys::CF_SM);
-    let applied = match db.db.get_pinned_cf(sm, keys::SM_APPLIED).map_err(rocks_err)? {
+    let applied = match db
+        .db
+        .get_pinned_cf(sm, keys::SM_APPLIED)
+        .map_err(rocks_err)?
+    {
         Some(b) => decode::<Option<LogId>>(&b, "applied log id")?,
         None => None,
     };
-    let membership = match db.db.get_pinned_cf(sm, keys::SM_MEMBERSHIP).map_err(rocks_err)? {
+    let membership = match db
+        .db
+        .get_pinned_cf(sm, keys::SM_MEMBERSHIP)
+        .map_err(rocks_err)?
+    {
         Some(b) => decode::<StoredMembership>(&b, "membership")?,
         None => StoredMembership::default(),
     };
@@ -139,7 +171,9 @@ fn write_changes(db: &Db, batch: &mut WriteBatch, changes: Vec<Change>) {
         match change {
             Change::PutKv { key, record } => batch.put_cf(sm, keys::kv(&key), encode(&record)),
             Change::DeleteKv { key } => batch.delete_cf(sm, keys::kv(&key)),
-            Change::PutAccount { id, record } => batch.put_cf(sm, keys::account(&id), encode(&record)),
+            Change::PutAccount { id, record } => {
+                batch.put_cf(sm, keys::account(&id), encode(&record))
+            }
             Change::PutDedup { key, record } => {
                 batch.put_cf(sm, keys::expiry(record.recorded_ms, &key), []);
                 batch.put_cf(sm, keys::dedup(&key), encode(&record));
@@ -160,7 +194,12 @@ struct DbView<'a> {
 
 impl DbView<'_> {
     fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8], what: &str) -> io::Result<Option<T>> {
-        match self.db.db.get_pinned_cf(self.db.cf(keys::CF_SM), key).map_err(rocks_err)? {
+        match self
+            .db
+            .db
+            .get_pinned_cf(self.db.cf(keys::CF_SM), key)
+            .map_err(rocks_err)?
+        {
             Some(bytes) => Ok(Some(decode(&bytes, what)?)),
             None => Ok(None),
         }
@@ -171,7 +210,9 @@ impl StateView for DbView<'_> {
     type Error = io::Error;
 
     fn meta(&self) -> io::Result<SmMeta> {
-        Ok(self.get(keys::SM_META, "state machine meta")?.unwrap_or_default())
+        Ok(self
+            .get(keys::SM_META, "state machine meta")?
+            .unwrap_or_default())
     }
 
     fn kv(&self, key: &str) -> io::Result<Option<KvRecord>> {
@@ -195,7 +236,9 @@ impl StateView for DbView<'_> {
             if out.len() >= limit || !key.starts_with(&prefix) {
                 break;
             }
-            let parsed = keys::parse_expiry(key).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "corrupt expiry index key"))?;
+            let parsed = keys::parse_expiry(key).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "corrupt expiry index key")
+            })?;
             out.push(parsed);
             it.next();
         }
@@ -213,7 +256,9 @@ impl RaftStateMachine<TypeConfig> for StateStore {
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
-    where Strm: Stream<Item = Result<EntryResponder, io::Error>> + Unpin + Send {
+    where
+        Strm: Stream<Item = Result<EntryResponder, io::Error>> + Unpin + Send,
+    {
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
             let response = self.apply_one(&entry)?;
@@ -226,10 +271,17 @@ impl RaftStateMachine<TypeConfig> for StateStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        SnapshotBuilder { db: self.db.clone(), seq: self.snapshot_seq.clone() }
+        SnapshotBuilder {
+            db: self.db.clone(),
+            seq: self.snapshot_seq.clone(),
+        }
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotFile,
+    ) -> Result<(), io::Error> {
         let db = self.db.clone();
         let unique = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
         let meta = meta.clone();
@@ -245,13 +297,21 @@ impl RaftStateMachine<TypeConfig> for StateStore {
             return Ok(None);
         };
         let (meta, _) = SnapshotReader::open(&path)?;
-        Ok(Some(Snapshot { meta, snapshot: SnapshotFile::open(&path)? }))
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: SnapshotFile::open(&path)?,
+        }))
     }
 }
 
 /// Put a received snapshot file into the snapshot directory and load it. Returns the new applied
 /// log id.
-fn install(db: &Db, meta: &SnapshotMeta, incoming: SnapshotFile, unique: u64) -> io::Result<Option<LogId>> {
+fn install(
+    db: &Db,
+    meta: &SnapshotMeta,
+    incoming: SnapshotFile,
+    unique: u64,
+) -> io::Result<Option<LogId>> {
     let _guard = db.install_lock.write().unwrap_or_else(|e| e.into_inner());
     let path = place_snapshot_file(db, meta, &incoming, unique)?;
     drop(incoming);
@@ -259,14 +319,24 @@ fn install(db: &Db, meta: &SnapshotMeta, incoming: SnapshotFile, unique: u64) ->
     snapshot::remove_all_but(&db.snapshot_dir, Some(&path))?;
     tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
     metrics::counter!("metrokv_snapshots_installed_total").increment(1);
-    Ok(meta.last_log_id.clone())
+    Ok(meta.last_log_id)
 }
 
 /// Give the incoming file its final name in the snapshot directory: a rename when it was received
 /// into our own incoming directory, a durable copy otherwise.
-fn place_snapshot_file(db: &Db, meta: &SnapshotMeta, incoming: &SnapshotFile, unique: u64) -> io::Result<PathBuf> {
-    let (term, index) = meta.last_log_id.as_ref().map_or((0, 0), |id| (id.leader_id.term, id.index));
-    let target = db.snapshot_dir.join(format!("snapshot-{index:020}-{term:010}-{unique:016x}.snap"));
+fn place_snapshot_file(
+    db: &Db,
+    meta: &SnapshotMeta,
+    incoming: &SnapshotFile,
+    unique: u64,
+) -> io::Result<PathBuf> {
+    let (term, index) = meta
+        .last_log_id
+        .as_ref()
+        .map_or((0, 0), |id| (id.leader_id.term, id.index));
+    let target = db.snapshot_dir.join(format!(
+        "snapshot-{index:020}-{term:010}-{unique:016x}.snap"
+    ));
     if incoming.path.parent() == Some(db.snapshot_dir.join("incoming").as_path()) {
         std::fs::rename(&incoming.path, &target)?;
     } else {
@@ -278,7 +348,10 @@ fn place_snapshot_file(db: &Db, meta: &SnapshotMeta, incoming: &SnapshotFile, un
     snapshot::sync_dir(&db.snapshot_dir)?;
     let (file_meta, _) = SnapshotReader::open(&target)?;
     if &file_meta != meta {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot file does not match the snapshot meta"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "snapshot file does not match the snapshot meta",
+        ));
     }
     Ok(target)
 }
@@ -306,7 +379,9 @@ fn load_snapshot(db: &Db, path: &Path) -> io::Result<()> {
         }
         batch.put_cf(sm, key, value);
         if batch.len() >= limits::SNAPSHOT_INSTALL_BATCH_RECORDS {
-            db.db.write_opt(std::mem::take(&mut batch), &unsynced()).map_err(rocks_err)?;
+            db.db
+                .write_opt(std::mem::take(&mut batch), &unsynced())
+                .map_err(rocks_err)?;
         }
     }
     // The applied id and membership come from the meta (the records carry the same values).
@@ -328,7 +403,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let db = self.db.clone();
         let unique = self.seq.fetch_add(1, Ordering::Relaxed);
-        tokio::task::spawn_blocking(move || build(&db, unique)).await.map_err(io::Error::other)?
+        tokio::task::spawn_blocking(move || build(&db, unique))
+            .await
+            .map_err(io::Error::other)?
     }
 }
 
@@ -347,7 +424,10 @@ fn build(db: &Db, unique: u64) -> io::Result<Snapshot> {
         Some(b) => decode::<StoredMembership>(&b, "membership")?,
         None => StoredMembership::default(),
     };
-    let meta = SnapshotMeta { last_log_id, last_membership };
+    let meta = SnapshotMeta {
+        last_log_id,
+        last_membership,
+    };
     let mut writer = SnapshotWriter::create(&db.snapshot_dir, &meta, unique)?;
     let mut it = view.raw_iterator_cf(sm);
     it.seek_to_first();
@@ -375,5 +455,8 @@ fn build(db: &Db, unique: u64) -> io::Result<Snapshot> {
     }
     tracing::info!(last_log_id = ?meta.last_log_id, records, elapsed_ms = started.elapsed().as_millis() as u64, "built snapshot");
     metrics::counter!("metrokv_snapshots_built_total").increment(1);
-    Ok(Snapshot { meta, snapshot: file })
+    Ok(Snapshot {
+        meta,
+        snapshot: file,
+    })
 }

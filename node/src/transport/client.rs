@@ -36,7 +36,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 pub enum CallError {
     /// Could not connect: the request was not sent.
     #[error("cannot reach node {target} at {addr}: {reason}")]
-    Unreachable { target: NodeId, addr: String, reason: String },
+    Unreachable {
+        target: NodeId,
+        addr: String,
+        reason: String,
+    },
     /// The connection broke after the request may have been sent.
     #[error("connection to node {target} lost: {reason}")]
     Lost { target: NodeId, reason: String },
@@ -106,11 +110,18 @@ impl PeerClient {
     }
 
     /// Send `request` and wait for its answer, at most `timeout` in all.
-    pub async fn call(&self, request: PeerRequest, timeout: Duration) -> Result<PeerResponse, CallError> {
+    pub async fn call(
+        &self,
+        request: PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse, CallError> {
         let inner = &self.inner;
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = codec::encode_frame(&Envelope { id, body: request })
-            .map_err(|e| CallError::Lost { target: inner.target, reason: format!("cannot encode request: {e}") })?;
+        let frame =
+            codec::encode_frame(&Envelope { id, body: request }).map_err(|e| CallError::Lost {
+                target: inner.target,
+                reason: format!("cannot encode request: {e}"),
+            })?;
         let deadline = tokio::time::Instant::now() + timeout;
 
         let (frames, pending, dead) = tokio::time::timeout_at(deadline, self.connection())
@@ -125,16 +136,31 @@ impl PeerClient {
         lock(&pending).insert(id, tx);
         if dead.load(Ordering::Acquire) {
             lock(&pending).remove(&id);
-            return Err(CallError::Lost { target: inner.target, reason: "connection closed".into() });
+            return Err(CallError::Lost {
+                target: inner.target,
+                reason: "connection closed".into(),
+            });
         }
         let sent = tokio::time::timeout_at(deadline, frames.send(frame)).await;
         let result = match sent {
-            Err(_) => Err(CallError::Timeout { target: inner.target, timeout }),
-            Ok(Err(_)) => Err(CallError::Lost { target: inner.target, reason: "connection closed".into() }),
+            Err(_) => Err(CallError::Timeout {
+                target: inner.target,
+                timeout,
+            }),
+            Ok(Err(_)) => Err(CallError::Lost {
+                target: inner.target,
+                reason: "connection closed".into(),
+            }),
             Ok(Ok(())) => match tokio::time::timeout_at(deadline, rx).await {
                 Ok(Ok(response)) => Ok(response),
-                Ok(Err(_)) => Err(CallError::Lost { target: inner.target, reason: "connection closed".into() }),
-                Err(_) => Err(CallError::Timeout { target: inner.target, timeout }),
+                Ok(Err(_)) => Err(CallError::Lost {
+                    target: inner.target,
+                    reason: "connection closed".into(),
+                }),
+                Err(_) => Err(CallError::Timeout {
+                    target: inner.target,
+                    timeout,
+                }),
             },
         };
         if result.is_err() {
@@ -144,7 +170,9 @@ impl PeerClient {
     }
 
     /// The live connection, dialing a new one if there is none.
-    async fn connection(&self) -> Result<(mpsc::Sender<Vec<u8>>, Pending, Arc<AtomicBool>), CallError> {
+    async fn connection(
+        &self,
+    ) -> Result<(mpsc::Sender<Vec<u8>>, Pending, Arc<AtomicBool>), CallError> {
         let mut guard = self.inner.conn.lock().await;
         if let Some(conn) = guard.as_ref() {
             if conn.is_alive() {
@@ -159,10 +187,18 @@ impl PeerClient {
 
     async fn dial(&self) -> Result<Conn, CallError> {
         let inner = &self.inner;
-        let unreachable = |reason: String| CallError::Unreachable { target: inner.target, addr: inner.addr.clone(), reason };
+        let unreachable = |reason: String| CallError::Unreachable {
+            target: inner.target,
+            addr: inner.addr.clone(),
+            reason,
+        };
         let handshake = async {
-            let mut stream = TcpStream::connect(&inner.addr).await.map_err(|e| unreachable(e.to_string()))?;
-            stream.set_nodelay(true).map_err(|e| unreachable(e.to_string()))?;
+            let mut stream = TcpStream::connect(&inner.addr)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            stream
+                .set_nodelay(true)
+                .map_err(|e| unreachable(e.to_string()))?;
             let hello = Hello {
                 protocol_version: codec::PROTOCOL_VERSION,
                 cluster_id: inner.dialer.cluster_id.clone(),
@@ -170,8 +206,13 @@ impl PeerClient {
                 to: inner.target,
                 channel: inner.channel,
             };
-            codec::write_value(&mut stream, &hello).await.map_err(|e| unreachable(e.to_string()))?;
-            match codec::read_value::<_, HelloReply>(&mut stream).await.map_err(|e| unreachable(e.to_string()))? {
+            codec::write_value(&mut stream, &hello)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            match codec::read_value::<_, HelloReply>(&mut stream)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?
+            {
                 HelloReply::Accepted => Ok(stream),
                 HelloReply::Refused(why) => Err(unreachable(format!("handshake refused: {why}"))),
             }
@@ -223,7 +264,11 @@ impl PeerClient {
             lock(&reader_pending).clear();
             let _ = stop_writer.send(());
         });
-        Ok(Conn { frames: frames_tx, pending, dead })
+        Ok(Conn {
+            frames: frames_tx,
+            pending,
+            dead,
+        })
     }
 }
 
@@ -233,18 +278,25 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// One client per (peer, dialed address, channel).
+type ClientMap = HashMap<(NodeId, String, Channel), PeerClient>;
+
 /// The shared registry of peer clients, so every part of the node reuses the same connections.
 #[derive(Clone)]
 pub struct Peers {
     dialer: Dialer,
     /// Addresses that override a peer's advertised one (see `NodeConfig::peer_routes`).
     routes: Arc<std::collections::BTreeMap<NodeId, String>>,
-    clients: Arc<Mutex<HashMap<(NodeId, String, Channel), PeerClient>>>,
+    clients: Arc<Mutex<ClientMap>>,
 }
 
 impl Peers {
     pub fn new(dialer: Dialer, routes: std::collections::BTreeMap<NodeId, String>) -> Self {
-        Self { dialer, routes: Arc::new(routes), clients: Arc::default() }
+        Self {
+            dialer,
+            routes: Arc::new(routes),
+            clients: Arc::default(),
+        }
     }
 
     pub fn me(&self) -> NodeId {
@@ -257,7 +309,9 @@ impl Peers {
         let mut clients = lock(&self.clients);
         clients
             .entry((target, addr.to_string(), channel))
-            .or_insert_with(|| PeerClient::new(self.dialer.clone(), target, addr.to_string(), channel))
+            .or_insert_with(|| {
+                PeerClient::new(self.dialer.clone(), target, addr.to_string(), channel)
+            })
             .clone()
     }
 }

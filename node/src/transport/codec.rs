@@ -78,7 +78,10 @@ pub enum PeerRequest {
     TransferLeader(raft::TransferLeaderRequest),
     SnapshotChunk(SnapshotChunk),
     /// A write a follower forwards to the leader; the leader stamps its time and proposes it.
-    ClientWrite { command: Command, idempotency_key: Option<String> },
+    ClientWrite {
+        command: Command,
+        idempotency_key: Option<String>,
+    },
     /// A follower asks the leader for a read index to serve a linearizable read locally.
     ReadIndex,
     Status,
@@ -166,7 +169,10 @@ pub fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
 }
 
 /// Read one frame's payload. Returns [`FrameError::Closed`] on a clean end of stream.
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> Result<(), FrameError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+) -> Result<(), FrameError> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(_) => {}
@@ -187,14 +193,19 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
     Ok(postcard::from_bytes(payload)?)
 }
 
-pub async fn write_value<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, value: &T) -> Result<(), FrameError> {
+pub async fn write_value<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    value: &T,
+) -> Result<(), FrameError> {
     let frame = encode_frame(value)?;
     w.write_all(&frame).await?;
     w.flush().await?;
     Ok(())
 }
 
-pub async fn read_value<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R) -> Result<T, FrameError> {
+pub async fn read_value<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+) -> Result<T, FrameError> {
     let mut buf = Vec::new();
     read_frame(r, &mut buf).await?;
     decode(&buf)
@@ -206,7 +217,13 @@ mod tests {
 
     #[tokio::test]
     async fn frames_round_trip() {
-        let hello = Hello { protocol_version: 1, cluster_id: "c".into(), from: 1, to: 2, channel: Channel::Heartbeat };
+        let hello = Hello {
+            protocol_version: 1,
+            cluster_id: "c".into(),
+            from: 1,
+            to: 2,
+            channel: Channel::Heartbeat,
+        };
         let frame = encode_frame(&hello).unwrap();
         let mut r = frame.as_slice();
         let back: Hello = read_value(&mut r).await.unwrap();
@@ -217,13 +234,22 @@ mod tests {
     async fn garbage_and_oversized_frames_are_errors_not_panics() {
         // Oversized length prefix.
         let mut r: &[u8] = &[0xff, 0xff, 0xff, 0xff, 1, 2, 3];
-        assert!(matches!(read_value::<_, Envelope<PeerRequest>>(&mut r).await, Err(FrameError::TooLarge(_))));
+        assert!(matches!(
+            read_value::<_, Envelope<PeerRequest>>(&mut r).await,
+            Err(FrameError::TooLarge(_))
+        ));
         // Truncated payload.
         let mut r: &[u8] = &[0, 0, 0, 10, 1, 2];
-        assert!(matches!(read_value::<_, Envelope<PeerRequest>>(&mut r).await, Err(FrameError::Io(_))));
+        assert!(matches!(
+            read_value::<_, Envelope<PeerRequest>>(&mut r).await,
+            Err(FrameError::Io(_))
+        ));
         // Clean close.
         let mut r: &[u8] = &[];
-        assert!(matches!(read_value::<_, Envelope<PeerRequest>>(&mut r).await, Err(FrameError::Closed)));
+        assert!(matches!(
+            read_value::<_, Envelope<PeerRequest>>(&mut r).await,
+            Err(FrameError::Closed)
+        ));
         // Random bytes of a plausible length never panic the decoder.
         let mut seed = 0x1234_5678_u64;
         for len in 0..200usize {
@@ -242,7 +268,11 @@ mod tests {
         let req = Envelope {
             id: 7,
             body: PeerRequest::ClientWrite {
-                command: Command::Put { key: "k".into(), value: vec![1, 2], condition: crate::state_machine::Condition::Always },
+                command: Command::Put {
+                    key: "k".into(),
+                    value: vec![1, 2],
+                    condition: crate::state_machine::Condition::Always,
+                },
                 idempotency_key: Some("i".into()),
             },
         };

@@ -57,7 +57,10 @@ impl NetworkFactory {
     }
 
     fn network(&self, target: NodeId, node: &NodeInfo, channel: Channel) -> PeerNetwork {
-        PeerNetwork { me: self.peers.me(), client: self.peers.client(target, &node.peer_addr, channel) }
+        PeerNetwork {
+            me: self.peers.me(),
+            client: self.peers.client(target, &node.peer_addr, channel),
+        }
     }
 }
 
@@ -84,11 +87,16 @@ pub struct PeerNetwork {
 
 fn rpc_error(e: CallError, me: NodeId, action: RPCTypes) -> RpcError {
     match e {
-        CallError::Unreachable { .. } => RpcError::Unreachable(Unreachable::from_string(e.to_string())),
-        CallError::Lost { .. } => RpcError::Network(NetworkError::from_string(e.to_string())),
-        CallError::Timeout { target, timeout } => {
-            RpcError::Timeout(openraft::error::Timeout { action, id: me, target, timeout })
+        CallError::Unreachable { .. } => {
+            RpcError::Unreachable(Unreachable::from_string(e.to_string()))
         }
+        CallError::Lost { .. } => RpcError::Network(NetworkError::from_string(e.to_string())),
+        CallError::Timeout { target, timeout } => RpcError::Timeout(openraft::error::Timeout {
+            action,
+            id: me,
+            target,
+            timeout,
+        }),
     }
 }
 
@@ -106,15 +114,27 @@ fn entry_bytes(entry: &crate::raft::Entry) -> usize {
 }
 
 impl PeerNetwork {
-    async fn call(&self, request: PeerRequest, timeout: Duration, action: RPCTypes) -> Result<PeerResponse, RpcError> {
-        self.client.call(request, timeout).await.map_err(|e| rpc_error(e, self.me, action))
+    async fn call(
+        &self,
+        request: PeerRequest,
+        timeout: Duration,
+        action: RPCTypes,
+    ) -> Result<PeerResponse, RpcError> {
+        self.client
+            .call(request, timeout)
+            .await
+            .map_err(|e| rpc_error(e, self.me, action))
     }
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerNetwork {
     type SnapshotData = SnapshotFile;
 
-    async fn append_entries(&mut self, mut rpc: AppendEntriesRequest, option: RPCOption) -> Result<AppendEntriesResponse, RpcError> {
+    async fn append_entries(
+        &mut self,
+        mut rpc: AppendEntriesRequest,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse, RpcError> {
         let mut total = 0usize;
         let keep = rpc
             .entries
@@ -129,8 +149,15 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         if truncated {
             rpc.entries.truncate(keep);
         }
-        let last_sent = rpc.entries.last().map(|e| e.log_id.clone());
-        match self.call(PeerRequest::AppendEntries(rpc), option.hard_ttl(), RPCTypes::AppendEntries).await? {
+        let last_sent = rpc.entries.last().map(|e| e.log_id);
+        match self
+            .call(
+                PeerRequest::AppendEntries(rpc),
+                option.hard_ttl(),
+                RPCTypes::AppendEntries,
+            )
+            .await?
+        {
             PeerResponse::AppendEntries(AppendEntriesResponse::Success) if truncated => {
                 Ok(AppendEntriesResponse::PartialSuccess(last_sent))
             }
@@ -139,22 +166,47 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         }
     }
 
-    async fn vote(&mut self, rpc: VoteRequest, option: RPCOption) -> Result<VoteResponse, RpcError> {
-        match self.call(PeerRequest::Vote(rpc), option.hard_ttl(), RPCTypes::Vote).await? {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest,
+        option: RPCOption,
+    ) -> Result<VoteResponse, RpcError> {
+        match self
+            .call(PeerRequest::Vote(rpc), option.hard_ttl(), RPCTypes::Vote)
+            .await?
+        {
             PeerResponse::Vote(resp) => Ok(resp),
             other => Err(unexpected(other)),
         }
     }
 
-    async fn pre_vote(&mut self, rpc: VoteRequest, option: RPCOption) -> Result<VoteResponse, RpcError> {
-        match self.call(PeerRequest::PreVote(rpc), option.hard_ttl(), RPCTypes::Vote).await? {
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest,
+        option: RPCOption,
+    ) -> Result<VoteResponse, RpcError> {
+        match self
+            .call(PeerRequest::PreVote(rpc), option.hard_ttl(), RPCTypes::Vote)
+            .await?
+        {
             PeerResponse::Vote(resp) => Ok(resp),
             other => Err(unexpected(other)),
         }
     }
 
-    async fn transfer_leader(&mut self, req: TransferLeaderRequest, option: RPCOption) -> Result<TransferLeaderResponse, RpcError> {
-        match self.call(PeerRequest::TransferLeader(req), option.hard_ttl(), RPCTypes::TransferLeader).await? {
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse, RpcError> {
+        match self
+            .call(
+                PeerRequest::TransferLeader(req),
+                option.hard_ttl(),
+                RPCTypes::TransferLeader,
+            )
+            .await?
+        {
             PeerResponse::TransferLeader(resp) => Ok(resp),
             other => Err(unexpected(other)),
         }
@@ -175,9 +227,17 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
 }
 
 impl PeerNetwork {
-    async fn stream_snapshot(&mut self, vote: Vote, snapshot: Snapshot, option: RPCOption) -> Result<SnapshotResponse, StreamingError> {
+    async fn stream_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse, StreamingError> {
         let transfer_id = rand_u64();
-        let mut file = snapshot.snapshot.reopen().map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let mut file = snapshot
+            .snapshot
+            .reopen()
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         let len = file.len;
         let mut offset = 0u64;
         tracing::info!(target_node = self.client.target(), len, meta = %snapshot.meta, "sending snapshot");
@@ -196,7 +256,13 @@ impl PeerNetwork {
             file = f;
             let n = data.len() as u64;
             let done = offset + n >= len;
-            let chunk = SnapshotChunk { vote: vote.clone(), transfer_id, offset, data, done };
+            let chunk = SnapshotChunk {
+                vote,
+                transfer_id,
+                offset,
+                data,
+                done,
+            };
             let response = self
                 .client
                 .call(PeerRequest::SnapshotChunk(chunk), option.hard_ttl())
@@ -205,7 +271,9 @@ impl PeerNetwork {
                     RpcError::Unreachable(u) => StreamingError::Unreachable(u),
                     RpcError::Timeout(t) => StreamingError::Timeout(t),
                     RpcError::Network(n) => StreamingError::Network(n),
-                    RpcError::RemoteError(r) => StreamingError::Network(NetworkError::from_string(r.to_string())),
+                    RpcError::RemoteError(r) => {
+                        StreamingError::Network(NetworkError::from_string(r.to_string()))
+                    }
                 })?;
             match response {
                 PeerResponse::SnapshotChunk(Some(resp)) if done => return Ok(resp),

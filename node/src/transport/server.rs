@@ -30,7 +30,11 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Handles the requests peers send. Implemented by the node's service layer.
 pub trait PeerHandler: Send + Sync + 'static {
-    fn handle(&self, from: NodeId, request: PeerRequest) -> impl std::future::Future<Output = PeerResponse> + Send;
+    fn handle(
+        &self,
+        from: NodeId,
+        request: PeerRequest,
+    ) -> impl std::future::Future<Output = PeerResponse> + Send;
 }
 
 /// Who this node is, for checking handshakes.
@@ -66,18 +70,32 @@ pub async fn serve<H: PeerHandler>(listener: TcpListener, identity: Identity, ha
 /// Check a handshake; `Err` carries the reason sent back to the dialer.
 fn check_hello(hello: &Hello, identity: &Identity) -> Result<(), String> {
     if hello.protocol_version != codec::PROTOCOL_VERSION {
-        return Err(format!("protocol version {} is not {}", hello.protocol_version, codec::PROTOCOL_VERSION));
+        return Err(format!(
+            "protocol version {} is not {}",
+            hello.protocol_version,
+            codec::PROTOCOL_VERSION
+        ));
     }
     if hello.cluster_id != identity.cluster_id {
-        return Err(format!("cluster id {:?} is not {:?}", hello.cluster_id, identity.cluster_id));
+        return Err(format!(
+            "cluster id {:?} is not {:?}",
+            hello.cluster_id, identity.cluster_id
+        ));
     }
     if hello.to != identity.me {
-        return Err(format!("this is node {}, not node {}", identity.me, hello.to));
+        return Err(format!(
+            "this is node {}, not node {}",
+            identity.me, hello.to
+        ));
     }
     Ok(())
 }
 
-async fn serve_connection<H: PeerHandler>(mut stream: TcpStream, identity: &Identity, handler: Arc<H>) -> Result<(), codec::FrameError> {
+async fn serve_connection<H: PeerHandler>(
+    mut stream: TcpStream,
+    identity: &Identity,
+    handler: Arc<H>,
+) -> Result<(), codec::FrameError> {
     stream.set_nodelay(true)?;
     let hello: Hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, codec::read_value(&mut stream))
         .await
@@ -102,7 +120,11 @@ async fn serve_connection<H: PeerHandler>(mut stream: TcpStream, identity: &Iden
     let slots = Arc::new(Semaphore::new(limits::PEER_INFLIGHT_PER_CONNECTION_MAX));
     let mut buf = Vec::new();
     let result = loop {
-        let permit = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+        let permit = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
         match codec::read_frame(&mut read_half, &mut buf).await {
             Ok(()) => {}
             Err(codec::FrameError::Closed) => break Ok(()),
@@ -117,7 +139,10 @@ async fn serve_connection<H: PeerHandler>(mut stream: TcpStream, identity: &Iden
         tokio::spawn(async move {
             let kind = envelope.body.kind();
             let body = handler.handle(from, envelope.body).await;
-            match codec::encode_frame(&Envelope { id: envelope.id, body }) {
+            match codec::encode_frame(&Envelope {
+                id: envelope.id,
+                body,
+            }) {
                 Ok(frame) => {
                     let _ = out_tx.send(frame).await;
                 }
@@ -162,13 +187,24 @@ mod tests {
     async fn start() -> String {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let identity = Identity { me: 2, cluster_id: "test".into() };
+        let identity = Identity {
+            me: 2,
+            cluster_id: "test".into(),
+        };
         tokio::spawn(serve(listener, identity, Arc::new(Echo)));
         addr
     }
 
     fn client(addr: &str, cluster: &str, to: NodeId) -> PeerClient {
-        PeerClient::new(Dialer { me: 1, cluster_id: cluster.into() }, to, addr.into(), Channel::Forward)
+        PeerClient::new(
+            Dialer {
+                me: 1,
+                cluster_id: cluster.into(),
+            },
+            to,
+            addr.into(),
+            Channel::Forward,
+        )
     }
 
     #[tokio::test]
@@ -176,11 +212,19 @@ mod tests {
         let addr = start().await;
         let c = client(&addr, "test", 2);
         for _ in 0..3 {
-            let r = c.call(PeerRequest::Status, Duration::from_secs(5)).await.unwrap();
-            assert!(matches!(r, PeerResponse::Status(NodeStatus { id: 1, .. })), "{r:?}");
+            let r = c
+                .call(PeerRequest::Status, Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert!(
+                matches!(r, PeerResponse::Status(NodeStatus { id: 1, .. })),
+                "{r:?}"
+            );
         }
         // Many concurrent calls on the one connection, answered by id.
-        let calls: Vec<_> = (0..50).map(|_| c.call(PeerRequest::Status, Duration::from_secs(5))).collect();
+        let calls: Vec<_> = (0..50)
+            .map(|_| c.call(PeerRequest::Status, Duration::from_secs(5)))
+            .collect();
         for r in futures::future::join_all(calls).await {
             assert!(matches!(r, Ok(PeerResponse::Status(_))));
         }
@@ -189,9 +233,18 @@ mod tests {
     #[tokio::test]
     async fn wrong_cluster_or_node_is_refused() {
         let addr = start().await;
-        let e = client(&addr, "other", 2).call(PeerRequest::Status, Duration::from_secs(5)).await.unwrap_err();
-        assert!(matches!(e, CallError::Unreachable { .. }) && e.to_string().contains("cluster id"), "{e}");
-        let e = client(&addr, "test", 3).call(PeerRequest::Status, Duration::from_secs(5)).await.unwrap_err();
+        let e = client(&addr, "other", 2)
+            .call(PeerRequest::Status, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, CallError::Unreachable { .. }) && e.to_string().contains("cluster id"),
+            "{e}"
+        );
+        let e = client(&addr, "test", 3)
+            .call(PeerRequest::Status, Duration::from_secs(5))
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("not node 3"), "{e}");
     }
 
@@ -200,22 +253,40 @@ mod tests {
         let addr = start().await;
         // A raw connection that sends a valid hello, then garbage.
         let mut raw = TcpStream::connect(&addr).await.unwrap();
-        let hello = Hello { protocol_version: codec::PROTOCOL_VERSION, cluster_id: "test".into(), from: 9, to: 2, channel: Channel::Forward };
+        let hello = Hello {
+            protocol_version: codec::PROTOCOL_VERSION,
+            cluster_id: "test".into(),
+            from: 9,
+            to: 2,
+            channel: Channel::Forward,
+        };
         codec::write_value(&mut raw, &hello).await.unwrap();
         let reply: HelloReply = codec::read_value(&mut raw).await.unwrap();
         assert_eq!(reply, HelloReply::Accepted);
-        raw.write_all(&[0, 0, 0, 4, 0xde, 0xad, 0xbe, 0xef]).await.unwrap();
+        raw.write_all(&[0, 0, 0, 4, 0xde, 0xad, 0xbe, 0xef])
+            .await
+            .unwrap();
         let mut rest = Vec::new();
         // The server closes the connection: reading ends (no hang, no crash).
-        let n = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut rest)).await;
+        let n = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut rest),
+        )
+        .await;
         assert!(n.is_ok(), "server should close the connection");
         // A connection without a hello that sends garbage is closed too.
         let mut raw = TcpStream::connect(&addr).await.unwrap();
         raw.write_all(&[0xff; 64]).await.unwrap();
-        let n = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut rest)).await;
+        let n = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut rest),
+        )
+        .await;
         assert!(n.is_ok());
         // The server still serves well-behaved peers.
-        let r = client(&addr, "test", 2).call(PeerRequest::Status, Duration::from_secs(5)).await;
+        let r = client(&addr, "test", 2)
+            .call(PeerRequest::Status, Duration::from_secs(5))
+            .await;
         assert!(matches!(r, Ok(PeerResponse::Status(_))));
     }
 
@@ -225,10 +296,23 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let c = client(&addr.to_string(), "test", 2);
-        let e = c.call(PeerRequest::Status, Duration::from_secs(2)).await.unwrap_err();
+        let e = c
+            .call(PeerRequest::Status, Duration::from_secs(2))
+            .await
+            .unwrap_err();
         assert!(e.not_sent(), "{e}");
         let listener = TcpListener::bind(addr).await.unwrap();
-        tokio::spawn(serve(listener, Identity { me: 2, cluster_id: "test".into() }, Arc::new(Echo)));
-        assert!(matches!(c.call(PeerRequest::Status, Duration::from_secs(5)).await, Ok(PeerResponse::Status(_))));
+        tokio::spawn(serve(
+            listener,
+            Identity {
+                me: 2,
+                cluster_id: "test".into(),
+            },
+            Arc::new(Echo),
+        ));
+        assert!(matches!(
+            c.call(PeerRequest::Status, Duration::from_secs(5)).await,
+            Ok(PeerResponse::Status(_))
+        ));
     }
 }

@@ -40,17 +40,33 @@ enum Cmd {
 const TRIAL_TIMEOUT: Duration = Duration::from_secs(20);
 
 async fn failover(trials: usize, interval: Duration) -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(Options::default()).await.context("start cluster")?;
-    let http = reqwest::Client::builder().timeout(Duration::from_millis(1500)).build()?;
+    let mut cluster = Cluster::start(Options::default())
+        .await
+        .context("start cluster")?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_millis(1500))
+        .build()?;
     let mut gaps = Vec::new();
-    println!("trial  killed  new-leader  gap-ms  (writes every {} ms, to the survivors)", interval.as_millis());
+    println!(
+        "trial  killed  new-leader  gap-ms  (writes every {} ms, to the survivors)",
+        interval.as_millis()
+    );
     for trial in 1..=trials {
         let leader = cluster.leader().await.context("no leader")?;
-        let survivors: Vec<String> = cluster.nodes.iter().filter(|n| n.id != leader).map(|n| n.url()).collect();
+        let survivors: Vec<String> = cluster
+            .nodes
+            .iter()
+            .filter(|n| n.id != leader)
+            .map(|n| n.url())
+            .collect();
         // Warm up: writes flow before the kill.
         for i in 0..20 {
             let url = &survivors[i % survivors.len()];
-            http.put(format!("{url}/v1/kv/bench-warm")).body("x").send().await?.error_for_status()?;
+            http.put(format!("{url}/v1/kv/bench-warm"))
+                .body("x")
+                .send()
+                .await?
+                .error_for_status()?;
         }
         let killed_at = Instant::now();
         cluster.kill(leader);
@@ -74,7 +90,10 @@ async fn failover(trials: usize, interval: Duration) -> anyhow::Result<()> {
             tokio::time::sleep(interval).await;
         };
         let new_leader = cluster.leader().await.map_or("?".into(), |l| l.to_string());
-        println!("{trial:>5}  n{leader:<5}  n{new_leader:<9}  {:>6}", gap.as_millis());
+        println!(
+            "{trial:>5}  n{leader:<5}  n{new_leader:<9}  {:>6}",
+            gap.as_millis()
+        );
         gaps.push(gap);
         cluster.restart(leader)?;
         cluster.wait_ready(Duration::from_secs(30)).await?;
@@ -94,6 +113,9 @@ async fn failover(trials: usize, interval: Duration) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Args::parse().command {
-        Cmd::Failover { trials, interval_ms } => failover(trials.max(1), Duration::from_millis(interval_ms)).await,
+        Cmd::Failover {
+            trials,
+            interval_ms,
+        } => failover(trials.max(1), Duration::from_millis(interval_ms)).await,
     }
 }
