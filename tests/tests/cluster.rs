@@ -671,3 +671,46 @@ async fn bad_input_gets_the_documented_error_and_changes_nothing() {
         .unwrap();
     assert_eq!(a["balance"], 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_peer_traffic_never_crashes_a_node() {
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
+    let c = Cluster::start(Options::default()).await.unwrap();
+    let target = c.node(1).peer_addr.clone();
+    let garbage: Vec<Vec<u8>> = vec![
+        vec![0xff; 4096],                   // a huge length prefix
+        vec![0, 0, 0, 8, 1, 2, 3],          // a truncated frame
+        vec![0, 0, 0, 3, 0xde, 0xad, 0xbe], // an undecodable hello
+        (0..2048u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect(),
+    ];
+    for bytes in garbage {
+        let mut s = tokio::net::TcpStream::connect(&target).await.unwrap();
+        let _ = s.write_all(&bytes).await;
+        let _ = s.shutdown().await;
+        let mut sink = Vec::new();
+        // The node closes the connection (or answers a refusal); it must not hang or die.
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut sink)).await;
+        assert!(
+            read.is_ok(),
+            "the node did not close a connection carrying garbage"
+        );
+    }
+    let r = c
+        .http()
+        .get(format!("{}/health", c.url(1)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    c.wait_ready(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(put(&c, 1, "still-alive", "yes").await.status(), 200);
+    assert_eq!(get(&c, 2, "still-alive").await.1, "yes");
+    let log = c.log_tail(1, 200);
+    assert!(
+        log.contains("protocol error"),
+        "garbage should be logged:\n{log}"
+    );
+}

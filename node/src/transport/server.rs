@@ -97,9 +97,16 @@ async fn serve_connection<H: PeerHandler>(
     handler: Arc<H>,
 ) -> Result<(), codec::FrameError> {
     stream.set_nodelay(true)?;
-    let hello: Hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, codec::read_value(&mut stream))
+    let hello: Hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, codec::read_value(&mut stream))
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no handshake"))??;
+    {
+        Err(_) => {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no handshake").into())
+        }
+        // A dialer that gave up before saying hello (its connect timed out) is not an error.
+        Ok(Err(codec::FrameError::Closed)) => return Ok(()),
+        Ok(result) => result?,
+    };
     if let Err(why) = check_hello(&hello, identity) {
         codec::write_value(&mut stream, &HelloReply::Refused(why.clone())).await?;
         return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, why).into());
