@@ -282,14 +282,16 @@ impl Service {
         }
     }
 
-    /// True when this node, as leader, has heard from a quorum within a lease period.
+    /// False when this node, as leader, has not heard from a quorum for a whole lease period:
+    /// proposing then would only produce a 504 later. A leader elected a moment ago has no
+    /// acknowledgement yet; it just won a quorum's votes, so it may propose.
     fn has_quorum(&self) -> bool {
         let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();
         let lease = Duration::from_millis(self.timeouts.election_timeout_ms_max);
         m.last_quorum_acked
             .as_ref()
-            .is_some_and(|t| t.elapsed() <= lease)
+            .is_none_or(|t| t.elapsed() <= lease)
     }
 
     async fn write_local(

@@ -111,8 +111,8 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
     };
     let status = response.status().as_u16().to_string();
     let elapsed = started.elapsed().as_secs_f64();
-    metrics::counter!("metrokv_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status).increment(1);
-    metrics::histogram!("metrokv_http_request_duration_seconds", "route" => route, "method" => method).record(elapsed);
+    metrics::counter!("metrokv_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status.clone()).increment(1);
+    metrics::histogram!("metrokv_http_request_duration_seconds", "route" => route, "method" => method, "status" => status).record(elapsed);
     response
 }
 

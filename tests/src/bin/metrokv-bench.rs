@@ -1,11 +1,15 @@
 //! `metrokv-bench`: commands that print figures (not tests: timing depends on the machine).
 //!
 //!   metrokv-bench failover [--trials N] [--interval-ms MS]
+//!   metrokv-bench load [--workload put|get|get-stale|transfer] [--clients N] [--seconds S]
 //!
 //! `failover` starts a local three-node cluster of real processes, keeps a stream of writes
 //! going through the surviving nodes, kills the leader with SIGKILL, and reports the longest time
 //! no write was acknowledged: from the kill to the first acknowledged write after it. It restarts
 //! the old leader between trials and prints every trial and the min / median / max.
+//!
+//! `load` runs closed-loop clients (each sends its next request when the last one is answered)
+//! against a fresh local cluster, or `--endpoints`, and prints throughput and latency.
 
 use std::time::Duration;
 use std::time::Instant;
@@ -34,6 +38,141 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         interval_ms: u64,
     },
+    /// Closed-loop load: CLIENTS concurrent clients for SECONDS, spread over the nodes.
+    Load {
+        /// put (16-byte keys, 100-byte values), get (linearizable), get-stale, or transfer
+        /// (1,000 accounts).
+        #[arg(long, default_value = "put", value_parser = ["put", "get", "get-stale", "transfer"])]
+        workload: String,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Use these endpoints instead of starting a cluster (comma-separated URLs).
+        #[arg(long)]
+        endpoints: Option<String>,
+    },
+}
+
+/// Accounts the transfer workload spreads over.
+const LOAD_ACCOUNTS: usize = 1000;
+
+async fn load(
+    workload: &str,
+    clients: usize,
+    seconds: u64,
+    endpoints: Option<String>,
+) -> anyhow::Result<()> {
+    let cluster = match endpoints {
+        Some(_) => None,
+        None => Some(
+            Cluster::start(Options::default())
+                .await
+                .context("start cluster")?,
+        ),
+    };
+    let urls: Vec<String> = match (&endpoints, &cluster) {
+        (Some(e), _) => e.split(',').map(str::to_string).collect(),
+        (None, Some(c)) => c.urls(),
+        (None, None) => unreachable!("a cluster is started when no endpoints are given"),
+    };
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(clients)
+        .build()?;
+    let value = "v".repeat(100);
+    if workload == "transfer" {
+        for i in 0..LOAD_ACCOUNTS {
+            let r = http
+                .post(format!("{}/v1/accounts", urls[i % urls.len()]))
+                .header("idempotency-key", format!("bench-acct-{i}"))
+                .json(&serde_json::json!({"id": format!("acct-{i:04}"), "balance": 1_000_000}))
+                .send()
+                .await?;
+            anyhow::ensure!(
+                r.status().is_success() || r.status() == 409,
+                "creating accounts: {}",
+                r.status()
+            );
+        }
+    } else if workload.starts_with("get") {
+        for i in 0..100 {
+            http.put(format!("{}/v1/kv/bench-{i:010}", urls[0]))
+                .body(value.clone())
+                .send()
+                .await?
+                .error_for_status()?;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (http, url, value, workload) = (
+            http.clone(),
+            urls[c % urls.len()].clone(),
+            value.clone(),
+            workload.to_string(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut hist = hdrhistogram::Histogram::<u64>::new(3).expect("histogram");
+            let mut errors = 0u64;
+            let mut i = 0u64;
+            let mut x = (c as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            while Instant::now() < deadline {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let t = Instant::now();
+                let request = match workload.as_str() {
+                    "put" => http
+                        .put(format!("{url}/v1/kv/bench-{:010}", x % 100_000))
+                        .body(value.clone()),
+                    "get" => http.get(format!("{url}/v1/kv/bench-{:010}", x % 100)),
+                    "get-stale" => http.get(format!(
+                        "{url}/v1/kv/bench-{:010}?consistency=stale",
+                        x % 100
+                    )),
+                    _ => {
+                        let from = (x % LOAD_ACCOUNTS as u64) as usize;
+                        let to =
+                            (from + 1 + (x >> 20) as usize % (LOAD_ACCOUNTS - 1)) % LOAD_ACCOUNTS;
+                        http.post(format!("{url}/v1/transfers")).json(&serde_json::json!({
+                            "id": format!("bench-{c}-{i}-{x:x}"), "from": format!("acct-{from:04}"),
+                            "to": format!("acct-{to:04}"), "amount": 1 + x % 100,
+                        }))
+                    }
+                };
+                match request.send().await {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = r.bytes().await;
+                        hist.record(t.elapsed().as_micros() as u64)
+                            .expect("record latency");
+                    }
+                    _ => errors += 1,
+                }
+                i += 1;
+            }
+            (hist, errors)
+        }));
+    }
+    let mut all = hdrhistogram::Histogram::<u64>::new(3)?;
+    let mut errors = 0;
+    for t in tasks {
+        let (h, e) = t.await?;
+        all.add(h)?;
+        errors += e;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let ms = |us: u64| us as f64 / 1000.0;
+    println!(
+        "{workload}: {clients} clients, {secs:.1} s: {:.0} ok/s, {errors} errors; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        all.len() as f64 / secs,
+        ms(all.value_at_quantile(0.5)),
+        ms(all.value_at_quantile(0.99)),
+        ms(all.max())
+    );
+    Ok(())
 }
 
 /// How long one trial may wait for writes to resume before it counts as a failure.
@@ -117,5 +256,11 @@ async fn main() -> anyhow::Result<()> {
             trials,
             interval_ms,
         } => failover(trials.max(1), Duration::from_millis(interval_ms)).await,
+        Cmd::Load {
+            workload,
+            clients,
+            seconds,
+            endpoints,
+        } => load(&workload, clients.max(1), seconds.max(1), endpoints).await,
     }
 }
