@@ -17,4 +17,14 @@ extra=()
 if [ "${1:-}" = "--" ]; then shift; extra=("$@"); fi
 # The end-to-end tests start real metrokv-node processes from $METROKV_BIN.
 export METROKV_BIN
-cargo test --release --locked --workspace "${extra[@]}"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --release --locked --workspace "${extra[@]}" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line with the totals over every test binary (cargo prints one line per binary,
+# and the last ones are often doc-test binaries with nothing in them).
+awk '/^test result:/ { p += $4; f += $6; i += $8 }
+     END { printf "\nall test binaries: test result: %s. %d passed; %d failed; %d ignored\n", (f > 0 ? "FAILED" : "ok"), p, f, i }' "$log"
+exit "$status"
