@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
+use openraft::async_runtime::WatchReceiver;
 use tokio::net::TcpListener;
 
 use crate::api;
@@ -107,13 +108,43 @@ pub async fn run(
         "metrokv node serving"
     );
     let app = api::router(service.clone(), metrics_handle);
+    // Stop serving on a shutdown signal, or when the Raft core stops on its own (a storage
+    // failure, a broken invariant): a node that cannot apply must not keep answering.
+    let fatal = Arc::new(std::sync::Mutex::new(None::<String>));
+    let stop = {
+        let fatal = fatal.clone();
+        let mut metrics_rx = raft.metrics();
+        async move {
+            let core_stopped = async {
+                loop {
+                    if let Err(e) = &metrics_rx.borrow_watched().running_state {
+                        return e.to_string();
+                    }
+                    if metrics_rx.changed().await.is_err() {
+                        return "the Raft core is gone".to_string();
+                    }
+                }
+            };
+            tokio::select! {
+                _ = shutdown => {}
+                why = core_stopped => {
+                    tracing::error!(reason = %why, "the Raft core stopped; shutting the node down");
+                    *fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+                }
+            }
+        }
+    };
     let served = axum::serve(client_listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(stop)
         .await;
 
     peer_task.abort();
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "Raft did not shut down cleanly");
     }
-    served.context("the HTTP server failed")
+    served.context("the HTTP server failed")?;
+    if let Some(why) = fatal.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        anyhow::bail!("the Raft core stopped: {why}");
+    }
+    Ok(())
 }
