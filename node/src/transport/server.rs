@@ -1,6 +1,6 @@
 //! The listening side of the peer transport.
 //!
-//! Each accepted connection must open with a valid [`Hello`] within [`HANDSHAKE_TIMEOUT`]. After
+//! Each accepted connection must open with a valid [`Hello`] within `HANDSHAKE_TIMEOUT`. After
 //! that, requests are read in a loop and handled concurrently (at most
 //! [`limits::PEER_INFLIGHT_PER_CONNECTION_MAX`] at once; the reader waits for a free slot, which
 //! pushes back on the sender through TCP). Answers go out through a bounded queue and one writer.
