@@ -12,6 +12,7 @@
 //! nothing was proposed yet.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -38,6 +39,7 @@ use crate::state_machine::Response;
 use crate::storage::snapshot;
 use crate::storage::SnapshotFile;
 use crate::storage::StateReader;
+use crate::transport::client::PeerClient;
 use crate::transport::client::Peers;
 use crate::transport::codec::Channel;
 use crate::transport::codec::ForwardError;
@@ -90,6 +92,17 @@ struct Incoming {
     path: PathBuf,
     file: std::fs::File,
     written: u64,
+}
+
+/// What one attempt at the leader produced (see `Service::at_leader`).
+enum Step<T, E> {
+    Done(T),
+    /// A final error: nothing more to try.
+    Fail(E),
+    /// Nothing was proposed or read; the leader moved away from the one we tried.
+    LeaderMoved(String),
+    /// Nothing was sent: the leader could not be reached.
+    Unreachable(String),
 }
 
 /// Why a local proposal did not produce an answer.
@@ -178,108 +191,125 @@ impl Service {
         Duration::from_millis(self.timeouts.election_timeout_ms_max * 4)
     }
 
+    /// Run one step at the leader, here or over the peer transport, until it produces an
+    /// answer or the deadline passes. Steps that changed nothing (the leader moved, or could not
+    /// be reached) are retried; `give_up` builds the error when time runs out. Returns the answer
+    /// and the leader that produced it.
+    async fn at_leader<T, E, L, LF, R, RF>(
+        &self,
+        deadline: Instant,
+        local: L,
+        remote: R,
+        give_up: impl Fn(String) -> E,
+    ) -> Result<(T, NodeId), E>
+    where
+        L: Fn() -> LF,
+        LF: Future<Output = Step<T, E>>,
+        R: Fn(PeerClient, NodeId, Duration) -> RF,
+        RF: Future<Output = Step<T, E>>,
+    {
+        let leader_deadline = Instant::now() + self.leader_wait();
+        let mut last_problem = String::from("no leader is known");
+        loop {
+            let leader = self.raft.metrics().borrow_watched().current_leader;
+            let now = Instant::now();
+            if now >= deadline || (now >= leader_deadline && leader.is_none()) {
+                return Err(give_up(last_problem));
+            }
+            let Some(l) = leader else {
+                self.wait_for_leader(None, deadline.min(leader_deadline))
+                    .await;
+                continue;
+            };
+            let step = if l == self.id {
+                local().await
+            } else {
+                match self.member_addr(l) {
+                    Some(node) => {
+                        let client = self.peers.client(l, &node.peer_addr, Channel::Forward);
+                        remote(
+                            client,
+                            l,
+                            deadline.saturating_duration_since(Instant::now()),
+                        )
+                        .await
+                    }
+                    None => Step::LeaderMoved(format!("leader {l} is not in the membership")),
+                }
+            };
+            match step {
+                Step::Done(value) => return Ok((value, l)),
+                Step::Fail(e) => return Err(e),
+                Step::LeaderMoved(why) => {
+                    last_problem = why;
+                    self.wait_for_leader(Some(l), deadline.min(leader_deadline))
+                        .await;
+                }
+                Step::Unreachable(why) => {
+                    last_problem = why;
+                    let pause =
+                        RETRY_BACKOFF.min(deadline.saturating_duration_since(Instant::now()));
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+    }
+
     /// Propose `command` and return its answer.
     pub async fn write(
         &self,
         command: Command,
         idempotency_key: Option<String>,
     ) -> Result<Served<Response>, WriteError> {
-        let started = Instant::now();
-        let deadline = started + Duration::from_millis(self.timeouts.write_timeout_ms);
-        let leader_deadline = started + self.leader_wait();
-        let mut last_problem = String::from("no leader is known");
-        loop {
-            let leader = self.raft.metrics().borrow_watched().current_leader;
-            let now = Instant::now();
-            if now >= deadline || (now >= leader_deadline && leader.is_none()) {
-                return Err(WriteError::Unavailable(format!(
-                    "no leader could take the write: {last_problem}"
-                )));
+        let deadline = Instant::now() + Duration::from_millis(self.timeouts.write_timeout_ms);
+        let local = || async {
+            match self
+                .write_local(command.clone(), idempotency_key.clone(), deadline)
+                .await
+            {
+                Ok(response) => Step::Done(response),
+                Err(LocalWrite::NotLeader(_)) => Step::LeaderMoved("leadership moved".into()),
+                Err(LocalWrite::NoQuorum) => Step::Fail(WriteError::Unavailable(
+                    "this node leads but cannot reach a quorum".into(),
+                )),
+                Err(LocalWrite::Indeterminate(why)) => Step::Fail(WriteError::Indeterminate(why)),
             }
-            match leader {
-                Some(l) if l == self.id => match self
-                    .write_local(command.clone(), idempotency_key.clone(), deadline)
-                    .await
-                {
-                    Ok(response) => {
-                        return Ok(Served {
-                            value: response,
-                            leader: Some(l),
-                        })
+        };
+        let remote = |client: PeerClient, l: NodeId, budget: Duration| {
+            let request = PeerRequest::ClientWrite {
+                command: command.clone(),
+                idempotency_key: idempotency_key.clone(),
+            };
+            async move {
+                match client.call(request, budget).await {
+                    Ok(PeerResponse::ClientWrite(Ok(response))) => Step::Done(response),
+                    Ok(PeerResponse::ClientWrite(Err(ForwardError::NotLeader(_)))) => {
+                        Step::LeaderMoved(format!("node {l} is no longer the leader"))
                     }
-                    Err(LocalWrite::NotLeader(_)) => {
-                        last_problem = "leadership moved".into();
-                        self.wait_for_leader(Some(l), deadline.min(leader_deadline))
-                            .await;
+                    Ok(PeerResponse::ClientWrite(Err(ForwardError::NoQuorum))) => Step::Fail(
+                        WriteError::Unavailable(format!("leader {l} cannot reach a quorum")),
+                    ),
+                    Ok(PeerResponse::ClientWrite(Err(e))) => {
+                        Step::Fail(WriteError::Indeterminate(format!("leader {l}: {e}")))
                     }
-                    Err(LocalWrite::NoQuorum) => {
-                        return Err(WriteError::Unavailable(
-                            "this node leads but cannot reach a quorum".into(),
-                        ))
-                    }
-                    Err(LocalWrite::Indeterminate(why)) => {
-                        return Err(WriteError::Indeterminate(why))
-                    }
-                },
-                Some(l) => {
-                    let Some(node) = self.member_addr(l) else {
-                        last_problem = format!("leader {l} is not in the membership");
-                        self.wait_for_leader(Some(l), deadline.min(leader_deadline))
-                            .await;
-                        continue;
-                    };
-                    let client = self.peers.client(l, &node.peer_addr, Channel::Forward);
-                    let request = PeerRequest::ClientWrite {
-                        command: command.clone(),
-                        idempotency_key: idempotency_key.clone(),
-                    };
-                    let budget = deadline.saturating_duration_since(Instant::now());
-                    match client.call(request, budget).await {
-                        Ok(PeerResponse::ClientWrite(Ok(response))) => {
-                            return Ok(Served {
-                                value: response,
-                                leader: Some(l),
-                            })
-                        }
-                        Ok(PeerResponse::ClientWrite(Err(ForwardError::NotLeader(_)))) => {
-                            last_problem = format!("node {l} is no longer the leader");
-                            self.wait_for_leader(Some(l), deadline.min(leader_deadline))
-                                .await;
-                        }
-                        Ok(PeerResponse::ClientWrite(Err(ForwardError::NoQuorum))) => {
-                            return Err(WriteError::Unavailable(format!(
-                                "leader {l} cannot reach a quorum"
-                            )))
-                        }
-                        Ok(PeerResponse::ClientWrite(Err(e))) => {
-                            return Err(WriteError::Indeterminate(format!("leader {l}: {e}")))
-                        }
-                        Ok(other) => {
-                            return Err(WriteError::Indeterminate(format!(
-                                "leader {l} answered {other:?}"
-                            )))
-                        }
-                        Err(e) if e.not_sent() => {
-                            last_problem = e.to_string();
-                            tokio::time::sleep(
-                                RETRY_BACKOFF
-                                    .min(deadline.saturating_duration_since(Instant::now())),
-                            )
-                            .await;
-                        }
-                        Err(e) => {
-                            return Err(WriteError::Indeterminate(format!(
-                                "forwarded to leader {l}: {e}"
-                            )))
-                        }
-                    }
-                }
-                None => {
-                    self.wait_for_leader(None, deadline.min(leader_deadline))
-                        .await
+                    Ok(other) => Step::Fail(WriteError::Indeterminate(format!(
+                        "leader {l} answered {other:?}"
+                    ))),
+                    Err(e) if e.not_sent() => Step::Unreachable(e.to_string()),
+                    Err(e) => Step::Fail(WriteError::Indeterminate(format!(
+                        "forwarded to leader {l}: {e}"
+                    ))),
                 }
             }
-        }
+        };
+        let give_up = |problem: String| {
+            WriteError::Unavailable(format!("no leader could take the write: {problem}"))
+        };
+        let (value, leader) = self.at_leader(deadline, local, remote, give_up).await?;
+        Ok(Served {
+            value,
+            leader: Some(leader),
+        })
     }
 
     /// False when this node, as leader, has not heard from a quorum for a whole lease period:
@@ -326,80 +356,44 @@ impl Service {
     /// Make the next read from the local state machine linearizable: learn the leader's commit
     /// index (confirmed with a quorum) and wait until this node has applied it.
     pub async fn linearize(&self) -> Result<Option<NodeId>, ReadError> {
-        let started = Instant::now();
-        let deadline = started + Duration::from_millis(self.timeouts.read_timeout_ms);
-        let leader_deadline = started + self.leader_wait();
-        let mut last_problem = String::from("no leader is known");
-        loop {
-            let leader = self.raft.metrics().borrow_watched().current_leader;
-            let now = Instant::now();
-            if now >= deadline || (now >= leader_deadline && leader.is_none()) {
-                return Err(ReadError::Unavailable(format!(
-                    "the read could not be confirmed with a leader: {last_problem}"
-                )));
+        let deadline = Instant::now() + Duration::from_millis(self.timeouts.read_timeout_ms);
+        let local = || async {
+            match self.read_index_local(deadline).await {
+                Ok(index) => Step::Done(index),
+                Err(ForwardError::NotLeader(_)) => Step::LeaderMoved("leadership moved".into()),
+                Err(e) => Step::Fail(ReadError::Unavailable(e.to_string())),
             }
-            let index = match leader {
-                Some(l) if l == self.id => match self.read_index_local(deadline).await {
-                    Ok(index) => index,
-                    Err(ForwardError::NotLeader(_)) => {
-                        last_problem = "leadership moved".into();
-                        self.wait_for_leader(Some(l), deadline.min(leader_deadline))
-                            .await;
-                        continue;
-                    }
-                    Err(e) => return Err(ReadError::Unavailable(e.to_string())),
-                },
-                Some(l) => {
-                    let Some(node) = self.member_addr(l) else {
-                        self.wait_for_leader(Some(l), deadline.min(leader_deadline))
-                            .await;
-                        continue;
-                    };
-                    let client = self.peers.client(l, &node.peer_addr, Channel::Forward);
-                    let budget = deadline.saturating_duration_since(Instant::now());
-                    match client.call(PeerRequest::ReadIndex, budget).await {
-                        Ok(PeerResponse::ReadIndex(Ok(index))) => index,
-                        Ok(PeerResponse::ReadIndex(Err(ForwardError::NotLeader(_)))) => {
-                            last_problem = format!("node {l} is no longer the leader");
-                            self.wait_for_leader(Some(l), deadline.min(leader_deadline))
-                                .await;
-                            continue;
-                        }
-                        Ok(other) => {
-                            return Err(ReadError::Unavailable(format!(
-                                "leader {l} answered {other:?}"
-                            )))
-                        }
-                        Err(e) if e.not_sent() => {
-                            last_problem = e.to_string();
-                            tokio::time::sleep(
-                                RETRY_BACKOFF
-                                    .min(deadline.saturating_duration_since(Instant::now())),
-                            )
-                            .await;
-                            continue;
-                        }
-                        Err(e) => return Err(ReadError::Unavailable(format!("leader {l}: {e}"))),
-                    }
+        };
+        let remote = |client: PeerClient, l: NodeId, budget: Duration| async move {
+            match client.call(PeerRequest::ReadIndex, budget).await {
+                Ok(PeerResponse::ReadIndex(Ok(index))) => Step::Done(index),
+                Ok(PeerResponse::ReadIndex(Err(ForwardError::NotLeader(_)))) => {
+                    Step::LeaderMoved(format!("node {l} is no longer the leader"))
                 }
-                None => {
-                    self.wait_for_leader(None, deadline.min(leader_deadline))
-                        .await;
-                    continue;
-                }
-            };
-            let budget = deadline.saturating_duration_since(Instant::now());
-            self.raft
-                .wait(Some(budget))
-                .applied_index_at_least(Some(index), "linearizable read")
-                .await
-                .map_err(|e| {
-                    ReadError::Unavailable(format!(
-                        "this node did not catch up with the leader in time: {e}"
-                    ))
-                })?;
-            return Ok(leader);
-        }
+                Ok(other) => Step::Fail(ReadError::Unavailable(format!(
+                    "leader {l} answered {other:?}"
+                ))),
+                Err(e) if e.not_sent() => Step::Unreachable(e.to_string()),
+                Err(e) => Step::Fail(ReadError::Unavailable(format!("leader {l}: {e}"))),
+            }
+        };
+        let give_up = |problem: String| {
+            ReadError::Unavailable(format!(
+                "the read could not be confirmed with a leader: {problem}"
+            ))
+        };
+        let (index, leader) = self.at_leader(deadline, local, remote, give_up).await?;
+        let budget = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(budget))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map_err(|e| {
+                ReadError::Unavailable(format!(
+                    "this node did not catch up with the leader in time: {e}"
+                ))
+            })?;
+        Ok(Some(leader))
     }
 
     /// As leader: confirm leadership with a quorum and return the index reads must wait for.

@@ -81,9 +81,12 @@ impl StateReader {
     }
 
     pub fn meta(&self) -> io::Result<SmMeta> {
-        let view = self.view();
+        self.meta_in(&self.view())
+    }
+
+    fn meta_in(&self, view: &SnapshotWithThreadMode<'_, DB>) -> io::Result<SmMeta> {
         Ok(self
-            .get(&view, keys::SM_META, "state machine meta")?
+            .get(view, keys::SM_META, "state machine meta")?
             .unwrap_or_default())
     }
 
@@ -114,10 +117,7 @@ impl StateReader {
         limit: usize,
     ) -> io::Result<Page<KvItem>> {
         let view = self.view();
-        let revision = self
-            .get::<SmMeta>(&view, keys::SM_META, "state machine meta")?
-            .unwrap_or_default()
-            .revision;
+        let revision = self.meta_in(&view)?.revision;
         let mut items = Vec::new();
         let mut bytes = 0usize;
         let more = self.scan(
@@ -149,10 +149,7 @@ impl StateReader {
         limit: usize,
     ) -> io::Result<Page<AccountItem>> {
         let view = self.view();
-        let revision = self
-            .get::<SmMeta>(&view, keys::SM_META, "state machine meta")?
-            .unwrap_or_default()
-            .revision;
+        let revision = self.meta_in(&view)?.revision;
         let mut items = Vec::new();
         let more = self.scan(
             &view,
