@@ -1,85 +1,229 @@
-//! `metrokv-jepsen`: the command line. For now only `check DIR`, which re-checks a saved run
-//! offline.
+//! `metrokv-jepsen`: the command line.
+//!
+//! - `run`: start a cluster of real `metrokv-node` processes behind fault-injecting proxies, run
+//!   a workload while the nemesis injects faults, heal, settle, check, report.
+//! - `check DIR`: re-check a saved run offline.
+//! - `scenario double-spend`: the motivating story, safe and unsafe.
 //!
 //! Exit codes (documented in `--help`): 0 the history is valid; 1 anomalies were found; 2 the
-//! harness failed (unreadable or malformed files, a history that breaks the op rules) or the
-//! checkers could not decide (a budget ran out, the final read is missing). Unknown is never
-//! reported as a pass; the message says what was undecided.
+//! harness failed (a cluster that would not start, unreadable files, a history that breaks the
+//! op rules, Ctrl-C) or the checkers could not decide (a budget ran out, the final read is
+//! missing). Unknown is never reported as a pass; the message says what was undecided.
+//!
+//! The harness runs on one thread (a current-thread runtime): node processes die with the
+//! thread that started them (see `cluster.rs`), and one thread is plenty for the proxies and
+//! clients at the rates a shared machine allows.
 
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
-use clap::{Parser, Subcommand};
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
 
-use metrokv_jepsen::checker::bank::{BankOptions, SUBSET_STEPS_MAX_DEFAULT};
+use metrokv_jepsen::checker::bank::{BankMode, BankOptions, SUBSET_STEPS_MAX_DEFAULT};
 use metrokv_jepsen::checker::linear::{
     LinearOptions, CACHE_BYTES_MAX_DEFAULT, KEY_STEPS_MAX_DEFAULT, KEY_TIME_BUDGET_MS_DEFAULT,
 };
-use metrokv_jepsen::checker::{self, CheckOptions, Validity};
+use metrokv_jepsen::checker::{self, CheckOptions};
+use metrokv_jepsen::cluster::find_node_binary;
 use metrokv_jepsen::history::History;
-use metrokv_jepsen::record::TestRecord;
+use metrokv_jepsen::nemesis::{NemesisKind, NodeSpec, Topology, INTER_ZONE_LATENCY_MS_BASE};
+use metrokv_jepsen::record::{TestRecord, Workload};
 use metrokv_jepsen::report;
+use metrokv_jepsen::runner::{self, RunConfig, EXIT_HARNESS};
+use metrokv_jepsen::scenario::{self, ScenarioConfig};
 
-/// The history is valid.
-const EXIT_VALID: u8 = 0;
-/// Anomalies were found.
-const EXIT_INVALID: u8 = 1;
-/// The harness failed, or the result is unknown.
-const EXIT_HARNESS: u8 = 2;
+/// The node's own default write timeout (ms); the harness passes it explicitly because the
+/// settle phase waits it out.
+const WRITE_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+
+/// Shown after `--help` of the program and of `run`.
+const AFTER_HELP: &str = "Exit codes: 0 valid, 1 anomalies found, 2 harness failure or unknown \
+    result.\n\nLinks: every directed link has its own proxy. Node A reaches node B through the \
+    proxy of A→B, which carries A's requests and B's answers to them; cutting A→B stops A from \
+    using B while B can still use A over B→A (a one-way partition). A client in zone Z reaches \
+    node N through the proxy Z→N, cut when no node of Z reaches N. See jepsen/README.md.";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "metrokv-jepsen",
     version,
-    about = "Jepsen-style tests of metrokv",
-    after_help = "Exit codes: 0 valid, 1 anomalies found, 2 harness failure or unknown result."
+    about = "Jepsen-style partition tests of metrokv on one machine",
+    after_help = AFTER_HELP
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum WorkloadArg {
+    Bank,
+    Register,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ModeArg {
+    /// Transfers and consistent snapshots.
+    Safe,
+    /// The negative control: stale reads and blind PUTs of client-computed balances.
+    Unsafe,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ScenarioName {
+    DoubleSpend,
+}
+
+/// Budgets of the checkers (shared by `run` and `check`).
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    /// Wall-clock budget of the linearizability search, per key.
+    #[arg(long, default_value_t = KEY_TIME_BUDGET_MS_DEFAULT)]
+    key_time_budget_ms: u64,
+    /// Step budget of the linearizability search, per key.
+    #[arg(long, default_value_t = KEY_STEPS_MAX_DEFAULT)]
+    key_steps_max: u64,
+    /// Step budget of the bank checker's search for indeterminate transfers that explain
+    /// the final balances.
+    #[arg(long, default_value_t = SUBSET_STEPS_MAX_DEFAULT)]
+    subset_steps_max: u64,
+}
+
+impl CheckArgs {
+    fn options(&self) -> CheckOptions {
+        CheckOptions {
+            bank: BankOptions {
+                subset_steps_max: self.subset_steps_max,
+            },
+            linear: LinearOptions {
+                key_steps_max: self.key_steps_max,
+                key_time_budget_ms: self.key_time_budget_ms,
+                cache_bytes_max: CACHE_BYTES_MAX_DEFAULT,
+            },
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    #[arg(long, value_enum, default_value = "bank")]
+    workload: WorkloadArg,
+    /// Faults, comma-separated: partition-zones, isolate-leader, halves, ring, bridge, kill,
+    /// pause, latency; or all, none.
+    #[arg(long, default_value = "all")]
+    nemesis: String,
+    /// Seconds of workload and faults.
+    #[arg(long, default_value_t = 60)]
+    time_limit: u64,
+    /// Target ops per second over all workers.
+    #[arg(long, default_value_t = 50.0)]
+    rate: f64,
+    /// Client workers, spread round-robin over the zones.
+    #[arg(long, default_value_t = 6)]
+    concurrency: usize,
+    /// Cluster size with the default layout (3: n1, n2 in dc-a, n3 in dc-b; 5: n1..n3 in dc-a,
+    /// n4, n5 in dc-b).
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Your own layout instead of --nodes, e.g. n1=dc-a,n2=dc-b,n3=dc-c (names n<id>).
+    #[arg(long)]
+    layout: Option<String>,
+    /// Seed of the schedule and the workload (random when absent; printed first either way).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Output directory (default: a directory under the system temp dir named after the run).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Bank client mode: safe (transfers) or unsafe (the negative control).
+    #[arg(long, value_enum, default_value = "safe")]
+    mode: ModeArg,
+    /// Bank accounts.
+    #[arg(long, default_value_t = 5)]
+    accounts: usize,
+    /// Opening balance of each account.
+    #[arg(long, default_value_t = 100)]
+    initial_balance: u64,
+    /// Largest transfer amount (each transfer moves 1..=this).
+    #[arg(long, default_value_t = 30)]
+    max_transfer: u64,
+    /// Register keys.
+    #[arg(long, default_value_t = 5)]
+    keys: usize,
+    /// The metrokv-node binary (default: $METROKV_BIN, beside this program, or the scripts'
+    /// release build).
+    #[arg(long)]
+    node_bin: Option<PathBuf>,
+    /// Keep the nodes' data directories (logs are always kept).
+    #[arg(long)]
+    keep_data: bool,
+    /// Latency added in each direction of every link between zones while it is healthy.
+    #[arg(long, default_value_t = INTER_ZONE_LATENCY_MS_BASE)]
+    inter_zone_latency_ms: u64,
+    /// The nodes' write timeout (passed to them); settling waits it out.
+    #[arg(long, default_value_t = WRITE_TIMEOUT_MS_DEFAULT)]
+    write_timeout_ms: u64,
+    /// A client op's deadline across its retries; after it a write is indeterminate (info).
+    #[arg(long, default_value_t = 2_000)]
+    op_deadline_ms: u64,
+    /// One attempt's timeout within an op.
+    #[arg(long, default_value_t = 1_000)]
+    op_attempt_timeout_ms: u64,
+    /// An extra flag for every node, e.g. --node-arg=--election-timeout-ms-max=400
+    /// (repeatable).
+    #[arg(long = "node-arg", allow_hyphen_values = true)]
+    node_args: Vec<String>,
+    #[command(flatten)]
+    check: CheckArgs,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a test against a fresh cluster and check it.
+    #[command(after_help = AFTER_HELP)]
+    Run(Box<RunArgs>),
     /// Re-check a saved run: reads DIR/test.json and DIR/history.jsonl, rewrites
     /// DIR/results.json and DIR/report.html.
     Check {
         dir: PathBuf,
-        /// Wall-clock budget of the linearizability search, per key.
-        #[arg(long, default_value_t = KEY_TIME_BUDGET_MS_DEFAULT)]
-        key_time_budget_ms: u64,
-        /// Step budget of the linearizability search, per key.
-        #[arg(long, default_value_t = KEY_STEPS_MAX_DEFAULT)]
-        key_steps_max: u64,
-        /// Step budget of the bank checker's search for indeterminate transfers that explain
-        /// the final balances.
-        #[arg(long, default_value_t = SUBSET_STEPS_MAX_DEFAULT)]
-        subset_steps_max: u64,
+        #[command(flatten)]
+        check: CheckArgs,
+    },
+    /// Replay a scripted story on a fresh cluster.
+    Scenario {
+        #[arg(value_enum)]
+        name: ScenarioName,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        node_bin: Option<PathBuf>,
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long)]
+        keep_data: bool,
+        #[arg(long, default_value_t = INTER_ZONE_LATENCY_MS_BASE)]
+        inter_zone_latency_ms: u64,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Check {
-            dir,
-            key_time_budget_ms,
-            key_steps_max,
-            subset_steps_max,
-        } => {
-            let options = CheckOptions {
-                bank: BankOptions { subset_steps_max },
-                linear: LinearOptions {
-                    key_steps_max,
-                    key_time_budget_ms,
-                    cache_bytes_max: CACHE_BYTES_MAX_DEFAULT,
-                },
-            };
-            check_dir(&dir, &options)
-        }
+        Command::Check { dir, check } => check_dir(&dir, &check.options()),
+        Command::Run(args) => run_config(*args).and_then(|config| {
+            block_on_interruptible(async move { runner::run(config).await.map(|o| o.exit_code) })
+        }),
+        Command::Scenario {
+            name: ScenarioName::DoubleSpend,
+            out,
+            node_bin,
+            seed,
+            keep_data,
+            inter_zone_latency_ms,
+        } => scenario_config(out, node_bin, seed, keep_data, inter_zone_latency_ms)
+            .and_then(|config| block_on_interruptible(scenario::double_spend(config))),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),
@@ -88,6 +232,115 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_HARNESS)
         }
     }
+}
+
+/// Runs `work` on a current-thread runtime until it ends or Ctrl-C/SIGTERM arrives. On a
+/// signal the work is dropped, which kills every node it started.
+fn block_on_interruptible(
+    work: impl std::future::Future<Output = anyhow::Result<u8>>,
+) -> anyhow::Result<u8> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("watching SIGTERM")?;
+        tokio::select! {
+            result = work => result,
+            _ = tokio::signal::ctrl_c() => bail!("interrupted (Ctrl-C); the nodes were stopped"),
+            _ = terminate.recv() => bail!("terminated (SIGTERM); the nodes were stopped"),
+        }
+    })
+}
+
+fn random_seed() -> u64 {
+    rand::random()
+}
+
+fn default_out(name: &str) -> PathBuf {
+    std::env::temp_dir().join("metrokv-jepsen").join(name)
+}
+
+/// Parses `n1=dc-a,n2=dc-a,n3=dc-b`.
+fn parse_layout(layout: &str) -> anyhow::Result<Topology> {
+    let mut nodes = Vec::new();
+    for item in layout.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let Some((name, zone)) = item.split_once('=') else {
+            bail!("--layout item {item:?} is not NAME=ZONE");
+        };
+        nodes.push(NodeSpec {
+            name: name.trim().to_owned(),
+            zone: zone.trim().to_owned(),
+        });
+    }
+    Ok(Topology::new(nodes)?)
+}
+
+fn run_config(args: RunArgs) -> anyhow::Result<RunConfig> {
+    let topology = match &args.layout {
+        Some(layout) => parse_layout(layout)?,
+        None => Topology::default_for(args.nodes)?,
+    };
+    let seed = args.seed.unwrap_or_else(random_seed);
+    let workload = match args.workload {
+        WorkloadArg::Bank => Workload::Bank,
+        WorkloadArg::Register => Workload::Register,
+    };
+    let bank_mode = match args.mode {
+        ModeArg::Safe => BankMode::Transfers,
+        ModeArg::Unsafe => BankMode::BlindWrites,
+    };
+    let out = args.out.unwrap_or_else(|| {
+        let name = match (workload, bank_mode) {
+            (Workload::Register, _) => "register".to_owned(),
+            (Workload::Bank, mode) => format!("bank-{}", runner::mode_name(mode)),
+        };
+        default_out(&format!("{name}-seed-{seed}"))
+    });
+    let config = RunConfig {
+        workload,
+        bank_mode,
+        topology,
+        nemeses: NemesisKind::parse_list(&args.nemesis)?,
+        time_limit_s: args.time_limit,
+        rate: args.rate,
+        concurrency: args.concurrency,
+        seed,
+        out,
+        node_bin: find_node_binary(args.node_bin.as_deref())?,
+        keep_data: args.keep_data,
+        accounts: args.accounts,
+        initial_balance: args.initial_balance,
+        transfer_amount_max: args.max_transfer,
+        keys: args.keys,
+        inter_zone_latency_ms: args.inter_zone_latency_ms,
+        write_timeout_ms: args.write_timeout_ms,
+        op_deadline_ms: args.op_deadline_ms,
+        op_attempt_timeout_ms: args.op_attempt_timeout_ms,
+        node_args: args.node_args,
+        check: args.check.options(),
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+fn scenario_config(
+    out: Option<PathBuf>,
+    node_bin: Option<PathBuf>,
+    seed: Option<u64>,
+    keep_data: bool,
+    inter_zone_latency_ms: u64,
+) -> anyhow::Result<ScenarioConfig> {
+    let seed = seed.unwrap_or_else(random_seed);
+    Ok(ScenarioConfig {
+        out: out.unwrap_or_else(|| default_out(&format!("double-spend-{seed}"))),
+        node_bin: find_node_binary(node_bin.as_deref())?,
+        seed,
+        keep_data,
+        inter_zone_latency_ms,
+    })
 }
 
 /// Re-checks `dir` and returns the exit code.
@@ -102,15 +355,11 @@ fn check_dir(dir: &Path, options: &CheckOptions) -> anyhow::Result<u8> {
     report::write_results(dir, &results)?;
     report::write_report(dir, &record, &history, &results)?;
     print!("{}", report::summary(&results));
-    Ok(match results.valid {
-        Validity::Valid => EXIT_VALID,
-        Validity::Invalid => EXIT_INVALID,
-        Validity::Unknown => {
-            eprintln!(
-                "metrokv-jepsen: the result is unknown (see the undecided reasons above); \
-                 this is not a pass"
-            );
-            EXIT_HARNESS
-        }
-    })
+    if results.valid == checker::Validity::Unknown {
+        eprintln!(
+            "metrokv-jepsen: the result is unknown (see the undecided reasons above); \
+             this is not a pass"
+        );
+    }
+    Ok(runner::exit_code(results.valid))
 }

@@ -8,8 +8,12 @@
 //! connections to `to` (its requests and their answers), while `to`'s own connections to `from`
 //! are unaffected; each directed link has its own proxy (see `proxy.rs`). Jepsen's grudge
 //! "X drops traffic from Y" becomes the cut link `Y → X`, so a one-way grudge stays one-way.
-//! Clients are attached to a home node in their zone and see the network as that node does
-//! ([`Grudge::client_blocked`]).
+//! Clients live in zones: a client in zone Z reaches node N unless every node of Z has its link
+//! to N cut ([`Grudge::zone_blocked`]), so a zone partition cuts a dc-b client off from the dc-a
+//! nodes, while isolating one node leaves its zone's clients connected to it (as a client on
+//! the same rack would be). [`Grudge::client_blocked`] is the stricter home-node view.
+//! How a cut behaves on the wire ([`CutMode`]: close, black-hole or reset) is drawn from the
+//! seed per fault.
 //!
 //! Invariants: randomness comes only from the seed (ChaCha8, whose output is specified, so a seed
 //! replays across rand releases); faults never overlap, each is followed by a quiet gap, and every
@@ -45,9 +49,18 @@ pub const QUIET_MS_MAX_DEFAULT: u64 = 5_000;
 /// The shortest fault or gap that a schedule is ever scaled down to.
 pub const PHASE_MS_FLOOR: u64 = 200;
 
-/// Inter-zone latency while no latency fault is active (the runner applies it to
-/// [`inter_zone_links`] for the whole test).
-pub const INTER_ZONE_LATENCY_MS_BASE: u64 = 50;
+/// Inter-zone latency, per direction, while no latency fault is active: metro zones are about
+/// 1 ms apart (the runner applies it to [`inter_zone_links`] and to clients crossing zones for
+/// the whole test). The node's default timeouts are tuned for this: its AppendEntries timeout
+/// is the 30 ms heartbeat interval, so a healthy base of tens of milliseconds would cut the
+/// other zone off for good.
+pub const INTER_ZONE_LATENCY_MS_BASE: u64 = 1;
+/// Inter-zone latency, per direction, during a latency fault outside its spike ("50 ms
+/// normally").
+pub const LATENCY_FAULT_MS_BASE: u64 = 50;
+/// The spike sits in the middle third of a latency fault: it starts after 1/N of the fault and
+/// ends after (N-1)/N of it.
+pub const LATENCY_SPIKE_SPLIT: u64 = 3;
 /// Range of a latency spike on the inter-zone links.
 pub const LATENCY_SPIKE_MS_MIN: u64 = 500;
 pub const LATENCY_SPIKE_MS_MAX: u64 = 1_000;
@@ -217,6 +230,17 @@ impl Grudge {
     /// Whether a client homed at `home` is cut off from `target`: it shares its home node's view.
     pub fn client_blocked(&self, home: &str, target: &str) -> bool {
         home != target && self.is_cut(home, target)
+    }
+
+    /// Whether a client in `zone` is cut off from `target`: true when no node of the zone can
+    /// reach it (a node always reaches itself). A zone without nodes is never cut off: the
+    /// grudge says nothing about it.
+    pub fn zone_blocked(&self, topology: &Topology, zone: &str, target: &str) -> bool {
+        let mut members = topology.nodes.iter().filter(|n| n.zone == zone).peekable();
+        if members.peek().is_none() {
+            return false;
+        }
+        members.all(|n| self.client_blocked(&n.name, target))
     }
 
     /// Whether a link is cut in each direction ("a ✗ b" when both, "a → b" style when one-way).
@@ -438,22 +462,54 @@ impl fmt::Display for Target {
     }
 }
 
+/// How a cut link treats traffic (the proxy modes of the same names).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CutMode {
+    /// Close connections (FIN) and refuse new ones at once: fast, visible failures.
+    Drop,
+    /// Accept but never answer (like an iptables DROP rule): callers hang until they time out.
+    #[default]
+    Blackhole,
+    /// Abort connections with RST.
+    Reset,
+}
+
+impl CutMode {
+    pub const ALL: [CutMode; 3] = [CutMode::Drop, CutMode::Blackhole, CutMode::Reset];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CutMode::Drop => "drop",
+            CutMode::Blackhole => "blackhole",
+            CutMode::Reset => "reset",
+        }
+    }
+}
+
 /// One fault, applied at its interval's start and healed at its stop.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "fault", rename_all = "kebab-case")]
 pub enum Fault {
-    /// Cut these links (black-holed by the proxies) until the stop.
+    /// Cut these links (the proxies drop, black-hole or reset them) until the stop.
     Partition {
         partition: PartitionKind,
         grudge: Grudge,
+        #[serde(default)]
+        cut: CutMode,
     },
     /// Isolate whoever leads at the start; [`Fault::resolve`] turns it into a `Partition`.
-    IsolateLeader,
+    IsolateLeader {
+        #[serde(default)]
+        cut: CutMode,
+    },
     /// SIGKILL, then restart on the same data directory at the stop.
     Kill { target: Target },
     /// SIGSTOP, then SIGCONT at the stop.
     Pause { target: Target },
-    /// Delay these links by `latency_ms` plus up to `jitter_ms` per chunk until the stop.
+    /// Delay these links by [`LATENCY_FAULT_MS_BASE`] until the stop, and by `latency_ms` plus
+    /// up to `jitter_ms` per chunk during the spike (the middle third, see
+    /// [`LATENCY_SPIKE_SPLIT`]).
     Latency {
         links: Vec<DirectedLink>,
         latency_ms: u64,
@@ -471,7 +527,7 @@ impl Fault {
                 PartitionKind::Ring => NemesisKind::Ring,
                 PartitionKind::Bridge => NemesisKind::Bridge,
             },
-            Fault::IsolateLeader => NemesisKind::IsolateLeader,
+            Fault::IsolateLeader { .. } => NemesisKind::IsolateLeader,
             Fault::Kill { .. } => NemesisKind::Kill,
             Fault::Pause { .. } => NemesisKind::Pause,
             Fault::Latency { .. } => NemesisKind::Latency,
@@ -481,8 +537,10 @@ impl Fault {
     /// One line for the report and the progress bar.
     pub fn describe(&self) -> String {
         match self {
-            Fault::Partition { grudge, .. } => format!("{}: {}", self.kind(), grudge.describe()),
-            Fault::IsolateLeader => "isolate the leader".to_owned(),
+            Fault::Partition { grudge, cut, .. } => {
+                format!("{} ({}): {}", self.kind(), cut.as_str(), grudge.describe())
+            }
+            Fault::IsolateLeader { cut } => format!("isolate the leader ({})", cut.as_str()),
             Fault::Kill { target } => format!("kill -9 {target}"),
             Fault::Pause { target } => format!("pause {target}"),
             Fault::Latency {
@@ -490,7 +548,7 @@ impl Fault {
                 latency_ms,
                 jitter_ms,
             } => format!(
-                "latency {latency_ms}±{jitter_ms} ms on {} links",
+                "latency {LATENCY_FAULT_MS_BASE} ms, spiking to {latency_ms}±{jitter_ms} ms, on {} links",
                 links.len()
             ),
         }
@@ -508,9 +566,10 @@ impl Fault {
             nodes => Ok(nodes.clone()),
         };
         Ok(match self {
-            Fault::IsolateLeader => Fault::Partition {
+            Fault::IsolateLeader { cut } => Fault::Partition {
                 partition: PartitionKind::IsolateLeader,
                 grudge: isolate(topology, leader_of(NemesisKind::IsolateLeader)?)?,
+                cut: *cut,
             },
             Fault::Kill { target } => Fault::Kill {
                 target: resolve_target(target, NemesisKind::Kill)?,
@@ -635,10 +694,15 @@ fn process_target(topology: &Topology, rng: &mut impl Rng) -> Target {
 }
 
 fn build_fault(kind: NemesisKind, topology: &Topology, rng: &mut impl Rng) -> Fault {
-    let partition = |partition, grudge| Fault::Partition { partition, grudge };
+    let cut = CutMode::ALL[rng.random_range(0..CutMode::ALL.len())];
+    let partition = |partition, grudge| Fault::Partition {
+        partition,
+        grudge,
+        cut,
+    };
     match kind {
         NemesisKind::PartitionZones => partition(PartitionKind::Zones, zones(topology)),
-        NemesisKind::IsolateLeader => Fault::IsolateLeader,
+        NemesisKind::IsolateLeader => Fault::IsolateLeader { cut },
         NemesisKind::Halves => partition(PartitionKind::Halves, halves(topology, rng)),
         NemesisKind::Ring => partition(PartitionKind::Ring, majorities_ring(topology, rng)),
         NemesisKind::Bridge => partition(PartitionKind::Bridge, bridge(topology, rng)),
@@ -715,6 +779,26 @@ mod tests {
         assert!(g.client_blocked("n1", "n3"));
         assert!(!g.client_blocked("n1", "n2"));
         assert!(!g.client_blocked("n3", "n3"));
+        // Zone clients: a dc-b client is cut off from dc-a and the other way round.
+        let t = three();
+        assert!(g.zone_blocked(&t, ZONE_B, "n1") && g.zone_blocked(&t, ZONE_B, "n2"));
+        assert!(!g.zone_blocked(&t, ZONE_B, "n3"));
+        assert!(g.zone_blocked(&t, ZONE_A, "n3"));
+        assert!(!g.zone_blocked(&t, ZONE_A, "n1"));
+        assert!(!g.zone_blocked(&t, "dc-nowhere", "n1"));
+    }
+
+    #[test]
+    fn an_isolated_node_stays_reachable_from_its_own_zone() {
+        let t = three();
+        let g = isolate(&t, "n1").expect("isolate");
+        // n1 reaches itself, so dc-a clients still reach it; dc-b's only node cannot.
+        assert!(!g.zone_blocked(&t, ZONE_A, "n1"));
+        assert!(g.zone_blocked(&t, ZONE_B, "n1"));
+        assert!(!g.zone_blocked(&t, ZONE_A, "n3") && !g.zone_blocked(&t, ZONE_B, "n2"));
+        let g = isolate(&t, "n3").expect("isolate");
+        assert!(g.zone_blocked(&t, ZONE_B, "n1") && !g.zone_blocked(&t, ZONE_B, "n3"));
+        assert!(g.zone_blocked(&t, ZONE_A, "n3"));
     }
 
     #[test]
@@ -852,11 +936,18 @@ mod tests {
     #[test]
     fn resolve_names_the_leader() {
         let t = three();
-        let fault = Fault::IsolateLeader
-            .resolve(&t, Some("n3"))
-            .expect("resolve");
+        let fault = Fault::IsolateLeader {
+            cut: CutMode::Reset,
+        }
+        .resolve(&t, Some("n3"))
+        .expect("resolve");
         match &fault {
-            Fault::Partition { partition, grudge } => {
+            Fault::Partition {
+                partition,
+                grudge,
+                cut,
+            } => {
+                assert_eq!(*cut, CutMode::Reset);
                 assert_eq!(*partition, PartitionKind::IsolateLeader);
                 assert!(grudge.is_cut("n3", "n1") && grudge.is_cut("n1", "n3"));
                 assert!(!grudge.is_cut("n1", "n2"));

@@ -1,7 +1,8 @@
 //! A fault-injecting TCP proxy for one directed link (for example n1 → n3, or a client → n2).
 //!
 //! Owns: [`Proxy`] (listens on an ephemeral loopback port and forwards each connection to one
-//! target) and [`ProxyHandle`] (a cheap, cloneable switch of the [`LinkMode`]).
+//! target) and [`ProxyHandle`] (a cheap, cloneable switch of the [`LinkMode`], and
+//! [`ProxyHandle::sever`], which aborts the connections open now without changing the mode).
 //!
 //! Modes, applied to new and existing connections as soon as they change (every connection
 //! watches the mode while it waits to read or write):
@@ -13,6 +14,10 @@
 //!   held is delivered (like TCP retransmission), and new connections are made upstream.
 //! - `Delay`: forward each chunk `latency_ms` + uniform `0..=jitter_ms` after it was read,
 //!   never reordering a connection's bytes.
+//!
+//! Severing exists for the end of a test: a black-holed or delayed connection holds bytes that
+//! a heal would deliver late (a request whose client gave up long ago), so the runner severs
+//! every connection before it heals, and nothing sent during a fault arrives after it.
 //!
 //! Invariants: memory per connection is bounded ([`CHUNK_BYTES_MAX`] × [`DELAY_QUEUE_CHUNKS`]
 //! per direction), connections are bounded ([`CONNECTIONS_MAX`]), and every task belongs to
@@ -94,6 +99,8 @@ pub enum ProxyError {
 #[derive(Debug, Clone)]
 pub struct ProxyHandle {
     mode: Arc<watch::Sender<LinkMode>>,
+    /// Bumped by [`ProxyHandle::sever`]; each connection aborts when it changes.
+    generation: Arc<watch::Sender<u64>>,
 }
 
 impl ProxyHandle {
@@ -115,6 +122,12 @@ impl ProxyHandle {
 
     pub fn mode(&self) -> LinkMode {
         *self.mode.borrow()
+    }
+
+    /// Aborts (RST) every connection open now, discarding what it holds; later connections are
+    /// unaffected and the mode stays as it is.
+    pub fn sever(&self) {
+        self.generation.send_modify(|generation| *generation += 1);
     }
 }
 
@@ -140,11 +153,15 @@ impl Proxy {
             .local_addr()
             .map_err(|source| ProxyError::Bind { target, source })?;
         let (sender, receiver) = watch::channel(LinkMode::Pass);
+        let (generation, generation_receiver) = watch::channel(0u64);
         let (shutdown, shutdown_receiver) = oneshot::channel();
         let task = tokio::spawn(accept_loop(
             listener,
             target,
-            receiver,
+            Watches {
+                mode: receiver,
+                generation: generation_receiver,
+            },
             seed,
             shutdown_receiver,
         ));
@@ -153,6 +170,7 @@ impl Proxy {
             target,
             handle: ProxyHandle {
                 mode: Arc::new(sender),
+                generation: Arc::new(generation),
             },
             shutdown: Some(shutdown),
             task: Some(task),
@@ -192,11 +210,18 @@ impl Drop for Proxy {
     }
 }
 
+/// What every connection watches: the mode, and the sever generation.
+#[derive(Debug, Clone)]
+struct Watches {
+    mode: watch::Receiver<LinkMode>,
+    generation: watch::Receiver<u64>,
+}
+
 /// Accepts connections and owns their tasks (dropping the JoinSet aborts them all).
 async fn accept_loop(
     listener: TcpListener,
     target: SocketAddr,
-    mode: watch::Receiver<LinkMode>,
+    watches: Watches,
     seed: u64,
     mut shutdown: oneshot::Receiver<()>,
 ) {
@@ -221,7 +246,10 @@ async fn accept_loop(
                 connection_count += 1;
                 // Each connection gets its own jitter stream derived from the seed.
                 let connection_seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(connection_count);
-                connections.spawn(connection(socket, target, mode.clone(), connection_seed));
+                let mut generation = watches.generation.clone();
+                // Only severs after this accept concern the new connection.
+                generation.borrow_and_update();
+                connections.spawn(connection(socket, target, watches.mode.clone(), generation, connection_seed));
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             _ = &mut shutdown => {
@@ -285,14 +313,20 @@ fn abort(stream: &TcpStream) {
     let _ = stream.set_zero_linger();
 }
 
-/// One proxied connection, from accept to close.
+/// One proxied connection, from accept to close. A change of `generation` (a sever) aborts it
+/// with RST at any point.
 async fn connection(
     mut client: TcpStream,
     target: SocketAddr,
     mut mode: watch::Receiver<LinkMode>,
+    mut generation: watch::Receiver<u64>,
     seed: u64,
 ) {
-    match wait_until_open(&mut mode).await {
+    let opened = tokio::select! {
+        opened = wait_until_open(&mut mode) => opened,
+        _ = generation.changed() => Some(Cut::Reset),
+    };
+    match opened {
         Some(Cut::Close) => return,
         Some(Cut::Reset) => return abort(&client),
         None => {}
@@ -301,9 +335,12 @@ async fn connection(
         Duration::from_millis(CONNECT_TIMEOUT_MS),
         TcpStream::connect(target),
     );
-    let mut upstream = match connect.await {
-        Ok(Ok(upstream)) => upstream,
-        _ => return abort(&client),
+    let mut upstream = tokio::select! {
+        connected = connect => match connected {
+            Ok(Ok(upstream)) => upstream,
+            _ => return abort(&client),
+        },
+        _ = generation.changed() => return abort(&client),
     };
     // Latency comes from the mode, not from Nagle's algorithm.
     let _ = client.set_nodelay(true);
@@ -327,6 +364,7 @@ async fn connection(
             // Either direction failing ends both; a clean EOF half-closes and waits for the other.
             _ = async { tokio::try_join!(forward, backward) } => None,
             cut = wait_for_cut(mode) => Some(cut),
+            _ = generation.changed() => Some(Cut::Reset),
         }
     };
     if cut == Some(Cut::Reset) {
@@ -568,6 +606,32 @@ mod tests {
         assert_silent(&mut cut).await;
         let mut open = connect(&b_to_a).await;
         assert_eq!(round_trip(&mut open, b"y").await, b"y");
+    }
+
+    #[tokio::test]
+    async fn sever_resets_open_connections_and_discards_what_they_hold() {
+        let proxy = Proxy::start(echo_server().await, 1).await.expect("proxy");
+        let handle = proxy.handle();
+        let mut open = connect(&proxy).await;
+        assert_eq!(round_trip(&mut open, b"a").await, b"a");
+        handle.set_mode(LinkMode::Blackhole).expect("mode");
+        let mut held = connect(&proxy).await;
+        held.write_all(b"late").await.expect("write");
+        assert_silent(&mut held).await;
+        handle.sever();
+        assert_eq!(
+            read_until_closed(&mut open).await,
+            Some(io::ErrorKind::ConnectionReset)
+        );
+        assert_eq!(
+            read_until_closed(&mut held).await,
+            Some(io::ErrorKind::ConnectionReset),
+            "the held request is dropped, not delivered at the heal"
+        );
+        assert_eq!(handle.mode(), LinkMode::Blackhole, "the mode is unchanged");
+        handle.set_mode(LinkMode::Pass).expect("mode");
+        let mut fresh = connect(&proxy).await;
+        assert_eq!(round_trip(&mut fresh, b"b").await, b"b");
     }
 
     #[tokio::test]

@@ -42,6 +42,10 @@ pub struct RunOptions {
     pub concurrency: usize,
     #[serde(default)]
     pub nemeses: Vec<NemesisKind>,
+    /// The other flags and facts of the run (mode, latencies, timeouts, harness lag), as text:
+    /// enough to reproduce it, not needed to check it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub settings: BTreeMap<String, String>,
 }
 
 /// The bank workload's data.
@@ -188,6 +192,7 @@ pub(crate) mod tests {
                 rate: 50.0,
                 concurrency: 4,
                 nemeses,
+                settings: BTreeMap::new(),
             },
             git_sha: None,
             topology,

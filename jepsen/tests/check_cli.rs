@@ -74,6 +74,7 @@ fn record(workload: Workload) -> TestRecord {
             rate: 10.0,
             concurrency: 2,
             nemeses: Vec::new(),
+            settings: BTreeMap::new(),
         },
         git_sha: None,
         topology: Topology::default_for(3).expect("topology"),

@@ -1,0 +1,290 @@
+//! Applying the fault schedule to a running cluster: the nemesis of `run`.
+//!
+//! Owns: resolving faults that name the leader (asked of the nodes when the fault starts),
+//! applying and healing each kind (link modes through `net.rs`, signals through `cluster.rs`),
+//! the latency fault's spike, and recording a `start-fault` and a `stop-fault` nemesis op per
+//! interval (with the fault as applied: concrete nodes and links).
+//!
+//! Invariants: faults run one at a time, in schedule order, at their planned times relative to
+//! the history's time zero; a fault is always healed before the next starts, and when the run
+//! is stopped early the current fault is healed before returning. A leader-targeted fault with
+//! no known leader is skipped, and the history says so.
+//!
+//! Leaves out: planning the schedule (`nemesis.rs`), the final heal of everything
+//! (`runner.rs`).
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::cluster::Cluster;
+use crate::history::{Call, OpType, Process, Recorder};
+use crate::nemesis::{
+    self, Fault, FaultEvent, FaultInterval, Target, Topology, LATENCY_FAULT_MS_BASE,
+    LATENCY_SPIKE_JITTER_DIVISOR, LATENCY_SPIKE_SPLIT,
+};
+use crate::net::{Network, Shape};
+use crate::progress::Progress;
+
+/// How long the nemesis looks for a leader before it skips a leader-targeted fault.
+pub const LEADER_LOOKUP_TIMEOUT_MS: u64 = 3_000;
+
+/// Waits until `until`, or returns false as soon as `stop` is raised.
+pub async fn sleep_or_stop(until: Instant, stop: &mut watch::Receiver<bool>) -> bool {
+    if *stop.borrow() {
+        return false;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep_until(until) => true,
+        _ = stop.wait_for(|stopped| *stopped) => false,
+    }
+}
+
+/// Whether a fault needs to know the leader to be applied.
+fn needs_leader(fault: &Fault) -> bool {
+    matches!(
+        fault,
+        Fault::IsolateLeader { .. }
+            | Fault::Kill {
+                target: Target::Leader
+            }
+            | Fault::Pause {
+                target: Target::Leader
+            }
+    )
+}
+
+/// The nodes a (resolved) process fault hits.
+fn target_nodes(target: &Target) -> &[String] {
+    match target {
+        Target::Nodes(nodes) => nodes,
+        Target::Leader => &[],
+    }
+}
+
+/// Applies a fault; returns it resolved (None when it was skipped) and a note for the history.
+async fn start_fault(
+    fault: &Fault,
+    topology: &Topology,
+    cluster: &mut Cluster,
+    network: &Network,
+) -> anyhow::Result<(Option<Fault>, Option<String>)> {
+    let leader = if needs_leader(fault) {
+        cluster
+            .wait_leader(Duration::from_millis(LEADER_LOOKUP_TIMEOUT_MS))
+            .await
+    } else {
+        None
+    };
+    let resolved = match fault.resolve(topology, leader.as_deref()) {
+        Ok(resolved) => resolved,
+        Err(error) => return Ok((None, Some(format!("skipped: {error}")))),
+    };
+    let note = leader.map(|l| format!("the leader was {l}"));
+    match &resolved {
+        Fault::Partition { grudge, cut, .. } => {
+            network.shape(&Shape::Partition { grudge, cut: *cut })?
+        }
+        Fault::Kill { target } => {
+            for node in target_nodes(target) {
+                cluster.kill(node)?;
+            }
+        }
+        Fault::Pause { target } => {
+            for node in target_nodes(target) {
+                cluster.pause(node)?;
+            }
+        }
+        Fault::Latency { links, .. } => network.shape(&latency_base(links))?,
+        Fault::IsolateLeader { .. } => bail!("isolate-leader was not resolved"),
+    }
+    Ok((Some(resolved), note))
+}
+
+/// The shape of a latency fault outside its spike.
+fn latency_base(links: &[nemesis::DirectedLink]) -> Shape<'_> {
+    Shape::Latency {
+        links,
+        latency_ms: LATENCY_FAULT_MS_BASE,
+        jitter_ms: LATENCY_FAULT_MS_BASE / LATENCY_SPIKE_JITTER_DIVISOR,
+    }
+}
+
+/// When a latency fault over `[start_ms, stop_ms)` spikes: its middle part.
+fn spike_window(interval: &FaultInterval) -> (u64, u64) {
+    let length = interval.stop_ms.saturating_sub(interval.start_ms);
+    (
+        interval.start_ms + length / LATENCY_SPIKE_SPLIT,
+        interval.stop_ms - length / LATENCY_SPIKE_SPLIT,
+    )
+}
+
+/// Sleeps through a fault's interval; a latency fault spikes on the way. Returns false when
+/// stopped early.
+async fn hold_fault(
+    started: Instant,
+    applied: Option<&Fault>,
+    interval: &FaultInterval,
+    network: &Network,
+    stop: &mut watch::Receiver<bool>,
+) -> anyhow::Result<bool> {
+    let at = |ms: u64| started + Duration::from_millis(ms);
+    if let Some(Fault::Latency {
+        links,
+        latency_ms,
+        jitter_ms,
+    }) = applied
+    {
+        let (spike_start, spike_stop) = spike_window(interval);
+        if !sleep_or_stop(at(spike_start), stop).await {
+            return Ok(false);
+        }
+        network.shape(&Shape::Latency {
+            links,
+            latency_ms: *latency_ms,
+            jitter_ms: *jitter_ms,
+        })?;
+        if !sleep_or_stop(at(spike_stop), stop).await {
+            return Ok(false);
+        }
+        network.shape(&latency_base(links))?;
+    }
+    Ok(sleep_or_stop(at(interval.stop_ms), stop).await)
+}
+
+/// Heals one applied fault; returns a note for the history (a restart that failed, ...).
+fn stop_fault(
+    fault: &Fault,
+    cluster: &mut Cluster,
+    network: &Network,
+) -> anyhow::Result<Option<String>> {
+    match fault {
+        Fault::Partition { .. } | Fault::Latency { .. } => network.shape(&Shape::Healthy)?,
+        Fault::Kill { target } => {
+            for node in target_nodes(target) {
+                cluster.start(node)?;
+            }
+            return Ok(Some("restarted on the same data directory".to_owned()));
+        }
+        Fault::Pause { target } => {
+            for node in target_nodes(target) {
+                cluster.resume(node)?;
+            }
+        }
+        Fault::IsolateLeader { .. } => {}
+    }
+    Ok(None)
+}
+
+/// What the nemesis records to and reports through.
+pub struct Nemesis<'a> {
+    pub topology: &'a Topology,
+    pub recorder: &'a Recorder,
+    pub progress: &'a Progress,
+    /// Time zero of the history and of the schedule.
+    pub started: Instant,
+}
+
+/// Walks the schedule: applies each fault at its start, heals it at its stop, records both.
+/// Returns early (healing the current fault) when `stop` is raised.
+pub async fn run(
+    context: &Nemesis<'_>,
+    schedule: &[FaultInterval],
+    cluster: &mut Cluster,
+    network: &Network,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    for (position, interval) in schedule.iter().enumerate() {
+        let interval_id = u32::try_from(position).context("too many faults")?;
+        let start = context.started + Duration::from_millis(interval.start_ms);
+        if !sleep_or_stop(start, &mut stop).await {
+            break;
+        }
+        let (applied, mut detail) =
+            start_fault(&interval.fault, context.topology, cluster, network).await?;
+        if let Some(Fault::Latency { .. }) = &applied {
+            let (from, to) = spike_window(interval);
+            detail = Some(format!(
+                "spike from {:.1} s to {:.1} s",
+                from as f64 / 1000.0,
+                to as f64 / 1000.0
+            ));
+        }
+        let shown = applied.as_ref().unwrap_or(&interval.fault);
+        let event = FaultEvent {
+            interval: interval_id,
+            fault: shown.clone(),
+            detail: detail.clone(),
+        };
+        context.recorder.record(
+            Process::Nemesis,
+            OpType::Info,
+            Call::StartFault(event.clone()),
+            None,
+            None,
+        )?;
+        let description = match &detail {
+            Some(detail) => format!("#{interval_id} {} ({detail})", shown.describe()),
+            None => format!("#{interval_id} {}", shown.describe()),
+        };
+        context.progress.fault(Some(description));
+        let completed = hold_fault(
+            context.started,
+            applied.as_ref(),
+            interval,
+            network,
+            &mut stop,
+        )
+        .await?;
+        let detail = match &applied {
+            Some(fault) => stop_fault(fault, cluster, network)?,
+            None => None,
+        };
+        context.recorder.record(
+            Process::Nemesis,
+            OpType::Info,
+            Call::StopFault(FaultEvent { detail, ..event }),
+            None,
+            None,
+        )?;
+        context.progress.fault(None);
+        if !completed {
+            break;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leader_faults_are_recognised() {
+        assert!(needs_leader(&Fault::IsolateLeader {
+            cut: nemesis::CutMode::Drop
+        }));
+        assert!(needs_leader(&Fault::Kill {
+            target: Target::Leader
+        }));
+        assert!(!needs_leader(&Fault::Pause {
+            target: Target::Nodes(vec!["n1".into()])
+        }));
+    }
+
+    #[test]
+    fn the_latency_spike_sits_in_the_middle_third() {
+        let interval = FaultInterval {
+            start_ms: 3_000,
+            stop_ms: 9_000,
+            fault: Fault::Latency {
+                links: vec![],
+                latency_ms: 700,
+                jitter_ms: 70,
+            },
+        };
+        assert_eq!(spike_window(&interval), (5_000, 7_000));
+    }
+}

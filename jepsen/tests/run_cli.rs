@@ -1,0 +1,284 @@
+//! `metrokv-jepsen run` and `scenario` end to end, on real `metrokv-node` processes: the smoke
+//! run that must come out valid, the negative control that must come out invalid, a short
+//! register run, and the double-spend story.
+//!
+//! The tests share the machine with the rest of the suite (two cores in CI), so they take a
+//! lock and run one cluster at a time; each is bounded by [`RUN_TIMEOUT`], after which the
+//! harness gets SIGTERM (it stops its nodes) and then SIGKILL (its nodes die with it through
+//! PR_SET_PDEATHSIG).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use metrokv_jepsen::checker::{Results, Validity};
+use metrokv_jepsen::history::{Call, History, OpType, Process};
+use metrokv_jepsen::report;
+
+/// The longest one run may take, setup and check included.
+const RUN_TIMEOUT: Duration = Duration::from_secs(90);
+/// Grace period between SIGTERM and SIGKILL on timeout.
+const TERM_GRACE: Duration = Duration::from_secs(5);
+const POLL: Duration = Duration::from_millis(50);
+
+/// One cluster at a time: four 3-node clusters at once would starve a two-core machine into
+/// elections that prove nothing.
+static CLUSTER_LOCK: Mutex<()> = Mutex::new(());
+
+struct Finished {
+    code: i32,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+/// Runs the harness with `args`, bounded by [`RUN_TIMEOUT`].
+fn harness(args: &[&str]) -> Finished {
+    let _guard = CLUSTER_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = tempfile::tempdir().expect("tempdir for output");
+    let stdout_path = dir.path().join("stdout");
+    let stderr_path = dir.path().join("stderr");
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_metrokv-jepsen"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
+        .spawn()
+        .expect("spawn metrokv-jepsen");
+    let deadline = started + RUN_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let pid = child.id().to_string();
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            std::thread::sleep(TERM_GRACE);
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "metrokv-jepsen {args:?} did not finish within {RUN_TIMEOUT:?}\nstdout:\n{}\nstderr:\n{}",
+                std::fs::read_to_string(&stdout_path).unwrap_or_default(),
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(POLL);
+    };
+    let finished = Finished {
+        code: status.code().expect("exit code, not a signal"),
+        stdout: std::fs::read_to_string(&stdout_path).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&stderr_path).unwrap_or_default(),
+        elapsed: started.elapsed(),
+    };
+    eprintln!(
+        "metrokv-jepsen {args:?}: exit {} after {:.1} s\n{}{}",
+        finished.code,
+        finished.elapsed.as_secs_f64(),
+        finished.stdout,
+        finished.stderr
+    );
+    finished
+}
+
+fn results(dir: &Path) -> Results {
+    let text = std::fs::read_to_string(dir.join(report::RESULTS_FILE)).expect("results.json");
+    serde_json::from_str(&text).expect("results.json parses")
+}
+
+fn history(dir: &Path) -> History {
+    let file = std::fs::File::open(dir.join(report::HISTORY_FILE)).expect("history.jsonl");
+    History::read_jsonl(std::io::BufReader::new(file)).expect("history.jsonl is valid")
+}
+
+/// Asserts the files a run leaves behind.
+fn assert_outputs(dir: &Path, nodes: usize) {
+    for file in [
+        report::HISTORY_FILE,
+        report::RESULTS_FILE,
+        report::REPORT_FILE,
+        report::TEST_FILE,
+    ] {
+        assert!(dir.join(file).is_file(), "{file} written");
+    }
+    for n in 1..=nodes {
+        let log = dir.join(format!("nodes/n{n}/node.log"));
+        assert!(log.is_file(), "{} kept", log.display());
+        assert!(
+            !dir.join(format!("nodes/n{n}/data")).exists(),
+            "data removed without --keep-data"
+        );
+    }
+    let html = std::fs::read_to_string(dir.join(report::REPORT_FILE)).expect("report");
+    assert!(html.contains("<svg"), "plots drawn");
+}
+
+#[test]
+fn smoke_bank_run_with_zone_partition_leader_isolation_and_kill_is_valid() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let dir = out.path().join("run");
+    let dir_text = dir.to_str().expect("utf-8 path");
+    // Seed 149 schedules all three faults within 20 s: a zone partition (black-holed), the
+    // leader isolated (dropped), the leader killed.
+    let run = harness(&[
+        "run",
+        "--workload",
+        "bank",
+        "--nemesis",
+        "partition-zones,isolate-leader,kill",
+        "--time-limit",
+        "20",
+        "--rate",
+        "40",
+        "--concurrency",
+        "6",
+        "--nodes",
+        "3",
+        "--seed",
+        "149",
+        "--out",
+        dir_text,
+    ]);
+    assert!(
+        run.stdout.starts_with("seed: 149\n"),
+        "the seed comes first: {}",
+        run.stdout
+    );
+    assert_eq!(
+        run.code, 0,
+        "the safe bank must be valid; a failure here is a real bug: re-run with --seed 149 and \
+         read {dir_text}/results.json"
+    );
+    let results = results(&dir);
+    assert_eq!(results.valid, Validity::Valid);
+    assert_eq!(results.checkers["bank"].anomaly_count, 0);
+    assert!(
+        results.counts["transfer"].ok > 50,
+        "{:?}",
+        results.counts["transfer"]
+    );
+    assert!(results.counts["read-all"].ok > 50);
+    assert_outputs(&dir, 3);
+    // The faults happened, as planned.
+    let history = history(&dir);
+    let applied: Vec<String> = history
+        .nemesis_ops()
+        .filter_map(|op| match &op.call {
+            Call::StartFault(event) => Some(event.fault.kind().to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(applied, ["partition-zones", "isolate-leader", "kill"]);
+    assert!(run.elapsed < Duration::from_secs(60), "{:?}", run.elapsed);
+}
+
+#[test]
+fn negative_control_unsafe_bank_under_zone_partitions_is_invalid_and_names_the_ops() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let dir = out.path().join("run");
+    let run = harness(&[
+        "run",
+        "--workload",
+        "bank",
+        "--mode",
+        "unsafe",
+        "--nemesis",
+        "partition-zones",
+        "--time-limit",
+        "12",
+        "--seed",
+        "2",
+        "--out",
+        dir.to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(run.code, 1, "the unsafe mode must be caught");
+    let results = results(&dir);
+    assert_eq!(results.valid, Validity::Invalid);
+    let bank = &results.checkers["bank"];
+    assert!(bank.anomaly_count > 0);
+    // Every anomaly of a read names that read and the transfers suspected of breaking it,
+    // and those are real ops of the history.
+    let history = history(&dir);
+    let named: Vec<&Vec<u64>> = bank
+        .anomalies
+        .iter()
+        .map(|a| &a.ops)
+        .filter(|ops| !ops.is_empty())
+        .collect();
+    assert!(!named.is_empty(), "offending ops are named");
+    for ops in named {
+        for &index in ops {
+            let op = &history.ops()[usize::try_from(index).expect("index")];
+            assert!(matches!(op.process, Process::Client(_)));
+            assert_eq!(op.kind, OpType::Invoke, "anomalies name invocations");
+            assert!(matches!(op.call, Call::Transfer(_) | Call::ReadAll(_)));
+        }
+    }
+    assert!(
+        run.stdout.contains("wrong-total"),
+        "the summary shows the anomalies"
+    );
+    assert_outputs(&dir, 3);
+}
+
+#[test]
+fn short_register_run_is_linearizable() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let dir = out.path().join("run");
+    let run = harness(&[
+        "run",
+        "--workload",
+        "register",
+        "--nemesis",
+        "partition-zones,pause",
+        "--time-limit",
+        "10",
+        "--seed",
+        "7",
+        "--out",
+        dir.to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(run.code, 0);
+    let results = results(&dir);
+    assert_eq!(results.checkers["linearizable"].valid, Validity::Valid);
+    assert!(results.counts["read"].ok > 20);
+    // The final read of every key is in the history.
+    let history = history(&dir);
+    let last_reads = history
+        .pair_refs()
+        .filter(|p| matches!(p.invoke.call, Call::Read(_)) && p.outcome() == OpType::Ok)
+        .count();
+    assert!(last_reads >= 5);
+    assert_outputs(&dir, 3);
+}
+
+#[test]
+fn double_spend_scenario_keeps_the_money_and_the_unsafe_mode_overspends() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let dir = out.path().join("scenario");
+    let run = harness(&[
+        "scenario",
+        "double-spend",
+        "--out",
+        dir.to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(run.code, 0);
+    assert!(
+        run.stdout
+            .contains("final (linearizable): acct 0, sink-a 10,000, sink-b 0; 10,000 left acct"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("sink-b 10,000; 20,000 left acct"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("insufficient funds"));
+    let timeline = std::fs::read_to_string(dir.join("timeline.txt")).expect("timeline");
+    assert!(timeline.contains("dc-b"));
+    assert!(dir.join("nodes/n3/node.log").is_file());
+}
