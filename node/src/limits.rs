@@ -68,6 +68,13 @@ pub const PEER_INFLIGHT_PER_CONNECTION_MAX: usize = 256;
 /// Capacity of the per-connection outgoing frame queue.
 pub const PEER_SEND_QUEUE_FRAMES: usize = 1024;
 
+/// Shortest timeout of an AppendEntries that replicates entries, in ms. openraft gives every
+/// replication RPC the heartbeat interval (tens of ms) as its timeout; a follower's fsync under
+/// load, or a slower inter-zone link, can take longer, and a timeout restarts the replication
+/// stream with a backoff. A dead peer still shows at once (connection refused), and heartbeats
+/// keep openraft's own timeout.
+pub const APPEND_ENTRIES_TIMEOUT_MS_MIN: u64 = 1000;
+
 /// Most entries openraft puts into one AppendEntries request.
 pub const APPEND_ENTRIES_PER_RPC_MAX: u64 = 512;
 

@@ -25,6 +25,7 @@ use openraft::Instant as _;
 use tokio::time::Instant;
 
 use crate::config::RaftTimeouts;
+use crate::raft::AppendEntriesResponse;
 use crate::raft::ClientWriteError;
 use crate::raft::NodeId;
 use crate::raft::NodeInfo;
@@ -85,6 +86,8 @@ pub struct Service {
     incoming_dir: PathBuf,
     /// Snapshot transfers being received, one per sending leader.
     incoming: Mutex<HashMap<NodeId, Incoming>>,
+    /// The last leader that replicated to this node, and when.
+    leader_contact: Mutex<Option<(NodeId, Instant)>>,
 }
 
 struct Incoming {
@@ -140,6 +143,7 @@ impl Service {
             timeouts,
             incoming_dir,
             incoming: Mutex::default(),
+            leader_contact: Mutex::default(),
         })
     }
 
@@ -318,10 +322,34 @@ impl Service {
     fn has_quorum(&self) -> bool {
         let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();
-        let lease = Duration::from_millis(self.timeouts.election_timeout_ms_max);
         m.last_quorum_acked
             .as_ref()
-            .is_none_or(|t| t.elapsed() <= lease)
+            .is_none_or(|t| t.elapsed() <= self.lease())
+    }
+
+    /// The longest silence from the leader (or, for a leader, from a quorum) after which this
+    /// node no longer claims to know who leads.
+    fn lease(&self) -> Duration {
+        Duration::from_millis(self.timeouts.election_timeout_ms_max)
+    }
+
+    /// The leader, if this node is in touch with it: a leader that heard from a quorum within a
+    /// lease, or a follower that heard from its leader within one. A node cut off from the
+    /// others keeps openraft's last known leader for a while (with pre-vote, its term does not
+    /// even move); this is what it reports instead, so `/ready` and `/v1/cluster` do not vouch
+    /// for a leader it cannot reach.
+    pub fn leader_in_contact(&self) -> Option<NodeId> {
+        let m = self.metrics();
+        let leader = m.current_leader?;
+        let in_contact = if leader == self.id {
+            m.last_quorum_acked
+                .as_ref()
+                .is_some_and(|t| t.elapsed() <= self.lease())
+        } else {
+            lock(&self.leader_contact)
+                .is_some_and(|(who, at)| who == leader && at.elapsed() <= self.lease())
+        };
+        in_contact.then_some(leader)
     }
 
     async fn write_local(
@@ -420,7 +448,7 @@ impl Service {
             id: self.id,
             role: role_name(&m.state).to_string(),
             term: m.current_term,
-            leader: m.current_leader,
+            leader: self.leader_in_contact(),
             commit_index: m.local_committed.as_ref().map_or(0, |id| id.index),
             applied_index: m.last_applied.as_ref().map_or(0, |id| id.index),
         }
@@ -560,7 +588,13 @@ impl PeerHandler for Arc<Service> {
         let fatal = |e: String| PeerResponse::Failed(e);
         match request {
             PeerRequest::AppendEntries(rpc) => match self.raft.append_entries(rpc).await {
-                Ok(r) => PeerResponse::AppendEntries(r),
+                Ok(r) => {
+                    // Only a current leader gets anything but "higher vote" back.
+                    if !matches!(r, AppendEntriesResponse::HigherVote(_)) {
+                        *lock(&self.leader_contact) = Some((from, Instant::now()));
+                    }
+                    PeerResponse::AppendEntries(r)
+                }
                 Err(e) => fatal(e.to_string()),
             },
             PeerRequest::Vote(rpc) => match self.raft.vote(rpc).await {

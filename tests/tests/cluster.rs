@@ -451,6 +451,33 @@ async fn without_a_quorum_writes_are_refused_and_nothing_acknowledged_is_lost() 
             }
         );
     }
+    // A node cut off from the others does not vouch for a leader it cannot reach.
+    Cluster::eventually(
+        "the lone node reports not ready",
+        Duration::from_secs(10),
+        || {
+            let c = &c;
+            async move {
+                let url = c.url(1);
+                let r = c
+                    .http()
+                    .get(format!("{url}/ready"))
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let view = c
+                    .get_json(&format!("{url}/v1/cluster"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match (r.status().as_u16(), view["leader"].is_null()) {
+                    (503, true) => Ok(()),
+                    other => Err(format!("(ready status, leader is null) = {other:?}")),
+                }
+            }
+        },
+    )
+    .await
+    .unwrap();
     c.restart(2).unwrap();
     c.restart(3).unwrap();
     c.wait_ready(Duration::from_secs(30)).await.unwrap();

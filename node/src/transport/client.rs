@@ -18,6 +18,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
+use tokio::sync::watch;
 
 use super::codec;
 use super::codec::Channel;
@@ -57,11 +58,21 @@ impl CallError {
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<PeerResponse>>>>;
 
+#[derive(Clone)]
 struct Conn {
     frames: mpsc::Sender<Vec<u8>>,
     pending: Pending,
     /// Set by the reader task when the connection ends.
     dead: Arc<AtomicBool>,
+}
+
+/// The connection, or the dial that will produce it. At most one dial runs at a time; callers
+/// that arrive meanwhile wait on its outcome instead of dialing again.
+#[derive(Default)]
+struct ConnState {
+    live: Option<Conn>,
+    /// Set while a dial runs; carries its outcome (`Err` = why it failed) once it is done.
+    dialing: Option<watch::Receiver<Option<Result<(), String>>>>,
 }
 
 impl Conn {
@@ -87,7 +98,7 @@ struct Inner {
     target: NodeId,
     addr: String,
     channel: Channel,
-    conn: tokio::sync::Mutex<Option<Conn>>,
+    state: Mutex<ConnState>,
     next_id: AtomicU64,
 }
 
@@ -99,7 +110,7 @@ impl PeerClient {
                 target,
                 addr,
                 channel,
-                conn: tokio::sync::Mutex::new(None),
+                state: Mutex::default(),
                 next_id: AtomicU64::new(1),
             }),
         }
@@ -124,13 +135,11 @@ impl PeerClient {
             })?;
         let deadline = tokio::time::Instant::now() + timeout;
 
-        let (frames, pending, dead) = tokio::time::timeout_at(deadline, self.connection())
-            .await
-            .map_err(|_| CallError::Unreachable {
-                target: inner.target,
-                addr: inner.addr.clone(),
-                reason: "connect timed out".into(),
-            })??;
+        let Conn {
+            frames,
+            pending,
+            dead,
+        } = self.connection(deadline).await?;
 
         let (tx, rx) = oneshot::channel();
         lock(&pending).insert(id, tx);
@@ -169,20 +178,58 @@ impl PeerClient {
         result
     }
 
-    /// The live connection, dialing a new one if there is none.
-    async fn connection(
-        &self,
-    ) -> Result<(mpsc::Sender<Vec<u8>>, Pending, Arc<AtomicBool>), CallError> {
-        let mut guard = self.inner.conn.lock().await;
-        if let Some(conn) = guard.as_ref() {
-            if conn.is_alive() {
-                return Ok((conn.frames.clone(), conn.pending.clone(), conn.dead.clone()));
+    /// The live connection, waiting at most until `deadline` for a dial. The dial itself is
+    /// bounded by [`CONNECT_TIMEOUT`], not by the caller: when a short call (a 30 ms heartbeat)
+    /// gives up on a slow link, the dial goes on and the next call finds the connection.
+    async fn connection(&self, deadline: tokio::time::Instant) -> Result<Conn, CallError> {
+        let inner = &self.inner;
+        let unreachable = |reason: String| CallError::Unreachable {
+            target: inner.target,
+            addr: inner.addr.clone(),
+            reason,
+        };
+        let mut outcome = {
+            let mut state = lock(&inner.state);
+            if let Some(conn) = state.live.as_ref().filter(|c| c.is_alive()) {
+                return Ok(conn.clone());
             }
+            match &state.dialing {
+                Some(outcome) => outcome.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    state.dialing = Some(rx.clone());
+                    let client = self.clone();
+                    tokio::spawn(async move {
+                        let result = client.dial().await;
+                        let mut state = lock(&client.inner.state);
+                        state.dialing = None;
+                        let outcome = match result {
+                            Ok(conn) => {
+                                state.live = Some(conn);
+                                Ok(())
+                            }
+                            Err(CallError::Unreachable { reason, .. }) => Err(reason),
+                            Err(other) => Err(other.to_string()),
+                        };
+                        let _ = tx.send(Some(outcome));
+                    });
+                    rx
+                }
+            }
+        };
+        let done = tokio::time::timeout_at(deadline, outcome.wait_for(Option::is_some))
+            .await
+            .map_err(|_| unreachable("connect timed out".into()))?
+            .map_err(|_| unreachable("the dial was abandoned".into()))?
+            .clone();
+        match done {
+            Some(Ok(())) => lock(&inner.state)
+                .live
+                .clone()
+                .ok_or_else(|| unreachable("the new connection closed at once".into())),
+            Some(Err(reason)) => Err(unreachable(reason)),
+            None => Err(unreachable("the dial was abandoned".into())),
         }
-        let conn = self.dial().await?;
-        let out = (conn.frames.clone(), conn.pending.clone(), conn.dead.clone());
-        *guard = Some(conn);
-        Ok(out)
     }
 
     async fn dial(&self) -> Result<Conn, CallError> {

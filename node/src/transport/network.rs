@@ -60,6 +60,7 @@ impl NetworkFactory {
         PeerNetwork {
             me: self.peers.me(),
             client: self.peers.client(target, &node.peer_addr, channel),
+            channel,
         }
     }
 }
@@ -83,6 +84,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 pub struct PeerNetwork {
     me: NodeId,
     client: PeerClient,
+    channel: Channel,
 }
 
 fn rpc_error(e: CallError, me: NodeId, action: RPCTypes) -> RpcError {
@@ -150,10 +152,16 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             rpc.entries.truncate(keep);
         }
         let last_sent = rpc.entries.last().map(|e| e.log_id);
+        let timeout = match self.channel {
+            Channel::Replication => option
+                .hard_ttl()
+                .max(Duration::from_millis(limits::APPEND_ENTRIES_TIMEOUT_MS_MIN)),
+            _ => option.hard_ttl(),
+        };
         match self
             .call(
                 PeerRequest::AppendEntries(rpc),
-                option.hard_ttl(),
+                timeout,
                 RPCTypes::AppendEntries,
             )
             .await?

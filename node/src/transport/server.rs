@@ -297,6 +297,63 @@ mod tests {
         assert!(matches!(r, Ok(PeerResponse::Status(_))));
     }
 
+    /// On a slow link (here: a handshake that takes 150 ms) a call shorter than the handshake
+    /// fails, but the dial goes on, only one dial runs, and a later call uses the connection.
+    #[tokio::test]
+    async fn a_dial_outlives_a_short_call_and_is_shared() {
+        use std::sync::atomic::AtomicUsize;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let _hello: Hello = codec::read_value(&mut stream).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    codec::write_value(&mut stream, &HelloReply::Accepted)
+                        .await
+                        .unwrap();
+                    // Answer Status requests until the dialer goes away.
+                    let mut buf = Vec::new();
+                    while codec::read_frame(&mut stream, &mut buf).await.is_ok() {
+                        let req: Envelope<PeerRequest> = codec::decode(&buf).unwrap();
+                        let body = Echo.handle(1, req.body).await;
+                        let frame = codec::encode_frame(&Envelope { id: req.id, body }).unwrap();
+                        stream.write_all(&frame).await.unwrap();
+                    }
+                });
+            }
+        });
+        let c = client(&addr, "test", 2);
+        let short = Duration::from_millis(30);
+        let calls: Vec<_> = (0..5).map(|_| c.call(PeerRequest::Status, short)).collect();
+        for r in futures::future::join_all(calls).await {
+            assert!(
+                r.unwrap_err().not_sent(),
+                "a call shorter than the handshake fails unsent"
+            );
+        }
+        // The dial finishes in the background; poll with short calls until one gets through.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(PeerResponse::Status(_)) = c.call(PeerRequest::Status, short).await {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the background dial never finished"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "one dial, shared"
+        );
+    }
+
     #[tokio::test]
     async fn a_dead_peer_is_unreachable_and_a_restarted_one_is_reached_again() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
