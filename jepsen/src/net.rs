@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 
-use crate::cluster::NodeAddrs;
+use crate::cluster::{Cluster, NodeAddrs};
 use crate::nemesis::{CutMode, DirectedLink, Grudge, Topology};
 use crate::proxy::{LinkMode, Proxy};
 
@@ -199,6 +199,22 @@ impl Network {
             proxies,
         };
         network.shape(&Shape::Healthy)?;
+        Ok(network)
+    }
+
+    /// Starts the proxies in front of `cluster`'s nodes and routes each node's peer traffic
+    /// through them (before the nodes start).
+    pub async fn start_for(
+        cluster: &mut Cluster,
+        topology: &Topology,
+        inter_zone_latency_ms: u64,
+        seed: u64,
+    ) -> anyhow::Result<Network> {
+        let network =
+            Network::start(topology, &cluster.addrs(), inter_zone_latency_ms, seed).await?;
+        for node in cluster.addrs() {
+            cluster.set_routes(&node.name, &network.peer_routes(&node.name))?;
+        }
         Ok(network)
     }
 

@@ -569,16 +569,13 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutcome> {
         &config.out,
         config.node_args(),
     )?;
-    let network = Network::start(
+    let network = Network::start_for(
+        &mut cluster,
         &config.topology,
-        &cluster.addrs(),
         config.inter_zone_latency_ms,
         config.seed,
     )
     .await?;
-    for node in cluster.addrs() {
-        cluster.set_routes(&node.name, &network.peer_routes(&node.name))?;
-    }
     let started = run_started(&config, &spec, &schedule, &mut cluster, &network, &progress).await;
     // Tear down before checking: the nodes are done, and the checkers want the CPU.
     network.stop().await;

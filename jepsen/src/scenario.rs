@@ -169,6 +169,23 @@ impl Stage {
         })
     }
 
+    /// Cuts the zones apart and waits for the majority side's leader, noting both.
+    async fn cut_zones_and_find_leader(&self, timeline: &mut Timeline) -> anyhow::Result<String> {
+        self.cut_zones()?;
+        timeline.note(
+            "net",
+            "cut dc-a ✗ dc-b (node links and client links)",
+            "n1, n2 | n3",
+        );
+        let leader = self.wait_dc_a_leader().await?;
+        timeline.note(
+            "dc-a",
+            "wait for the majority side to have a leader",
+            format!("{leader} leads dc-a"),
+        );
+        Ok(leader)
+    }
+
     async fn heal(&mut self) -> anyhow::Result<String> {
         self.network.sever_all();
         self.network.shape(&Shape::Healthy)?;
@@ -418,18 +435,7 @@ async fn safe_story(stage: &mut Stage, timeline: &mut Timeline) -> anyhow::Resul
         "acct holds 10,000; sink-a and sink-b hold 0",
         "n3 (dc-b) has it too",
     );
-    stage.cut_zones()?;
-    timeline.note(
-        "net",
-        "cut dc-a ✗ dc-b (node links and client links)",
-        "n1, n2 | n3",
-    );
-    let leader = stage.wait_dc_a_leader().await?;
-    timeline.note(
-        "dc-a",
-        "wait for the majority side to have a leader",
-        format!("{leader} leads dc-a"),
-    );
+    stage.cut_zones_and_find_leader(timeline).await?;
     let dc_a = zone_client(
         &stage.network,
         ZONE_A,
@@ -620,18 +626,7 @@ async fn unsafe_story(stage: &mut Stage, timeline: &mut Timeline) -> anyhow::Res
         "unsafe/acct = 10,000; unsafe/sink-a = unsafe/sink-b = 0",
         "n3 (dc-b) has it too",
     );
-    stage.cut_zones()?;
-    timeline.note(
-        "net",
-        "cut dc-a ✗ dc-b (node links and client links)",
-        "n1, n2 | n3",
-    );
-    let leader = stage.wait_dc_a_leader().await?;
-    timeline.note(
-        "dc-a",
-        "wait for the majority side to have a leader",
-        format!("{leader} leads dc-a"),
-    );
+    let leader = stage.cut_zones_and_find_leader(timeline).await?;
     // dc-a reads from the node that acknowledged its writes, so its own view is not stale.
     let dc_a = stage.pinned(ZONE_A, &leader, CALL_DEADLINE_MS)?;
     let dc_b = stage.pinned(ZONE_B, "n3", CUT_CALL_DEADLINE_MS)?;
@@ -720,16 +715,13 @@ pub async fn double_spend(config: ScenarioConfig) -> anyhow::Result<u8> {
     let topology = Topology::default_for(3)?;
     let mut cluster =
         Cluster::prepare(config.node_bin.clone(), &topology, &config.out, Vec::new())?;
-    let network = Network::start(
+    let network = Network::start_for(
+        &mut cluster,
         &topology,
-        &cluster.addrs(),
         config.inter_zone_latency_ms,
         config.seed,
     )
     .await?;
-    for node in cluster.addrs() {
-        cluster.set_routes(&node.name, &network.peer_routes(&node.name))?;
-    }
     cluster.start_all()?;
     let started = async {
         cluster
