@@ -337,7 +337,8 @@ impl ErrorAnswer {
     /// we cannot read is judged by the status alone.
     pub(crate) fn failure_kind(&self) -> FailureKind {
         match (self.code(), self.status) {
-            (Some("unavailable"), _) | (None, 503) => FailureKind::Unavailable,
+            // Both 503 codes mean nothing was done: `overloaded` is a node at its load limits.
+            (Some("unavailable" | "overloaded"), _) | (None, 503) => FailureKind::Unavailable,
             (Some("indeterminate"), _) | (None, 504) => FailureKind::Indeterminate,
             (_, 400..=499) => FailureKind::Refused,
             _ => FailureKind::ServerError,
@@ -575,6 +576,10 @@ mod tests {
         let kind = |status, body: &str| ErrorAnswer::parse(status, body.as_bytes()).failure_kind();
         assert_eq!(
             kind(503, r#"{"error":"unavailable","message":""}"#),
+            FailureKind::Unavailable
+        );
+        assert_eq!(
+            kind(503, r#"{"error":"overloaded","message":""}"#),
             FailureKind::Unavailable
         );
         assert_eq!(kind(503, "no json"), FailureKind::Unavailable);

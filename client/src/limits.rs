@@ -77,8 +77,10 @@ pub const ZONE_LEARN_INTERVAL: Duration = Duration::from_secs(30);
 /// Longest one zone-learning request may take; it delays the first call, so keep it short.
 pub const ZONE_LEARN_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// How long an idle keep-alive connection stays in the pool.
-pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an idle keep-alive connection stays in the pool. Shorter than the node's idle
+/// timeout (30 s, its header read timeout), so the client closes an idle connection before the
+/// node does and never sends a request into one the node is closing.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Most idle connections kept per node.
 pub const POOL_IDLE_PER_HOST_MAX: usize = 32;

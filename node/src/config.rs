@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::limits;
 use crate::raft::NodeId;
 use crate::raft::NodeInfo;
 
@@ -120,6 +121,8 @@ pub struct FileConfig {
     pub peer_routes: Option<Vec<String>>,
     #[serde(default)]
     pub raft: Option<RaftTimeouts>,
+    pub max_inflight_requests: Option<usize>,
+    pub max_connections: Option<usize>,
 }
 
 impl FileConfig {
@@ -152,19 +155,37 @@ pub struct NodeConfig {
     /// proxy, a NAT). The partition harness routes every link through its own proxy this way.
     pub peer_routes: BTreeMap<NodeId, String>,
     pub raft: RaftTimeouts,
+    /// Most client requests in flight at once; past it, 503 `overloaded`.
+    pub max_inflight_requests: usize,
+    /// Most client connections open at once; past it, new ones are closed.
+    pub max_connections: usize,
 }
 
 impl NodeConfig {
     pub fn validate(self) -> Result<Self, ConfigError> {
         self.raft.validate()?;
-        if self.zone.is_empty() || self.zone.len() > 64 {
-            return Err(ConfigError::Invalid(
-                "zone must be 1..=64 characters".into(),
-            ));
+        if self.zone.is_empty() || self.zone.len() > limits::ZONE_BYTES_MAX {
+            return Err(ConfigError::Invalid(format!(
+                "zone must be 1..={} bytes",
+                limits::ZONE_BYTES_MAX
+            )));
         }
-        if self.cluster_id.is_empty() || self.cluster_id.len() > 64 {
+        if self.cluster_id.is_empty() || self.cluster_id.len() > limits::CLUSTER_ID_BYTES_MAX {
+            return Err(ConfigError::Invalid(format!(
+                "cluster_id must be 1..={} bytes",
+                limits::CLUSTER_ID_BYTES_MAX
+            )));
+        }
+        if self.members.len() > limits::CLUSTER_MEMBERS_MAX {
+            return Err(ConfigError::Invalid(format!(
+                "{} members; a cluster has at most {}",
+                self.members.len(),
+                limits::CLUSTER_MEMBERS_MAX
+            )));
+        }
+        if self.max_inflight_requests == 0 || self.max_connections == 0 {
             return Err(ConfigError::Invalid(
-                "cluster_id must be 1..=64 characters".into(),
+                "max_inflight_requests and max_connections must be > 0".into(),
             ));
         }
         let me = self
@@ -206,8 +227,14 @@ pub fn parse_member(spec: &str) -> Result<(NodeId, NodeInfo), ConfigError> {
         addr.parse::<SocketAddr>()
             .map_err(|_| bad(&format!("{addr:?} is not a host:port address")))?;
     }
-    if zone.is_empty() {
-        return Err(bad("empty zone"));
+    if zone.is_empty() || zone.len() > limits::ZONE_BYTES_MAX {
+        return Err(bad(&format!(
+            "the zone must be 1..={} bytes",
+            limits::ZONE_BYTES_MAX
+        )));
+    }
+    if client.len() > limits::ADDR_BYTES_MAX || peer.len() > limits::ADDR_BYTES_MAX {
+        return Err(bad("an address is too long"));
     }
     Ok((
         id,

@@ -2,9 +2,16 @@
 //!
 //! Each constant says what happens when it is hit. Limits that clients can observe are the ones
 //! `../shared/API.md` documents; the rest protect the node from a peer or a client that sends too
-//! much. The const block at the end checks at compile time how the limits relate to each other
-//! (the largest value fits in a peer frame, and so on), because a limit that is inconsistent with
-//! another one turns into a wedged replication stream rather than a clean error.
+//! much. The const block at the end checks at compile time how the limits relate to each other,
+//! along every path a record travels: the largest request becomes the largest log entry, which
+//! must fit an AppendEntries frame; the largest record the state machine writes (a stored
+//! idempotent answer included) must fit a snapshot record; the largest answer must fit a peer
+//! frame on its way back from the leader. A limit that is inconsistent with another one turns
+//! into a wedged replication stream or a node that cannot build a snapshot, not a clean error.
+//! `state_machine`'s and `storage`'s tests check the same relations on encoded values.
+
+// ---------------------------------------------------------------------------------------------
+// What a client may send (API.md).
 
 /// Largest key, in bytes of UTF-8. A longer key is refused with 400 `invalid_request`.
 pub const KEY_BYTES_MAX: usize = 1024;
@@ -12,13 +19,19 @@ pub const KEY_BYTES_MAX: usize = 1024;
 /// Largest value, in bytes. A larger body is refused with 413 `too_large` before it is proposed.
 pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
 
-/// Largest HTTP request body the API reads (a txn may carry up to 128 values of up to 1 MiB in
-/// JSON, but we refuse anything past this with 413 rather than buffer it).
+/// Largest HTTP request body the API reads (a txn may carry up to 4 MiB of values, base64 in
+/// JSON); a larger body is refused with 413 rather than buffered.
 pub const REQUEST_BODY_BYTES_MAX: usize = 8 * 1024 * 1024;
 
-/// Largest sum of value bytes inside one txn (a bigger txn gets 413 `too_large`). Keeps one log
-/// entry well under [`PEER_FRAME_BYTES_MAX`].
+/// Largest sum of value bytes inside one txn, compare values and put values together (413
+/// `too_large` past it). Keeps one log entry well under [`APPEND_ENTRIES_BYTES_MAX`].
 pub const TXN_VALUE_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Most key and value bytes the `get` ops of one txn may return: the txn's answer budget. A txn
+/// whose chosen branch would read more is refused whole, with 413 `too_large`, and changes
+/// nothing. It bounds the stored idempotent answer (a snapshot record), the answer a leader
+/// sends back to a follower (a peer frame) and the HTTP body.
+pub const TXN_ANSWER_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// Most compares in a txn (400 `invalid_request` past it).
 pub const TXN_COMPARES_MAX: usize = 64;
@@ -42,17 +55,65 @@ pub const LIST_LIMIT_MAX: usize = 1000;
 /// than build a response of unbounded size.
 pub const LIST_PAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
 
-/// How long idempotency keys and transfer outcomes are kept, in the replicated clock (the leader
-/// stamps its wall time into every entry). API.md promises at least 24 hours.
+// ---------------------------------------------------------------------------------------------
+// The replicated clock and deduplication.
+
+/// How long idempotency keys are kept, in the replicated clock (see `state_machine`). API.md
+/// promises at least 24 hours. Transfer ids are kept for ever: they are the ledger.
 pub const DEDUP_RETENTION_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// Most expired dedup records one log entry removes. Expiry is spread over later entries so one
 /// apply never does unbounded work.
 pub const DEDUP_EXPIRE_PER_ENTRY_MAX: usize = 16;
 
+/// Most one entry's leader stamp moves the replicated clock forward, in ms. A leader whose wall
+/// clock jumped ahead (an NTP step, a resumed VM) can age the dedup records by at most this much
+/// per entry, and the leader itself never stamps faster than its monotonic clock runs (see
+/// `service`), so a jump alone never expires a record early.
+pub const CLOCK_STEP_MS_MAX: u64 = 10 * 60 * 1000;
+
+// ---------------------------------------------------------------------------------------------
+// Cluster shape and configuration strings.
+
+/// Most members (voters and learners) a cluster may have; a longer member list is refused at
+/// startup. Bounds the membership record and the number of peer connections.
+pub const CLUSTER_MEMBERS_MAX: usize = 15;
+
+/// Longest zone name and cluster id, in bytes (refused at startup past it).
+pub const ZONE_BYTES_MAX: usize = 64;
+/// See [`ZONE_BYTES_MAX`].
+pub const CLUSTER_ID_BYTES_MAX: usize = 64;
+
+/// Longest advertised address (`host:port`) of a member, in bytes.
+pub const ADDR_BYTES_MAX: usize = 256;
+
+// ---------------------------------------------------------------------------------------------
+// The peer transport.
+
 /// Largest peer frame, in bytes. A bigger frame is a protocol error: the connection is closed and
-/// the event logged; the node keeps running.
+/// the event logged; the node keeps running. Buffers grow as bytes arrive, so announcing a large
+/// frame commits no memory.
 pub const PEER_FRAME_BYTES_MAX: usize = 32 * 1024 * 1024;
+
+/// Largest handshake frame (a `Hello` or its reply), in bytes. A connection that announces more
+/// is closed before anything else is read.
+pub const PEER_HELLO_BYTES_MAX: usize = 1024;
+
+/// How many bytes a frame buffer grows by at a time while a frame arrives.
+pub const PEER_READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// How long a dialed connection may take to send its hello, in ms; past it the connection is
+/// closed.
+pub const PEER_HANDSHAKE_TIMEOUT_MS: u64 = 2_000;
+
+/// How long dialing a peer plus the handshake may take, in ms, before the peer counts as
+/// unreachable.
+pub const PEER_CONNECT_TIMEOUT_MS: u64 = 500;
+
+/// Most peer connections a node holds open at once (before and after the handshake). A
+/// connection past it is closed at once and counted in `/metrics`. Every other member opens four
+/// (one per channel), so this leaves room for reconnects.
+pub const PEER_CONNECTIONS_MAX: usize = 256;
 
 /// Most entry bytes the transport puts into one AppendEntries frame. When openraft hands it more,
 /// it sends a prefix and reports partial success, so openraft sends the rest next.
@@ -78,35 +139,122 @@ pub const APPEND_ENTRIES_TIMEOUT_MS_MIN: u64 = 1000;
 /// Most entries openraft puts into one AppendEntries request.
 pub const APPEND_ENTRIES_PER_RPC_MAX: u64 = 512;
 
-/// Most client requests one node works on at once (reads and writes). Past it the API answers
-/// 503 `unavailable` at once instead of queueing without bound.
-pub const API_INFLIGHT_MAX: usize = 4096;
+/// How long a status query to a peer (for `GET /v1/cluster`) may take, in ms, before the peer is
+/// reported unreachable.
+pub const PEER_STATUS_TIMEOUT_MS: u64 = 300;
 
-/// Most bytes of one record in the snapshot file (key + value + framing). A larger record means
-/// a corrupt file: installing it fails instead of allocating without bound.
-pub const SNAPSHOT_RECORD_BYTES_MAX: usize = VALUE_BYTES_MAX + 64 * 1024;
+// ---------------------------------------------------------------------------------------------
+// The HTTP API.
+
+/// Default for `--max-inflight-requests`: most client requests one node works on at once. Past
+/// it the API answers 503 `overloaded` (with `Retry-After`) at once instead of queueing.
+pub const API_INFLIGHT_DEFAULT: usize = 1024;
+
+/// Default for `--max-connections`: most client connections a node holds open. A connection past
+/// it is closed at once, before its request is read.
+pub const HTTP_CONNECTIONS_DEFAULT: usize = 4096;
+
+/// Most request body bytes all requests of a node may hold in memory at once. A body that would
+/// go past it is refused with 503 `overloaded`; with [`REQUEST_BODY_BYTES_MAX`] per request this
+/// bounds the memory bodies take, whatever the number of connections.
+pub const API_BODY_BYTES_INFLIGHT_MAX: usize = 256 * 1024 * 1024;
+
+/// How long a client may take to send a request's headers, in ms, counted from when the node
+/// starts waiting for them; a slower client (slowloris) is disconnected. On a keep-alive
+/// connection the wait starts when the previous answer is sent, so this is also how long an
+/// idle connection is kept (the Rust client drops idle connections sooner, after 20 s).
+pub const HTTP_HEADER_READ_TIMEOUT_MS: u64 = 30_000;
+
+/// How long a client may take to send a request body, in ms; past it the request is refused with
+/// 408 `timeout`.
+pub const HTTP_BODY_READ_TIMEOUT_MS: u64 = 30_000;
+
+// ---------------------------------------------------------------------------------------------
+// Storage.
+
+/// Most callbacks waiting for the log's fsync thread. `append` waits (asynchronously) past it,
+/// which slows openraft down to the disk's pace instead of queueing without bound.
+pub const FSYNC_QUEUE_MAX: usize = 4096;
 
 /// Records written per RocksDB batch while installing a snapshot.
 pub const SNAPSHOT_INSTALL_BATCH_RECORDS: usize = 4096;
 
+/// Largest snapshot meta (openraft's `SnapshotMeta`: last log id and membership), in bytes. A
+/// file whose header announces more is corrupt.
+pub const SNAPSHOT_META_BYTES_MAX: usize = 1024 * 1024;
+
+// ---------------------------------------------------------------------------------------------
+// Derived bounds: the largest encoded forms, with generous room for postcard's framing (varint
+// lengths and enum tags are at most 10 bytes each; 32 per small item covers them).
+
+const fn max(a: usize, b: usize) -> usize {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+/// Largest encoded [`crate::state_machine::Request`]: the txn with the most keys and values.
+pub const REQUEST_ENCODED_BYTES_MAX: usize = TXN_VALUE_BYTES_MAX
+    + (TXN_COMPARES_MAX + 2 * TXN_OPS_MAX) * (KEY_BYTES_MAX + 32)
+    + IDEMPOTENCY_KEY_BYTES_MAX
+    + 256;
+
+/// Largest encoded answer ([`crate::state_machine::Response`]) of one request: a txn that spends
+/// its whole read budget. Other answers (a receipt, a refusal naming a key) are far smaller.
+pub const ANSWER_ENCODED_BYTES_MAX: usize = TXN_ANSWER_BYTES_MAX + 2 * TXN_OPS_MAX * 32 + 4096;
+
+/// Largest record (encoded key plus encoded value) the state machine writes: a key with the
+/// largest value, or a stored idempotent answer. Checked on real encodings by
+/// `storage::state`'s tests.
+pub const SM_RECORD_BYTES_MAX: usize = max(
+    (KEY_BYTES_MAX + 1) + (VALUE_BYTES_MAX + 32),
+    (IDEMPOTENCY_KEY_BYTES_MAX + 1) + ANSWER_ENCODED_BYTES_MAX + 64,
+);
+
+/// Most bytes of one record in the snapshot file (key, value and the two length words). Larger
+/// means a corrupt file: reading it fails instead of allocating without bound.
+pub const SNAPSHOT_RECORD_BYTES_MAX: usize = SM_RECORD_BYTES_MAX + 8;
+
 // How the limits relate, checked at compile time.
 const _: () = {
-    // A put of the largest key and value fits in one AppendEntries frame with room for the
-    // envelope, or replication would wedge on it.
+    // A put of the largest key and value is a smaller entry than the largest txn.
     assert!(
-        KEY_BYTES_MAX + VALUE_BYTES_MAX + IDEMPOTENCY_KEY_BYTES_MAX + 1024
-            < APPEND_ENTRIES_BYTES_MAX
+        KEY_BYTES_MAX + VALUE_BYTES_MAX + IDEMPOTENCY_KEY_BYTES_MAX + 256
+            <= REQUEST_ENCODED_BYTES_MAX
     );
-    // So does the largest txn.
-    assert!(
-        TXN_VALUE_BYTES_MAX + TXN_OPS_MAX * 2 * (KEY_BYTES_MAX + 16) < APPEND_ENTRIES_BYTES_MAX
-    );
+    // The largest entry fits one AppendEntries frame with room for the envelope, or replication
+    // would wedge on it; and the frame fits the peer frame cap.
+    assert!(REQUEST_ENCODED_BYTES_MAX + 1024 < APPEND_ENTRIES_BYTES_MAX);
     assert!(APPEND_ENTRIES_BYTES_MAX + 64 * 1024 < PEER_FRAME_BYTES_MAX);
+    // A forwarded write and its answer each fit one frame.
+    assert!(REQUEST_ENCODED_BYTES_MAX + 1024 < PEER_FRAME_BYTES_MAX);
+    assert!(ANSWER_ENCODED_BYTES_MAX + 1024 < PEER_FRAME_BYTES_MAX);
+    // So does a snapshot chunk.
     assert!(SNAPSHOT_CHUNK_BYTES + 64 * 1024 < PEER_FRAME_BYTES_MAX);
-    assert!(SNAPSHOT_RECORD_BYTES_MAX > KEY_BYTES_MAX + VALUE_BYTES_MAX + 64);
+    // Every record the state machine writes fits a snapshot record.
+    assert!(SNAPSHOT_RECORD_BYTES_MAX >= SM_RECORD_BYTES_MAX + 8);
+    assert!(SNAPSHOT_RECORD_BYTES_MAX < u32::MAX as usize);
+    // A membership of the most members fits the snapshot meta.
+    assert!(
+        CLUSTER_MEMBERS_MAX * (ZONE_BYTES_MAX + 2 * ADDR_BYTES_MAX + 64) + 1024
+            < SNAPSHOT_META_BYTES_MAX
+    );
+    // A hello names the cluster; it fits the hello cap.
+    assert!(CLUSTER_ID_BYTES_MAX + 128 < PEER_HELLO_BYTES_MAX);
+    // Every member's four channels fit the peer connection cap, twice over (reconnects).
+    assert!(CLUSTER_MEMBERS_MAX * 4 * 2 < PEER_CONNECTIONS_MAX);
     assert!(LIST_LIMIT_DEFAULT <= LIST_LIMIT_MAX);
     // One max-size value fits a list page.
     assert!(LIST_PAGE_BYTES_MAX >= VALUE_BYTES_MAX);
     // A value arrives raw for PUT, but base64 inside a txn (4/3 growth).
     assert!(REQUEST_BODY_BYTES_MAX >= TXN_VALUE_BYTES_MAX * 4 / 3 + 64 * 1024);
+    assert!(REQUEST_BODY_BYTES_MAX >= VALUE_BYTES_MAX);
+    // Many requests with the largest body fit the body budget at once.
+    assert!(API_BODY_BYTES_INFLIGHT_MAX >= 16 * REQUEST_BODY_BYTES_MAX);
+    // A read budget larger than a value: one txn can always read one value.
+    assert!(TXN_ANSWER_BYTES_MAX >= KEY_BYTES_MAX + VALUE_BYTES_MAX);
+    // The clock may catch up an idle day within a few hundred entries.
+    assert!(CLOCK_STEP_MS_MAX > 0 && CLOCK_STEP_MS_MAX < DEDUP_RETENTION_MS / 100);
 };

@@ -53,6 +53,7 @@ pub type Raft = openraft::Raft<TypeConfig, crate::storage::StateStore>;
 pub type Entry = openraft::alias::EntryOf<TypeConfig>;
 pub type EntryPayload = openraft::EntryPayload<Request, NodeId, NodeInfo>;
 pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+pub type LeaderId = openraft::alias::LeaderIdOf<TypeConfig>;
 pub type Vote = openraft::alias::VoteOf<TypeConfig>;
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 pub type Membership = openraft::Membership<NodeId, NodeInfo>;

@@ -87,7 +87,7 @@ pub async fn get(
     let query = Query::parse(raw.as_deref(), &["consistency"])?;
     let leader = read_barrier(&state.service, query.consistency()?).await?;
     let applied = super::applied_index(&state.service);
-    let Some(account) = state.service.reader().account(&id)? else {
+    let Some(account) = state.service.reader().account(&id).await? else {
         return Ok(with_headers(
             ApiError::NotFound(format!("account {id:?} does not exist")).into_response(),
             leader,
@@ -115,7 +115,8 @@ pub async fn list(
     let page = state
         .service
         .reader()
-        .list_accounts(prefix, query.get("after"), limit)?;
+        .list_accounts(prefix, query.get("after"), limit)
+        .await?;
     // The total is over this page; it is exact because the page is one snapshot.
     let total: u128 = page
         .items
@@ -199,7 +200,7 @@ pub async fn get_transfer(
     let query = Query::parse(raw.as_deref(), &["consistency"])?;
     let leader = read_barrier(&state.service, query.consistency()?).await?;
     let applied = super::applied_index(&state.service);
-    let Some(record) = state.service.reader().transfer(&id)? else {
+    let Some(record) = state.service.reader().transfer(&id).await? else {
         let msg = format!("no outcome is recorded for transfer {id:?} (never applied, or older than the retention period)");
         return Ok(with_headers(
             ApiError::NotFound(msg).into_response(),

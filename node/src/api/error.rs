@@ -23,6 +23,12 @@ pub enum ApiError {
     TooLarge(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The node is at its load limits; nothing was done. Retry shortly or on another node.
+    #[error("{0}")]
+    Overloaded(String),
+    /// The client did not send its request body in time.
+    #[error("{0}")]
+    Timeout(String),
     #[error("{0}")]
     Indeterminate(String),
     #[error("{0}")]
@@ -66,6 +72,8 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            ApiError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "timeout"),
             ApiError::Indeterminate(_) => (StatusCode::GATEWAY_TIMEOUT, "indeterminate"),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -80,6 +88,11 @@ impl ApiError {
                     (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_conflict")
                 }
                 Rejection::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+                Rejection::AnswerTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+                // Only the leader proposes storage records; a client never sees this.
+                Rejection::StorageConflict { .. } => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+                }
             },
         }
     }
@@ -105,7 +118,10 @@ impl ApiError {
                     json!({ "account": id })
                 }
                 Rejection::IdempotencyConflict { key } => json!({ "key": key }),
-                Rejection::Invalid(_) => json!({}),
+                Rejection::AnswerTooLarge { bytes, max } => {
+                    json!({ "answer_bytes": bytes, "answer_bytes_max": max })
+                }
+                Rejection::Invalid(_) | Rejection::StorageConflict { .. } => json!({}),
             };
             if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {
                 body.extend(extra);
@@ -120,6 +136,7 @@ impl IntoResponse for ApiError {
         let (status, _) = self.status_and_code();
         let mut response = (status, axum::Json(self.body())).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
+            // Both 503s changed nothing; `Retry-After` is in whole seconds, the smallest is 1.
             response
                 .headers_mut()
                 .insert("retry-after", HeaderValue::from_static("1"));
@@ -199,5 +216,17 @@ mod tests {
         assert_eq!(r.headers()["retry-after"], "1");
         let r = ApiError::from(WriteError::Indeterminate("x".into())).into_response();
         assert_eq!(r.status(), 504);
+        let r = ApiError::Overloaded("x".into()).into_response();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["retry-after"], "1");
+        assert_eq!(
+            ApiError::Overloaded("x".into()).body()["error"],
+            "overloaded"
+        );
+        let e = ApiError::Rejected(Rejection::AnswerTooLarge { bytes: 5, max: 4 });
+        assert_eq!(
+            e.status_and_code(),
+            (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
+        );
     }
 }

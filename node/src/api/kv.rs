@@ -78,7 +78,7 @@ pub async fn get(
     let consistency = query.consistency()?;
     let leader = read_barrier(&state.service, consistency).await?;
     let applied = super::applied_index(&state.service);
-    let Some(record) = state.service.reader().kv(&key)? else {
+    let Some(record) = state.service.reader().kv(&key).await? else {
         let err = ApiError::NotFound(format!("key {key:?} does not exist")).into_response();
         return Ok(with_headers(err, leader, Some(applied)));
     };
@@ -168,7 +168,7 @@ pub async fn list(
     let consistency: Consistency = query.consistency()?;
     let leader = read_barrier(&state.service, consistency).await?;
     let applied = super::applied_index(&state.service);
-    let page = state.service.reader().list_kv(prefix, after, limit)?;
+    let page = state.service.reader().list_kv(prefix, after, limit).await?;
     let items: Vec<_> = page
         .items
         .iter()

@@ -1,7 +1,11 @@
 //! The HTTP API of `../shared/API.md`, on axum: one file per area (`kv`, `txn`, `accounts`,
 //! `cluster`), error mapping in `error`. What handlers share is here: parsing and validating
 //! input, the consistency barrier before reads, proposing writes and stamping the
-//! `X-Metrokv-Leader` header, plus middleware for metrics and the in-flight limit.
+//! `X-Metrokv-Leader` header, plus middleware for metrics and the load limits: at most
+//! `max_inflight_requests` requests at once and [`limits::API_BODY_BYTES_INFLIGHT_MAX`] bytes of
+//! request bodies, past which the answer is 503 `overloaded` at once, never a queue. `/health`
+//! and `/ready` are exempt, so a loaded node still says it is alive. `server` is the connection
+//! loop (connection cap, header timeout).
 //!
 //! Every input is checked before anything is proposed, so a refused request changes nothing.
 
@@ -9,6 +13,7 @@ pub mod accounts;
 pub mod cluster;
 pub mod error;
 pub mod kv;
+pub mod server;
 pub mod txn;
 
 use std::collections::HashMap;
@@ -47,13 +52,22 @@ pub struct AppState {
     pub service: Arc<Service>,
     pub metrics: Option<PrometheusHandle>,
     inflight: Arc<Semaphore>,
+    inflight_max: usize,
+    /// One permit per byte of request body held in memory.
+    body_bytes: Arc<Semaphore>,
 }
 
-pub fn router(service: Arc<Service>, metrics: Option<PrometheusHandle>) -> Router {
+pub fn router(
+    service: Arc<Service>,
+    metrics: Option<PrometheusHandle>,
+    max_inflight_requests: usize,
+) -> Router {
     let state = AppState {
         service,
         metrics,
-        inflight: Arc::new(Semaphore::new(limits::API_INFLIGHT_MAX)),
+        inflight: Arc::new(Semaphore::new(max_inflight_requests)),
+        inflight_max: max_inflight_requests,
+        body_bytes: Arc::new(Semaphore::new(limits::API_BODY_BYTES_INFLIGHT_MAX)),
     };
     Router::new()
         .route("/v1/kv", get(kv::list))
@@ -93,7 +107,7 @@ async fn method_not_allowed(request: Request) -> ApiError {
     ))
 }
 
-/// Count and time every request by route and status; refuse past the in-flight limit.
+/// Count and time every request by route and status; refuse past the load limits.
 async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = request
@@ -101,19 +115,68 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let method = request.method().to_string();
-    let response = match state.inflight.clone().try_acquire_owned() {
-        Ok(_permit) => next.run(request).await,
-        Err(_) => ApiError::Unavailable(format!(
-            "more than {} requests in flight on this node",
-            limits::API_INFLIGHT_MAX
-        ))
-        .into_response(),
+    let exempt = matches!(route.as_str(), "/health" | "/ready");
+    let response = if exempt {
+        next.run(request).await
+    } else {
+        match admit(&state, &request) {
+            Ok(_permits) => next.run(request).await,
+            Err(e) => {
+                metrics::counter!("metrokv_http_overloaded_total").increment(1);
+                e.into_response()
+            }
+        }
     };
     let status = response.status().as_u16().to_string();
     let elapsed = started.elapsed().as_secs_f64();
     metrics::counter!("metrokv_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status.clone()).increment(1);
     metrics::histogram!("metrokv_http_request_duration_seconds", "route" => route, "method" => method, "status" => status).record(elapsed);
     response
+}
+
+/// Take a request slot and room for its body, or refuse with 503 `overloaded`. A body's size
+/// is its `Content-Length`, or the largest a body may be when it is sent in chunks; the slot
+/// and the room are held until the answer is made.
+fn admit(
+    state: &AppState,
+    request: &Request,
+) -> Result<
+    (
+        tokio::sync::OwnedSemaphorePermit,
+        Option<tokio::sync::OwnedSemaphorePermit>,
+    ),
+    ApiError,
+> {
+    let slot = state.inflight.clone().try_acquire_owned().map_err(|_| {
+        ApiError::Overloaded(format!(
+            "this node is working on {} requests, its limit; try again shortly or another node",
+            state.inflight_max
+        ))
+    })?;
+    let headers = request.headers();
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let chunked = headers.contains_key(axum::http::header::TRANSFER_ENCODING);
+    let bytes = match (declared, chunked) {
+        (Some(n), _) => n.min(limits::REQUEST_BODY_BYTES_MAX),
+        (None, true) => limits::REQUEST_BODY_BYTES_MAX,
+        (None, false) => 0,
+    };
+    if bytes == 0 {
+        return Ok((slot, None));
+    }
+    let room = state
+        .body_bytes
+        .clone()
+        .try_acquire_many_owned(bytes as u32)
+        .map_err(|_| {
+            ApiError::Overloaded(
+                "this node holds as many request bodies as it may; try again shortly".into(),
+            )
+        })?;
+    Ok((slot, Some(room)))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -174,16 +237,33 @@ pub enum Consistency {
     Stale,
 }
 
-/// Read a body of at most `max` bytes.
+/// Read a body of at most `max` bytes, within [`limits::HTTP_BODY_READ_TIMEOUT_MS`].
 pub async fn read_body(body: Body, max: usize) -> Result<bytes::Bytes, ApiError> {
-    axum::body::to_bytes(body, max).await.map_err(|e| {
-        let msg = e.to_string();
-        if msg.to_ascii_lowercase().contains("length limit") {
-            ApiError::TooLarge(format!("the request body is larger than {max} bytes"))
-        } else {
-            ApiError::InvalidRequest(format!("cannot read the request body: {msg}"))
+    use http_body_util::BodyExt;
+    let timeout = std::time::Duration::from_millis(limits::HTTP_BODY_READ_TIMEOUT_MS);
+    let limited = http_body_util::Limited::new(body, max);
+    let collected = tokio::time::timeout(timeout, limited.collect())
+        .await
+        .map_err(|_| {
+            ApiError::Timeout(format!(
+                "the request body did not arrive within {} ms",
+                limits::HTTP_BODY_READ_TIMEOUT_MS
+            ))
+        })?;
+    match collected {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::TooLarge(format!(
+                "the request body is larger than {max} bytes"
+            )))
         }
-    })
+        Err(e) => Err(ApiError::InvalidRequest(format!(
+            "cannot read the request body: {e}"
+        ))),
+    }
 }
 
 /// Parse a JSON body into `T`, refusing unknown fields and wrong types with a message that names

@@ -15,6 +15,7 @@ use serde_json::Value;
 use super::check_key;
 use super::idempotency_key;
 use super::json_value;
+use super::read_barrier;
 use super::read_json;
 use super::unexpected;
 use super::value_json;
@@ -22,6 +23,7 @@ use super::with_headers;
 use super::write;
 use super::ApiError;
 use super::AppState;
+use super::Consistency;
 use super::Query;
 use crate::limits;
 use crate::state_machine::Command;
@@ -78,7 +80,7 @@ struct KeyJson {
     key: String,
 }
 
-fn compare(c: CompareJson, i: usize) -> Result<Compare, ApiError> {
+fn compare(c: CompareJson, i: usize, value_bytes: &mut usize) -> Result<Compare, ApiError> {
     let what = format!("compare[{i}]");
     check_key(&c.key).map_err(|e| ApiError::InvalidRequest(format!("{what}: {e}")))?;
     let op = match c.op.as_str() {
@@ -96,7 +98,11 @@ fn compare(c: CompareJson, i: usize) -> Result<Compare, ApiError> {
         "version" => CompareTarget::Version(c.version.ok_or_else(|| {
             ApiError::InvalidRequest(format!("{what}: target version needs a \"version\""))
         })?),
-        "value" => CompareTarget::Value(json_value(c.value, c.value_base64, &what)?),
+        "value" => {
+            let value = json_value(c.value, c.value_base64, &what)?;
+            *value_bytes += value.len();
+            CompareTarget::Value(value)
+        }
         "exists" => {
             if !matches!(op, CompareOp::Eq | CompareOp::Ne) {
                 return Err(ApiError::InvalidRequest(format!(
@@ -161,13 +167,14 @@ pub fn parse(body: TxnJson) -> Result<Txn, ApiError> {
             limits::TXN_COMPARES_MAX
         )));
     }
+    // Compare values and put values share one budget: both go into the log entry.
+    let mut value_bytes = 0;
     let compare = body
         .compare
         .into_iter()
         .enumerate()
-        .map(|(i, c)| compare(c, i))
+        .map(|(i, c)| compare(c, i, &mut value_bytes))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut value_bytes = 0;
     let success = ops("success", body.success, &mut value_bytes)?;
     let failure = ops("failure", body.failure, &mut value_bytes)?;
     if value_bytes > limits::TXN_VALUE_BYTES_MAX {
@@ -207,7 +214,15 @@ pub async fn txn(
     Query::parse(raw.as_deref(), &[])?;
     let idempotency_key = idempotency_key(&headers)?;
     let txn = parse(read_json(body).await?)?;
-    let served = write(&state.service, Command::Txn(txn), idempotency_key).await?;
+    // A txn that writes nothing is a read: it is answered from a linearizable view, with no log
+    // entry and no stored answer.
+    let served = if txn.is_read_only() {
+        let leader = read_barrier(&state.service, Consistency::Linearizable).await?;
+        let value = state.service.reader().query(&txn).await??;
+        crate::service::Served { value, leader }
+    } else {
+        write(&state.service, Command::Txn(txn), idempotency_key).await?
+    };
     let Success::Txn {
         succeeded,
         results,
@@ -271,6 +286,17 @@ mod tests {
         ] {
             assert!(parse_str(bad).is_err(), "{bad} should be refused");
         }
+        // Compare values count towards the txn's value budget (the review's tenth defect).
+        let big = "v".repeat(limits::VALUE_BYTES_MAX);
+        let compares: Vec<String> = (0..5)
+            .map(|i| {
+                format!(r#"{{"key": "k{i}", "target": "value", "op": "==", "value": "{big}"}}"#)
+            })
+            .collect();
+        assert!(matches!(
+            parse_str(&format!(r#"{{"compare": [{}]}}"#, compares.join(","))),
+            Err(ApiError::TooLarge(_))
+        ));
         let many: Vec<String> = (0..=limits::TXN_OPS_MAX)
             .map(|i| format!(r#"{{"get": {{"key": "k{i}"}}}}"#))
             .collect();

@@ -7,6 +7,8 @@ use clap::Parser;
 use metrokv_node::config;
 use metrokv_node::config::FileConfig;
 use metrokv_node::config::NodeConfig;
+use metrokv_node::failpoint;
+use metrokv_node::limits;
 
 /// A metrokv node: one member of a Raft-replicated key-value and balance store.
 ///
@@ -67,6 +69,13 @@ struct Args {
     /// Log entries kept behind the latest snapshot. Default 1000.
     #[arg(long)]
     logs_kept_after_snapshot: Option<u64>,
+    /// Most client requests in flight at once; past it the node answers 503 overloaded.
+    /// Default 1024.
+    #[arg(long)]
+    max_inflight_requests: Option<usize>,
+    /// Most client connections open at once; past it new connections are closed. Default 4096.
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// Log format: text or json. The level comes from RUST_LOG (default info).
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -144,15 +153,26 @@ fn build_config(args: &Args) -> Result<NodeConfig, config::ConfigError> {
             &args.peer_routes
         })?,
         raft,
+        max_inflight_requests: args
+            .max_inflight_requests
+            .or(file.max_inflight_requests)
+            .unwrap_or(limits::API_INFLIGHT_DEFAULT),
+        max_connections: args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(limits::HTTP_CONNECTIONS_DEFAULT),
     }
     .validate()
 }
 
 fn init_logging(format: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    // Colour only on a terminal: a log file must not fill with escape codes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
@@ -188,6 +208,16 @@ fn main() -> anyhow::Result<()> {
         }
     };
     init_logging(&args.log_format);
+    match failpoint::init_from_env() {
+        Ok(None) => {}
+        Ok(Some(active)) => {
+            tracing::warn!(%active, "FAULT INJECTION IS ON: failpoints are for fault tests, never for a deployment")
+        }
+        Err(e) => {
+            eprintln!("metrokv-node: {e}");
+            std::process::exit(2);
+        }
+    }
     let metrics_handle =
         metrokv_node::metrics::install().context("cannot install the metrics recorder")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

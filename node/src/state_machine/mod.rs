@@ -9,14 +9,21 @@
 //!
 //! Invariants kept here (and checked by the property tests at the end):
 //! - a balance never goes below zero, and a transfer leaves the sum of balances unchanged;
-//! - a transfer id or idempotency key applies at most once; a repeat returns the first answer,
-//!   a repeat with a different body gets [`Rejection::IdempotencyConflict`];
+//! - a transfer id applies at most once, ever: its outcome is kept for ever (it is the ledger);
+//! - an idempotency key applies at most once while its record is kept (24 h of replicated time);
+//!   a repeat returns the first answer, a repeat with a different body gets
+//!   [`Rejection::IdempotencyConflict`];
 //! - the revision grows by exactly one for every request that changes data, and a key's
 //!   version is the revision that last wrote it;
-//! - the replicated clock never goes back.
+//! - the replicated clock never goes back, and one entry moves it forward by at most
+//!   [`limits::CLOCK_STEP_MS_MAX`], so one leader with a wrong wall clock cannot age the records
+//!   by more than that per entry;
+//! - a txn's answer stays within [`limits::TXN_ANSWER_BYTES_MAX`] of keys and values, so every
+//!   record written here fits a snapshot record and every answer fits a peer frame.
 //!
-//! Left out on purpose: validation of sizes and formats (the API does it before proposing, and
-//! sizes do not change the outcome), and reads (served from storage directly).
+//! Left out on purpose: validation of request sizes and formats (the API does it before
+//! proposing, and sizes do not change the outcome), and reads, which storage serves directly; a
+//! read-only txn is evaluated here ([`query`]) against a consistent view, without the log.
 
 pub mod types;
 
@@ -34,8 +41,11 @@ pub trait StateView {
     fn kv(&self, key: &str) -> Result<Option<KvRecord>, Self::Error>;
     fn account(&self, id: &str) -> Result<Option<AccountRecord>, Self::Error>;
     fn dedup(&self, key: &DedupKey) -> Result<Option<DedupRecord>, Self::Error>;
-    /// Up to `limit` dedup records with the smallest `recorded_ms`, oldest first.
+    /// Up to `limit` expiring dedup records ([`DedupKey::expires`]) with the smallest
+    /// `recorded_ms`, oldest first.
     fn oldest_dedup(&self, limit: usize) -> Result<Vec<(u64, DedupKey)>, Self::Error>;
+    /// The storage id recorded for member `node`, if any.
+    fn storage_of(&self, node: u64) -> Result<Option<u64>, Self::Error>;
 }
 
 /// One write the state machine asks storage to make. Storage applies them in order.
@@ -62,6 +72,10 @@ pub enum Change {
         recorded_ms: u64,
     },
     SetMeta(SmMeta),
+    PutStorage {
+        node: u64,
+        storage_id: u64,
+    },
 }
 
 /// The result of applying one request.
@@ -74,13 +88,15 @@ pub struct Applied {
 /// Apply one request to the state seen through `view`.
 pub fn apply<V: StateView>(view: &V, request: &Request) -> Result<Applied, V::Error> {
     let mut meta = view.meta()?;
-    meta.clock_ms = meta.clock_ms.max(request.leader_time_ms);
+    meta.clock_ms = advance_clock(meta.clock_ms, request.leader_time_ms);
     let mut changes = Vec::new();
 
     let expired = expire_dedup(view, meta.clock_ms, &mut changes)?;
 
     let dedup_key = match &request.command {
         Command::Transfer(t) => Some(DedupKey::Transfer(t.id.clone())),
+        // Internal bookkeeping is idempotent by itself.
+        Command::RecordStorage { .. } => None,
         _ => request.idempotency_key.clone().map(DedupKey::Idempotency),
     };
     let fingerprint = fingerprint(&request.command);
@@ -131,6 +147,30 @@ pub fn apply<V: StateView>(view: &V, request: &Request) -> Result<Applied, V::Er
     Ok(Applied { changes, response })
 }
 
+/// Evaluate a read-only txn ([`Txn::is_read_only`]) against `view`, as applying it would,
+/// without a log entry. The caller makes the view linearizable first.
+pub fn query<V: StateView>(view: &V, txn: &Txn) -> Result<Response, V::Error> {
+    let revision = view.meta()?.revision;
+    let mut changes = Vec::new();
+    let mut exec = Exec {
+        view,
+        revision,
+        changes: &mut changes,
+    };
+    let response = exec.txn(txn)?;
+    assert!(changes.is_empty(), "a read-only txn changes nothing");
+    Ok(response)
+}
+
+/// The replicated clock after an entry stamped `stamp_ms`: forward by at most
+/// [`limits::CLOCK_STEP_MS_MAX`], never back. The first stamp of a new cluster sets it.
+pub fn advance_clock(clock_ms: u64, stamp_ms: u64) -> u64 {
+    if clock_ms == 0 {
+        return stamp_ms;
+    }
+    clock_ms.max(stamp_ms.min(clock_ms.saturating_add(limits::CLOCK_STEP_MS_MAX)))
+}
+
 /// The name a client used for a dedup key, for error messages.
 fn dedup_key_name(key: &DedupKey) -> &str {
     match key {
@@ -149,6 +189,10 @@ fn expire_dedup<V: StateView>(
         if recorded_ms.saturating_add(limits::DEDUP_RETENTION_MS) > clock_ms {
             break;
         }
+        assert!(
+            key.expires(),
+            "only expiring records are in the expiry index"
+        );
         changes.push(Change::DeleteDedup {
             key: key.clone(),
             recorded_ms,
@@ -190,6 +234,18 @@ impl<V: StateView> Exec<'_, V> {
             Command::Txn(txn) => self.txn(txn),
             Command::CreateAccount { id, balance } => self.create_account(id, *balance),
             Command::Transfer(t) => self.transfer(t),
+            Command::RecordStorage { node, storage_id } => self.record_storage(*node, *storage_id),
+        }
+    }
+
+    fn record_storage(&mut self, node: u64, storage_id: u64) -> Result<Response, V::Error> {
+        match self.view.storage_of(node)? {
+            Some(recorded) if recorded == storage_id => Ok(Ok(Success::Noop)),
+            Some(recorded) => Ok(Err(Rejection::StorageConflict { node, recorded })),
+            None => {
+                self.changes.push(Change::PutStorage { node, storage_id });
+                Ok(Ok(Success::Noop))
+            }
         }
     }
 
@@ -265,11 +321,14 @@ impl<V: StateView> Exec<'_, V> {
             &txn.failure
         };
 
-        // Ops run in order and see the branch's own earlier writes.
+        // Ops run in order and see the branch's own earlier writes. Their changes are kept
+        // aside until the answer is known to fit its budget: an over-budget txn changes nothing.
         let revision = self.next_revision();
         let mut overlay: BTreeMap<&str, Option<KvRecord>> = BTreeMap::new();
+        let mut changes = Vec::new();
         let mut results = Vec::with_capacity(ops.len());
-        let mut wrote = false;
+        let mut answer_bytes = 0u64;
+        let budget = limits::TXN_ANSWER_BYTES_MAX as u64;
         for op in ops {
             let current = match overlay.get(op.key()) {
                 Some(seen) => seen.clone(),
@@ -277,12 +336,17 @@ impl<V: StateView> Exec<'_, V> {
             };
             match op {
                 TxnOp::Get { key } => {
-                    let got = current.map(|r| TxnGot {
-                        key: key.clone(),
-                        value: r.value,
-                        version: r.version,
-                    });
-                    results.push(TxnOpResult::Get(got));
+                    if let Some(r) = &current {
+                        answer_bytes += (key.len() + r.value.len()) as u64;
+                    }
+                    // Past the budget only the size is counted, for the refusal's message.
+                    if answer_bytes <= budget {
+                        results.push(TxnOpResult::Get(current.map(|r| TxnGot {
+                            key: key.clone(),
+                            value: r.value,
+                            version: r.version,
+                        })));
+                    }
                 }
                 TxnOp::Put { key, value } => {
                     let record = KvRecord {
@@ -290,26 +354,31 @@ impl<V: StateView> Exec<'_, V> {
                         value: value.clone(),
                     };
                     overlay.insert(key, Some(record.clone()));
-                    self.changes.push(Change::PutKv {
+                    changes.push(Change::PutKv {
                         key: key.clone(),
                         record,
                     });
                     results.push(TxnOpResult::Put { version: revision });
-                    wrote = true;
                 }
                 TxnOp::Delete { key } => {
                     let deleted = current.is_some();
                     if deleted {
                         overlay.insert(key, None);
-                        self.changes.push(Change::DeleteKv { key: key.clone() });
-                        wrote = true;
+                        changes.push(Change::DeleteKv { key: key.clone() });
                     }
                     results.push(TxnOpResult::Delete { deleted });
                 }
             }
         }
-        if wrote {
+        if answer_bytes > budget {
+            return Ok(Err(Rejection::AnswerTooLarge {
+                bytes: answer_bytes,
+                max: budget,
+            }));
+        }
+        if !changes.is_empty() {
             self.revision = revision;
+            self.changes.append(&mut changes);
         }
         Ok(Ok(Success::Txn {
             succeeded,
@@ -438,4 +507,4 @@ fn compare_holds(compare: &Compare, current: Option<&KvRecord>) -> Result<bool, 
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

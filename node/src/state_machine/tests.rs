@@ -18,6 +18,7 @@ pub(crate) struct MemState {
     kv: BTreeMap<String, KvRecord>,
     accounts: BTreeMap<String, AccountRecord>,
     dedup: BTreeMap<DedupKey, DedupRecord>,
+    storage: BTreeMap<u64, u64>,
 }
 
 impl StateView for MemState {
@@ -38,11 +39,15 @@ impl StateView for MemState {
         let mut all: Vec<_> = self
             .dedup
             .iter()
+            .filter(|(k, _)| k.expires())
             .map(|(k, r)| (r.recorded_ms, k.clone()))
             .collect();
         all.sort();
         all.truncate(limit);
         Ok(all)
+    }
+    fn storage_of(&self, node: u64) -> Result<Option<u64>, Infallible> {
+        Ok(self.storage.get(&node).copied())
     }
 }
 
@@ -66,8 +71,18 @@ impl MemState {
                     self.dedup.remove(&key);
                 }
                 Change::SetMeta(meta) => self.meta = meta,
+                Change::PutStorage { node, storage_id } => {
+                    self.storage.insert(node, storage_id);
+                }
             }
         }
+    }
+
+    /// Apply `request`, keep its changes, and return them (for storage's record-size test).
+    pub(crate) fn apply_for_test(&mut self, request: &Request) -> Vec<Change> {
+        let Ok(applied) = apply(self, request);
+        self.write(applied.changes.clone());
+        applied.changes
     }
 
     fn run(&mut self, request: &Request) -> Response {
@@ -355,6 +370,15 @@ fn value_compare_with_absent_key_is_false() {
     }
 }
 
+/// Apply filler entries (puts of key `_clock`) stamped `step_ms` apart until the replicated clock
+/// reaches `to_ms`.
+fn advance_to(s: &mut MemState, to_ms: u64, step_ms: u64) {
+    while s.meta.clock_ms < to_ms {
+        let stamp = (s.meta.clock_ms + step_ms).min(to_ms);
+        let _ = s.run(&req(stamp, None, put("_clock", "", Condition::Always)));
+    }
+}
+
 #[test]
 fn dedup_records_expire_after_retention_and_clock_never_goes_back() {
     let mut s = MemState::default();
@@ -365,6 +389,7 @@ fn dedup_records_expire_after_retention_and_clock_never_goes_back() {
     assert_eq!(s.meta.clock_ms, 1_000);
     // Just inside the window the record is kept and a retry is answered from it.
     let inside = 1_000 + limits::DEDUP_RETENTION_MS - 1;
+    advance_to(&mut s, inside, limits::CLOCK_STEP_MS_MAX);
     assert_eq!(
         s.run(&req(inside, Some("k1"), put("a", "1", Condition::Always))),
         Ok(Success::Put {
@@ -380,20 +405,76 @@ fn dedup_records_expire_after_retention_and_clock_never_goes_back() {
 }
 
 #[test]
-fn expiry_is_bounded_per_entry() {
+fn one_stamp_moves_the_clock_by_a_bounded_step_and_never_back() {
+    assert_eq!(
+        advance_clock(0, 1_700_000_000_000),
+        1_700_000_000_000,
+        "the first stamp sets it"
+    );
+    let c = 1_700_000_000_000;
+    assert_eq!(advance_clock(c, c + 5), c + 5);
+    assert_eq!(advance_clock(c, c - 5), c, "never back");
+    let day = 24 * 60 * 60 * 1000;
+    assert_eq!(advance_clock(c, c + day), c + limits::CLOCK_STEP_MS_MAX);
+    assert_eq!(advance_clock(u64::MAX - 1, u64::MAX), u64::MAX);
+}
+
+/// The review's measurement: transfer X committed, then a leader whose clock ran 25 h ahead led
+/// for ~60 writes, then X was sent again. Before: the state clock jumped 25 h, X's record
+/// expired and X moved the money a second time.
+#[test]
+fn a_leader_with_a_clock_a_day_ahead_never_makes_a_retry_apply_twice() {
     let mut s = MemState::default();
-    let n = limits::DEDUP_EXPIRE_PER_ENTRY_MAX * 2 + 1;
-    for i in 0..n {
-        let _ = s.run(&req(
-            1,
-            Some(&format!("k{i}")),
-            put("a", "1", Condition::Always),
-        ));
+    let t0 = 1_700_000_000_000;
+    let _ = s.run(&req(t0, None, acct("alice", 1_000)));
+    let _ = s.run(&req(t0, None, acct("bob", 0)));
+    let first = s.run(&req(t0 + 1, None, xfer("X", "alice", "bob", 100)));
+    assert!(first.is_ok(), "{first:?}");
+    let _ = s.run(&req(
+        t0 + 2,
+        Some("idem-1"),
+        put("k", "v", Condition::Always),
+    ));
+    let ahead = t0 + 25 * 60 * 60 * 1000;
+    for i in 0..60 {
+        let _ = s.run(&req(ahead + i, None, put("other", "x", Condition::Always)));
     }
-    assert_eq!(s.dedup.len(), n);
-    let later = 2 + limits::DEDUP_RETENTION_MS;
-    let _ = s.run(&req(later, None, put("b", "1", Condition::Always)));
-    assert_eq!(s.dedup.len(), n - limits::DEDUP_EXPIRE_PER_ENTRY_MAX);
+    assert!(s.meta.clock_ms <= t0 + 2 + 60 * limits::CLOCK_STEP_MS_MAX);
+    assert_eq!(
+        s.run(&req(ahead, None, xfer("X", "alice", "bob", 100))),
+        first
+    );
+    assert_eq!(s.accounts["bob"].balance, 100, "the retry moved nothing");
+    let version = s.kv["k"].version;
+    let _ = s.run(&req(
+        ahead,
+        Some("idem-1"),
+        put("k", "v", Condition::Always),
+    ));
+    assert_eq!(
+        s.kv["k"].version, version,
+        "the idempotent retry applied nothing"
+    );
+}
+
+#[test]
+fn transfer_outcomes_are_kept_for_ever() {
+    let mut s = MemState::default();
+    let t0 = 1_000_000;
+    let _ = s.run(&req(t0, None, acct("a", 10)));
+    let _ = s.run(&req(t0, None, acct("b", 0)));
+    let first = s.run(&req(t0, None, xfer("t", "a", "b", 4)));
+    advance_to(
+        &mut s,
+        t0 + 3 * limits::DEDUP_RETENTION_MS,
+        limits::CLOCK_STEP_MS_MAX,
+    );
+    assert!(s.dedup.contains_key(&DedupKey::Transfer("t".into())));
+    assert_eq!(
+        s.run(&req(s.meta.clock_ms, None, xfer("t", "a", "b", 4))),
+        first
+    );
+    assert_eq!(s.accounts["b"].balance, 4);
 }
 
 #[test]
@@ -406,6 +487,114 @@ fn fingerprint_is_stable_across_builds() {
         f, 0xbb3b_ada4_f2af_9851_u64,
         "fingerprint of a fixed command changed: {f:#x}"
     );
+}
+
+fn get(key: &str) -> TxnOp {
+    TxnOp::Get { key: key.into() }
+}
+
+/// The review's first defect: a txn reading two ~700 KB values, sent with an idempotency key,
+/// stored an answer that no snapshot record could hold. Now the answer has a budget: within it
+/// the txn answers in full, past it it is refused whole and changes nothing.
+#[test]
+fn a_txn_answer_has_a_byte_budget_and_an_over_budget_txn_changes_nothing() {
+    let mut s = MemState::default();
+    let big = vec![b'x'; 700_000];
+    for k in ["a", "b", "c", "d", "e", "f", "g"] {
+        let _ = s.run(&req(
+            1,
+            None,
+            Command::Put {
+                key: k.into(),
+                value: big.clone(),
+                condition: Condition::Always,
+            },
+        ));
+    }
+    let revision = s.meta.revision;
+    let two = Txn {
+        compare: vec![],
+        success: vec![get("a"), get("b"), put_op("w", "1")],
+        failure: vec![],
+    };
+    let r = s.run(&req(2, Some("two"), Command::Txn(two)));
+    assert!(
+        matches!(&r, Ok(Success::Txn { results, .. }) if results.len() == 3),
+        "{r:?}"
+    );
+    assert_eq!(s.meta.revision, revision + 1);
+
+    let keys = ["a", "b", "c", "d", "e", "f", "g"];
+    let mut ops: Vec<TxnOp> = keys.iter().map(|k| get(k)).collect();
+    ops.push(put_op("never", "1"));
+    let seven = Txn {
+        compare: vec![],
+        success: ops,
+        failure: vec![],
+    };
+    let before = s.clone();
+    let r = s.run(&req(3, Some("seven"), Command::Txn(seven)));
+    assert_eq!(
+        r,
+        Err(Rejection::AnswerTooLarge {
+            bytes: 7 * 700_001,
+            max: limits::TXN_ANSWER_BYTES_MAX as u64
+        })
+    );
+    assert_eq!(s.kv, before.kv, "the refused txn wrote nothing");
+    assert_eq!(s.meta.revision, before.meta.revision);
+}
+
+fn put_op(key: &str, value: &str) -> TxnOp {
+    TxnOp::Put {
+        key: key.into(),
+        value: value.as_bytes().to_vec(),
+    }
+}
+
+#[test]
+fn a_read_only_txn_is_answered_by_query_exactly_as_by_apply() {
+    let mut s = MemState::default();
+    let _ = s.run(&req(1, None, put("a", "1", Condition::Always)));
+    let txn = Txn {
+        compare: vec![Compare {
+            key: "a".into(),
+            op: CompareOp::Eq,
+            target: CompareTarget::Value(b"1".to_vec()),
+        }],
+        success: vec![get("a"), get("missing")],
+        failure: vec![get("a")],
+    };
+    assert!(txn.is_read_only());
+    let Ok(queried) = query(&s, &txn);
+    let before = s.clone();
+    let applied = s.run(&req(2, None, Command::Txn(txn)));
+    assert_eq!(queried, applied);
+    assert_eq!(s.kv, before.kv);
+    assert!(!Txn {
+        compare: vec![],
+        success: vec![get("a")],
+        failure: vec![put_op("a", "2")],
+    }
+    .is_read_only());
+}
+
+#[test]
+fn a_storage_id_is_recorded_once_and_a_different_one_is_refused() {
+    let mut s = MemState::default();
+    let record = |node, storage_id| req(1, None, Command::RecordStorage { node, storage_id });
+    assert_eq!(s.run(&record(2, 0xaa)), Ok(Success::Noop));
+    assert_eq!(s.run(&record(2, 0xaa)), Ok(Success::Noop));
+    assert_eq!(
+        s.run(&record(2, 0xbb)),
+        Err(Rejection::StorageConflict {
+            node: 2,
+            recorded: 0xaa
+        })
+    );
+    assert_eq!(s.storage[&2], 0xaa);
+    assert_eq!(s.meta.revision, 0, "bookkeeping is not a data revision");
+    assert!(s.dedup.is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -550,12 +739,21 @@ proptest! {
     }
 }
 
-/// The state machine stays pure: no runtime, storage, consensus, clock or randomness in it.
+/// The state machine stays pure: no runtime, storage, consensus, clock or randomness in any file
+/// of the module (this test file aside, which names them to forbid them).
 #[test]
 fn the_state_machine_imports_no_io_clock_or_randomness() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/state_machine");
-    for file in ["mod.rs", "types.rs"] {
-        let text = std::fs::read_to_string(dir.join(file)).expect("read source");
+    let mut scanned = 0;
+    for entry in std::fs::read_dir(&dir).expect("read state_machine dir") {
+        let path = entry.expect("dir entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("rs")
+            || path.file_name().and_then(|n| n.to_str()) == Some("tests.rs")
+        {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read source");
+        scanned += 1;
         for forbidden in [
             "tokio",
             "rocksdb",
@@ -566,14 +764,39 @@ fn the_state_machine_imports_no_io_clock_or_randomness() {
             "Instant",
             "std::fs",
             "std::net",
+            "std::io",
+            "std::thread",
+            "std::env",
+            "std::process",
             "crate::storage",
             "crate::raft",
+            "crate::service",
+            "crate::transport",
+            "crate::api",
+            "unsafe",
         ] {
             let used = text
                 .lines()
                 .filter(|l| !l.trim_start().starts_with("//"))
                 .any(|l| l.contains(forbidden));
-            assert!(!used, "state_machine/{file} mentions {forbidden}");
+            assert!(!used, "{} mentions {forbidden}", path.display());
         }
     }
+    assert!(
+        scanned >= 2,
+        "expected the module's files in {}",
+        dir.display()
+    );
+    // A submodule directory would escape the scan above.
+    let subdirs = std::fs::read_dir(&dir)
+        .expect("read state_machine dir")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().is_dir() && e.file_name() != "testscripts")
+        })
+        .count();
+    assert_eq!(
+        subdirs, 0,
+        "state_machine gained a subdirectory: scan it too"
+    );
 }

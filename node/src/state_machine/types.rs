@@ -48,6 +48,14 @@ pub enum Command {
         balance: u64,
     },
     Transfer(Transfer),
+    /// Records which storage (data directory) a member runs on, the first time a leader meets
+    /// it. Peers refuse a member that later presents another storage id: that member lost its
+    /// data and must not vote or acknowledge as if it remembered (see `transport`). Proposed by
+    /// the leader only, never by a client.
+    RecordStorage {
+        node: u64,
+        storage_id: u64,
+    },
 }
 
 impl Command {
@@ -58,6 +66,7 @@ impl Command {
             Command::Txn(_) => "txn",
             Command::CreateAccount { .. } => "create_account",
             Command::Transfer(_) => "transfer",
+            Command::RecordStorage { .. } => "record_storage",
         }
     }
 }
@@ -119,6 +128,17 @@ pub enum TxnOp {
     Get { key: String },
 }
 
+impl Txn {
+    /// True when no branch writes: such a txn is served as a read and never enters the log.
+    pub fn is_read_only(&self) -> bool {
+        !self
+            .success
+            .iter()
+            .chain(&self.failure)
+            .any(TxnOp::is_write)
+    }
+}
+
 impl TxnOp {
     pub fn key(&self) -> &str {
         match self {
@@ -156,7 +176,8 @@ pub enum Success {
         version: u64,
     },
     Transfer(TransferReceipt),
-    /// The answer to an entry without a request (a leader's blank entry, a membership change).
+    /// The answer to an entry without a client-visible result: a leader's blank entry, a
+    /// membership change, internal bookkeeping ([`Command::RecordStorage`]).
     Noop,
 }
 
@@ -205,6 +226,12 @@ pub enum Rejection {
     IdempotencyConflict { key: String },
     #[error("invalid request: {0}")]
     Invalid(Invalid),
+    /// The txn's reads would return more than its answer budget; it changed nothing.
+    #[error("the txn would read {bytes} bytes of keys and values; a txn may read at most {max} (read fewer or smaller keys per txn)")]
+    AnswerTooLarge { bytes: u64, max: u64 },
+    /// A different storage id is already recorded for this member.
+    #[error("node {node} already runs on storage {recorded:#018x}")]
+    StorageConflict { node: u64, recorded: u64 },
 }
 
 /// Why the state machine found a command malformed. The API refuses these before proposing, so
@@ -247,7 +274,17 @@ pub enum DedupKey {
     Transfer(String),
 }
 
-/// The first outcome of an idempotent request, kept for [`crate::limits::DEDUP_RETENTION_MS`].
+impl DedupKey {
+    /// Whether the record expires after [`crate::limits::DEDUP_RETENTION_MS`]. Idempotency keys
+    /// do; a transfer's outcome is the ledger and is kept for ever, so a transfer id can never
+    /// apply twice, whatever any clock says.
+    pub fn expires(&self) -> bool {
+        matches!(self, DedupKey::Idempotency(_))
+    }
+}
+
+/// The first outcome of an idempotent request: kept for [`crate::limits::DEDUP_RETENTION_MS`]
+/// for an idempotency key, for ever for a transfer (see [`DedupKey::expires`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DedupRecord {
     /// FNV-1a of the encoded command: a repeat with another body is a conflict, not a retry.
@@ -264,6 +301,7 @@ pub struct DedupRecord {
 pub struct SmMeta {
     /// Count of committed mutating requests.
     pub revision: u64,
-    /// Largest `leader_time_ms` applied so far: the replicated clock never goes back.
+    /// The replicated clock: moved forward by the leaders' stamps, at most
+    /// [`crate::limits::CLOCK_STEP_MS_MAX`] per entry, never back. 0 until the first stamp.
     pub clock_ms: u64,
 }

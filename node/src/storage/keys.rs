@@ -19,11 +19,14 @@ pub const COLUMN_FAMILIES: [&str; 3] = [CF_LOG, CF_RAFT, CF_SM];
 pub const RAFT_VOTE: &[u8] = b"vote";
 pub const RAFT_PURGED: &[u8] = b"purged";
 pub const RAFT_COMMITTED: &[u8] = b"committed";
+/// This data directory's random storage id, written once when the directory is created.
+pub const RAFT_STORAGE_ID: &[u8] = b"storage_id";
 
 const TAG_ACCOUNT: u8 = b'a';
 const TAG_DEDUP_IDEMPOTENCY: u8 = b'i';
 const TAG_KV: u8 = b'k';
 const TAG_META: u8 = b'm';
+const TAG_STORAGE: u8 = b's';
 const TAG_DEDUP_TRANSFER: u8 = b't';
 const TAG_EXPIRY: u8 = b'x';
 
@@ -68,6 +71,22 @@ pub fn account(id: &str) -> Vec<u8> {
 
 pub fn account_id(raw: &[u8]) -> Option<&[u8]> {
     raw.strip_prefix(&[TAG_ACCOUNT])
+}
+
+/// The storage id recorded for member `node`.
+pub fn member_storage(node: u64) -> Vec<u8> {
+    tagged(TAG_STORAGE, &node.to_be_bytes())
+}
+
+pub fn member_storage_prefix() -> [u8; 1] {
+    [TAG_STORAGE]
+}
+
+/// The member of a `member_storage` key.
+pub fn member_storage_node(raw: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(
+        raw.strip_prefix(&[TAG_STORAGE])?.try_into().ok()?,
+    ))
 }
 
 pub fn dedup(key: &DedupKey) -> Vec<u8> {
@@ -158,11 +177,14 @@ mod tests {
             dedup(&DedupKey::Transfer("a".into()))
         );
         assert_eq!(kv_user_key(&kv("héllo")), Some("héllo".as_bytes()));
+        assert_eq!(member_storage_node(&member_storage(7)), Some(7));
+        assert_eq!(member_storage_node(&kv("a")), None);
         assert_eq!(kv_user_key(&account("a")), None);
         for key in [
             kv("a"),
             account("a"),
             SM_META.to_vec(),
+            member_storage(u64::MAX),
             expiry(1, &DedupKey::Transfer("t".into())),
         ] {
             assert!(key.as_slice() >= SM_FIRST && key.as_slice() < SM_END);

@@ -10,15 +10,18 @@
 //!   purged from the front (the purged id is written before the range is deleted);
 //! - the vote, truncations and purges are synced before the call returns;
 //! - all writes go through `&mut self`, so openraft's calls are applied in the order it made them.
+//!
+//! Nothing here blocks the async runtime: synced writes run on tokio's blocking pool (awaited,
+//! so their order is kept), and a full fsync queue is waited on asynchronously.
 
 use std::fmt::Debug;
 use std::io;
 use std::ops::Bound;
 use std::ops::RangeBounds;
-use std::sync::mpsc;
 use std::sync::Arc;
 
 use rocksdb::WriteBatch;
+use tokio::sync::mpsc;
 
 use super::decode;
 use super::encode;
@@ -27,6 +30,8 @@ use super::rocks_err;
 use super::synced;
 use super::unsynced;
 use super::Db;
+use crate::failpoint;
+use crate::limits;
 use crate::raft::Entry;
 use crate::raft::IOFlushed;
 use crate::raft::LogId;
@@ -36,16 +41,12 @@ use crate::raft::RaftLogStorage;
 use crate::raft::TypeConfig;
 use crate::raft::Vote;
 
-/// Most completion callbacks waiting for the fsync thread; `append` blocks past it, which slows
-/// openraft down to the disk's pace instead of queueing without bound.
-const FSYNC_QUEUE_MAX: usize = 4096;
-
 type Flushed = IOFlushed<TypeConfig>;
 
 pub struct LogStore {
     db: Arc<Db>,
     /// `None` only while dropping.
-    fsync_tx: Option<mpsc::SyncSender<Flushed>>,
+    fsync_tx: Option<mpsc::Sender<Flushed>>,
     fsync_thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -62,11 +63,11 @@ impl Drop for LogStore {
 
 impl LogStore {
     pub fn new(db: Arc<Db>) -> io::Result<Self> {
-        let (fsync_tx, fsync_rx) = mpsc::sync_channel(FSYNC_QUEUE_MAX);
+        let (fsync_tx, mut fsync_rx) = mpsc::channel(limits::FSYNC_QUEUE_MAX);
         let worker_db = db.clone();
         let thread = std::thread::Builder::new()
             .name("metrokv-fsync".into())
-            .spawn(move || fsync_worker(&worker_db, &fsync_rx))?;
+            .spawn(move || fsync_worker(&worker_db, &mut fsync_rx))?;
         Ok(Self {
             db,
             fsync_tx: Some(fsync_tx),
@@ -79,17 +80,74 @@ impl LogStore {
             db: self.db.clone(),
         }
     }
+
+    /// Run a synced write on the blocking pool and wait for it.
+    async fn blocking<F>(&self, write: F) -> io::Result<()>
+    where
+        F: FnOnce(&Db) -> io::Result<()> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || write(&db))
+            .await
+            .map_err(io::Error::other)?
+    }
+}
+
+/// True when the log holds no vote, no entries and no purge point.
+pub fn is_pristine(db: &Db) -> io::Result<bool> {
+    let raft = db.cf(keys::CF_RAFT);
+    for key in [keys::RAFT_VOTE, keys::RAFT_PURGED, keys::RAFT_COMMITTED] {
+        if db.db.get_pinned_cf(raft, key).map_err(rocks_err)?.is_some() {
+            return Ok(false);
+        }
+    }
+    let mut it = db.db.raw_iterator_cf(db.cf(keys::CF_LOG));
+    it.seek_to_first();
+    let empty = !it.valid();
+    it.status().map_err(rocks_err)?;
+    Ok(empty)
+}
+
+/// This data directory's storage id, created (and synced) the first time.
+pub fn storage_id(db: &Db) -> io::Result<u64> {
+    let raft = db.cf(keys::CF_RAFT);
+    if let Some(bytes) = db
+        .db
+        .get_pinned_cf(raft, keys::RAFT_STORAGE_ID)
+        .map_err(rocks_err)?
+    {
+        return decode(&bytes, "storage id");
+    }
+    // Zero is never used, so "no id" can never match a real one.
+    let id = loop {
+        let id = rand::random::<u64>();
+        if id != 0 {
+            break id;
+        }
+    };
+    db.db
+        .put_cf_opt(raft, keys::RAFT_STORAGE_ID, encode(&id), &synced())
+        .map_err(rocks_err)?;
+    tracing::info!(
+        storage_id = format!("{id:#018x}"),
+        "created the storage id of this data directory"
+    );
+    Ok(id)
 }
 
 /// Syncs the WAL once for every batch of waiting callbacks. Ends when the store is dropped.
-fn fsync_worker(db: &Db, rx: &mpsc::Receiver<Flushed>) {
+fn fsync_worker(db: &Db, rx: &mut mpsc::Receiver<Flushed>) {
     let mut batch = Vec::new();
-    while let Ok(first) = rx.recv() {
+    while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
-        let result = db.db.flush_wal(true).map_err(rocks_err);
+        let result = if failpoint::fail(failpoint::LOG_FSYNC_ERROR) {
+            Err(failpoint::injected(failpoint::LOG_FSYNC_ERROR))
+        } else {
+            db.db.flush_wal(true).map_err(rocks_err)
+        };
         if let Err(e) = &result {
             tracing::error!(error = %e, "fsync of the Raft log failed; the node will stop");
         }
@@ -192,12 +250,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        let cf = self.db.cf(keys::CF_RAFT);
+        let bytes = encode(vote);
         // The vote must be on disk before it is used: a node that forgets its vote can vote twice.
-        self.db
-            .db
-            .put_cf_opt(cf, keys::RAFT_VOTE, encode(vote), &synced())
-            .map_err(rocks_err)
+        self.blocking(move |db| {
+            db.db
+                .put_cf_opt(db.cf(keys::CF_RAFT), keys::RAFT_VOTE, bytes, &synced())
+                .map_err(rocks_err)
+        })
+        .await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
@@ -232,6 +292,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.put_cf(cf, keys::log_key(entry.log_id.index), encode(&entry));
             count += 1;
         }
+        if failpoint::fail(failpoint::LOG_WRITE_ERROR) {
+            return Err(failpoint::injected(failpoint::LOG_WRITE_ERROR));
+        }
+        // Unsynced, so it costs a memtable insert and a buffered WAL write, not a disk wait.
         self.db
             .db
             .write_opt(batch, &unsynced())
@@ -241,35 +305,38 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .as_ref()
             .ok_or_else(|| io::Error::other("the log store is closing"))?
             .send(callback)
+            .await
             .map_err(|_| io::Error::other("the fsync thread has stopped"))
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
-        let from = last_log_id.map_or(0, |id| id.index + 1);
-        self.delete_log_range(from, u64::MAX)
+        let from = last_log_id.map_or(0, |id| id.index.saturating_add(1));
+        self.blocking(move |db| delete_log_range(db, from, u64::MAX))
+            .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        let raft_cf = self.db.cf(keys::CF_RAFT);
-        // Record the purge point first: if we crash between the two writes, the log state still
-        // says where the log begins and no reader expects the deleted entries.
-        self.db
-            .db
-            .put_cf_opt(raft_cf, keys::RAFT_PURGED, encode(&log_id), &synced())
-            .map_err(rocks_err)?;
-        self.delete_log_range(0, log_id.index.saturating_add(1))
+        let purged = encode(&log_id);
+        let to = log_id.index.saturating_add(1);
+        self.blocking(move |db| {
+            // Record the purge point first: if we crash between the two writes, the log state
+            // still says where the log begins and no reader expects the deleted entries.
+            db.db
+                .put_cf_opt(db.cf(keys::CF_RAFT), keys::RAFT_PURGED, purged, &synced())
+                .map_err(rocks_err)?;
+            delete_log_range(db, 0, to)
+        })
+        .await
     }
 }
 
-impl LogStore {
-    /// Delete log entries with index in `[from, to)`, plus `to` itself when `to` is `u64::MAX`.
-    fn delete_log_range(&mut self, from: u64, to: u64) -> io::Result<()> {
-        let cf = self.db.cf(keys::CF_LOG);
-        let mut batch = WriteBatch::default();
-        batch.delete_range_cf(cf, keys::log_key(from), keys::log_key(to));
-        if to == u64::MAX {
-            batch.delete_cf(cf, keys::log_key(u64::MAX));
-        }
-        self.db.db.write_opt(batch, &synced()).map_err(rocks_err)
+/// Delete log entries with index in `[from, to)`, plus `to` itself when `to` is `u64::MAX`.
+fn delete_log_range(db: &Db, from: u64, to: u64) -> io::Result<()> {
+    let cf = db.cf(keys::CF_LOG);
+    let mut batch = WriteBatch::default();
+    batch.delete_range_cf(cf, keys::log_key(from), keys::log_key(to));
+    if to == u64::MAX {
+        batch.delete_cf(cf, keys::log_key(u64::MAX));
     }
+    db.db.write_opt(batch, &synced()).map_err(rocks_err)
 }

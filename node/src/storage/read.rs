@@ -3,6 +3,10 @@
 //! Each call reads from one RocksDB snapshot, so a list page, its revision and its total are one
 //! consistent view. Whether the view is recent enough (linearizable or stale) is decided before
 //! the call, by the caller (`crate::service`). Pages are bounded by count and by bytes.
+//!
+//! The calls are async only to take the install lock without blocking a runtime worker: a read
+//! that arrives while a snapshot replaces the state waits for the install to finish, and one that
+//! took its view before keeps reading the old state.
 
 use std::io;
 use std::sync::Arc;
@@ -20,6 +24,8 @@ use crate::state_machine::DedupKey;
 use crate::state_machine::DedupRecord;
 use crate::state_machine::KvRecord;
 use crate::state_machine::SmMeta;
+use crate::state_machine::StateView;
+use crate::state_machine::Txn;
 
 #[derive(Clone)]
 pub struct StateReader {
@@ -56,12 +62,8 @@ impl StateReader {
         self.db.clone()
     }
 
-    fn view(&self) -> SnapshotWithThreadMode<'_, DB> {
-        let _guard = self
-            .db
-            .install_lock
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
+    async fn view(&self) -> SnapshotWithThreadMode<'_, DB> {
+        let _guard = self.db.install_lock.read().await;
         self.db.db.snapshot()
     }
 
@@ -80,8 +82,8 @@ impl StateReader {
         }
     }
 
-    pub fn meta(&self) -> io::Result<SmMeta> {
-        self.meta_in(&self.view())
+    pub async fn meta(&self) -> io::Result<SmMeta> {
+        self.meta_in(&self.view().await)
     }
 
     fn meta_in(&self, view: &SnapshotWithThreadMode<'_, DB>) -> io::Result<SmMeta> {
@@ -90,18 +92,18 @@ impl StateReader {
             .unwrap_or_default())
     }
 
-    pub fn kv(&self, key: &str) -> io::Result<Option<KvRecord>> {
-        let view = self.view();
+    pub async fn kv(&self, key: &str) -> io::Result<Option<KvRecord>> {
+        let view = self.view().await;
         self.get(&view, &keys::kv(key), "kv record")
     }
 
-    pub fn account(&self, id: &str) -> io::Result<Option<AccountRecord>> {
-        let view = self.view();
+    pub async fn account(&self, id: &str) -> io::Result<Option<AccountRecord>> {
+        let view = self.view().await;
         self.get(&view, &keys::account(id), "account")
     }
 
-    pub fn transfer(&self, id: &str) -> io::Result<Option<DedupRecord>> {
-        let view = self.view();
+    pub async fn transfer(&self, id: &str) -> io::Result<Option<DedupRecord>> {
+        let view = self.view().await;
         self.get(
             &view,
             &keys::dedup(&DedupKey::Transfer(id.to_string())),
@@ -109,14 +111,32 @@ impl StateReader {
         )
     }
 
+    /// The storage id the cluster recorded for member `node`, if any.
+    pub async fn member_storage(&self, node: u64) -> io::Result<Option<u64>> {
+        let view = self.view().await;
+        self.get(&view, &keys::member_storage(node), "member storage id")
+    }
+
+    /// Evaluate a read-only txn against one consistent view (see `state_machine::query`).
+    pub async fn query(&self, txn: &Txn) -> io::Result<crate::state_machine::Response> {
+        let view = self.view().await;
+        crate::state_machine::query(
+            &SnapView {
+                reader: self,
+                view: &view,
+            },
+            txn,
+        )
+    }
+
     /// Keys starting with `prefix`, after `after` (exclusive) if given, at most `limit` of them.
-    pub fn list_kv(
+    pub async fn list_kv(
         &self,
         prefix: &str,
         after: Option<&str>,
         limit: usize,
     ) -> io::Result<Page<KvItem>> {
-        let view = self.view();
+        let view = self.view().await;
         let revision = self.meta_in(&view)?.revision;
         let mut items = Vec::new();
         let mut bytes = 0usize;
@@ -142,13 +162,13 @@ impl StateReader {
         })
     }
 
-    pub fn list_accounts(
+    pub async fn list_accounts(
         &self,
         prefix: &str,
         after: Option<&str>,
         limit: usize,
     ) -> io::Result<Page<AccountItem>> {
-        let view = self.view();
+        let view = self.view().await;
         let revision = self.meta_in(&view)?.revision;
         let mut items = Vec::new();
         let more = self.scan(
@@ -229,6 +249,43 @@ impl StateReader {
                 (*name, size)
             })
             .collect()
+    }
+}
+
+/// The state machine's view of one RocksDB snapshot, for evaluating read-only txns.
+struct SnapView<'a, 'v> {
+    reader: &'a StateReader,
+    view: &'a SnapshotWithThreadMode<'v, DB>,
+}
+
+impl StateView for SnapView<'_, '_> {
+    type Error = io::Error;
+
+    fn meta(&self) -> io::Result<SmMeta> {
+        self.reader.meta_in(self.view)
+    }
+
+    fn kv(&self, key: &str) -> io::Result<Option<KvRecord>> {
+        self.reader.get(self.view, &keys::kv(key), "kv record")
+    }
+
+    fn account(&self, id: &str) -> io::Result<Option<AccountRecord>> {
+        self.reader.get(self.view, &keys::account(id), "account")
+    }
+
+    fn dedup(&self, key: &DedupKey) -> io::Result<Option<DedupRecord>> {
+        self.reader
+            .get(self.view, &keys::dedup(key), "dedup record")
+    }
+
+    /// A query never expires anything.
+    fn oldest_dedup(&self, _limit: usize) -> io::Result<Vec<(u64, DedupKey)>> {
+        Ok(Vec::new())
+    }
+
+    fn storage_of(&self, node: u64) -> io::Result<Option<u64>> {
+        self.reader
+            .get(self.view, &keys::member_storage(node), "member storage id")
     }
 }
 

@@ -18,7 +18,6 @@ use std::io;
 use std::io::BufReader;
 use std::io::BufWriter;
 use std::io::Read;
-use std::io::Seek;
 use std::io::Write;
 use std::path::Path;
 use std::path::PathBuf;
@@ -36,7 +35,8 @@ const FILE_SUFFIX: &str = ".snap";
 /// A complete snapshot file: openraft's `SnapshotData` for this node.
 ///
 /// It holds an open handle, so the content stays readable even after a newer snapshot replaces
-/// the file (the old one is unlinked, not overwritten).
+/// the file (the old one is unlinked, not overwritten). Read it with positioned reads
+/// ([`read_at`]), never by reopening the path, which a newer snapshot may have removed.
 #[derive(Debug)]
 pub struct SnapshotFile {
     pub path: PathBuf,
@@ -54,11 +54,40 @@ impl SnapshotFile {
             len,
         })
     }
+}
 
-    /// A second handle on the same file, positioned at its start.
-    pub fn reopen(&self) -> io::Result<Self> {
-        Self::open(&self.path)
+/// Fill `buf` from `file` at `offset`, short only at the end of the file.
+pub fn read_at(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64)? {
+            0 => break,
+            n => filled += n,
+        }
     }
+    Ok(filled)
+}
+
+/// A reader over a shared file handle with a position of its own.
+struct At<'a> {
+    file: &'a File,
+    pos: u64,
+}
+
+impl Read for At<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// The meta of the snapshot in an open file (the header only; see [`verify`] for the rest).
+pub fn read_meta(file: &File) -> io::Result<SnapshotMeta> {
+    let (meta, _) = SnapshotReader::new(BufReader::with_capacity(64 * 1024, At { file, pos: 0 }))?;
+    Ok(meta)
 }
 
 fn bad(msg: impl Into<String>) -> io::Error {
@@ -152,8 +181,7 @@ pub struct SnapshotReader<R> {
 
 impl SnapshotReader<BufReader<File>> {
     pub fn open(path: &Path) -> io::Result<(SnapshotMeta, Self)> {
-        let mut file = File::open(path)?;
-        file.rewind()?;
+        let file = File::open(path)?;
         SnapshotReader::new(BufReader::with_capacity(1 << 20, file))
     }
 }
@@ -171,7 +199,7 @@ impl<R: Read> SnapshotReader<R> {
             return Err(bad("not a metrokv snapshot file (bad magic)"));
         }
         let meta_len = r.read_u32()? as usize;
-        if meta_len > 16 * 1024 * 1024 {
+        if meta_len > limits::SNAPSHOT_META_BYTES_MAX {
             return Err(bad("snapshot meta length is implausible"));
         }
         let mut meta = vec![0u8; meta_len];

@@ -12,8 +12,14 @@
 //!   marker in the final synced batch. A node that crashes in between finds the marker at open and
 //!   redoes the install from the file.
 //!
+//! - a snapshot file is verified (every record and the checksum) before anything destructive,
+//!   on every path: a received snapshot, the recovery of an interrupted install, and the current
+//!   snapshot at startup. A corrupt file fails the install and leaves the state as it was.
+//!
 //! Readers (the API, the snapshot builder) take `install_lock` for reading while they create their
-//! RocksDB view, and the install holds it for writing, so nobody sees a half-installed state.
+//! RocksDB view, and the install holds it for writing, so nobody sees a half-installed state. The
+//! lock is tokio's: an API read waits for an install asynchronously, and the install itself runs
+//! on the blocking pool.
 
 use std::io;
 use std::path::Path;
@@ -38,6 +44,9 @@ use super::synced;
 use super::unsynced;
 use super::Db;
 use super::StateReader;
+use super::StorageIds;
+use crate::clock::Clock;
+use crate::failpoint;
 use crate::limits;
 use crate::raft::EntryPayload;
 use crate::raft::EntryResponder;
@@ -63,10 +72,25 @@ pub struct StateStore {
     last_applied: Option<LogId>,
     /// Makes snapshot file names unique within this process.
     snapshot_seq: Arc<AtomicU64>,
+    /// Told the replicated clock after every apply, for the leader's stamps.
+    clock: Arc<Clock>,
+    /// Told every storage id record as it applies.
+    ids: Arc<StorageIds>,
+}
+
+/// True when the state machine has never applied anything.
+pub fn is_pristine(db: &Db) -> io::Result<bool> {
+    let sm = db.cf(keys::CF_SM);
+    for key in [keys::SM_APPLIED, keys::SM_META, keys::SM_MEMBERSHIP] {
+        if db.db.get_pinned_cf(sm, key).map_err(rocks_err)?.is_some() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 impl StateStore {
-    pub fn open(db: Arc<Db>) -> io::Result<Self> {
+    pub fn open(db: Arc<Db>, clock: Arc<Clock>, ids: Arc<StorageIds>) -> io::Result<Self> {
         if let Some(bytes) = db
             .db
             .get_cf(db.cf(keys::CF_SM), keys::SM_INSTALLING)
@@ -75,12 +99,42 @@ impl StateStore {
             let name: String = decode(&bytes, "install marker")?;
             let path = db.snapshot_dir.join(&name);
             tracing::warn!(snapshot = %path.display(), "finishing a snapshot install interrupted by a crash");
-            let _guard = db.install_lock.write().unwrap_or_else(|e| e.into_inner());
-            load_snapshot(&db, &path)?;
+            // Nothing else runs yet, so the lock is free.
+            let _guard = db
+                .install_lock
+                .try_write()
+                .map_err(|_| io::Error::other("the install lock is held at open"))?;
+            snapshot::verify(&path)
+                .and_then(|_| load_snapshot(&db, &path))
+                .map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "cannot finish the snapshot install interrupted by a crash ({}): {e}; \
+                         this node's state is incomplete and it will not serve",
+                            path.display()
+                        ),
+                    )
+                })?;
         }
         let current = snapshot::list(&db.snapshot_dir)?.pop();
         snapshot::remove_all_but(&db.snapshot_dir, current.as_deref())?;
+        if let Some(path) = &current {
+            snapshot::verify(path).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "the snapshot file {} is corrupt: {e}; the disk returned bad data. \
+                         The node's state does not depend on it: move the file away and start \
+                         the node again, and it builds a new one",
+                        path.display()
+                    ),
+                )
+            })?;
+        }
         let last_applied = read_applied(&db)?.0;
+        clock.observe(DbView { db: &db }.meta()?.clock_ms);
+        ids.replace_recorded(read_storage_ids(&db)?);
         let seq = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -88,6 +142,8 @@ impl StateStore {
             db,
             last_applied,
             snapshot_seq: Arc::new(AtomicU64::new(seq)),
+            clock,
+            ids,
         })
     }
 
@@ -120,11 +176,27 @@ impl StateStore {
         }
         let sm = self.db.cf(keys::CF_SM);
         let mut batch = WriteBatch::default();
+        let mut clock_ms = None;
+        let mut recorded = Vec::new();
         let response = match &entry.payload {
             EntryPayload::Blank => None,
             EntryPayload::Normal(request) => {
                 let applied = state_machine::apply(&DbView { db: &self.db }, request)?;
-                write_changes(&self.db, &mut batch, applied.changes);
+                for change in applied.changes {
+                    match &change {
+                        Change::SetMeta(meta) => clock_ms = Some(meta.clock_ms),
+                        Change::PutStorage { node, storage_id } => {
+                            recorded.push((*node, *storage_id))
+                        }
+                        _ => {}
+                    }
+                    for op in ops(change) {
+                        match op {
+                            Op::Put(key, value) => batch.put_cf(sm, key, value),
+                            Op::Delete(key) => batch.delete_cf(sm, key),
+                        }
+                    }
+                }
                 Some(applied.response)
             }
             EntryPayload::Membership(membership) => {
@@ -134,13 +206,47 @@ impl StateStore {
             }
         };
         batch.put_cf(sm, keys::SM_APPLIED, encode(&Some(entry.log_id)));
+        if failpoint::fail(failpoint::SM_WRITE_ERROR) {
+            return Err(failpoint::injected(failpoint::SM_WRITE_ERROR));
+        }
         self.db
             .db
             .write_opt(batch, &unsynced())
             .map_err(rocks_err)?;
         self.last_applied = Some(entry.log_id);
+        if let Some(clock_ms) = clock_ms {
+            self.clock.observe(clock_ms);
+        }
+        for (node, storage_id) in recorded {
+            tracing::info!(
+                node,
+                storage_id = format!("{storage_id:#018x}"),
+                "recorded a member's storage id"
+            );
+            self.ids.set_recorded(node, storage_id);
+        }
         Ok(response)
     }
+}
+
+/// Every member storage id record.
+fn read_storage_ids(db: &Db) -> io::Result<std::collections::BTreeMap<u64, u64>> {
+    let prefix = keys::member_storage_prefix();
+    let mut it = db.db.raw_iterator_cf(db.cf(keys::CF_SM));
+    it.seek(prefix);
+    let mut out = std::collections::BTreeMap::new();
+    while let (Some(key), Some(value)) = (it.key(), it.value()) {
+        if !key.starts_with(&prefix) {
+            break;
+        }
+        let node = keys::member_storage_node(key).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, "corrupt member storage key")
+        })?;
+        out.insert(node, decode::<u64>(value, "member storage id")?);
+        it.next();
+    }
+    it.status().map_err(rocks_err)?;
+    Ok(out)
 }
 
 fn read_applied(db: &Db) -> io::Result<(Option<LogId>, StoredMembership)> {
@@ -164,25 +270,35 @@ fn read_applied(db: &Db) -> io::Result<(Option<LogId>, StoredMembership)> {
     Ok((applied, membership))
 }
 
-/// Turn the state machine's changes into RocksDB operations on the `sm` column family.
-fn write_changes(db: &Db, batch: &mut WriteBatch, changes: Vec<Change>) {
-    let sm = db.cf(keys::CF_SM);
-    for change in changes {
-        match change {
-            Change::PutKv { key, record } => batch.put_cf(sm, keys::kv(&key), encode(&record)),
-            Change::DeleteKv { key } => batch.delete_cf(sm, keys::kv(&key)),
-            Change::PutAccount { id, record } => {
-                batch.put_cf(sm, keys::account(&id), encode(&record))
+/// One write to the `sm` column family.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+}
+
+/// The RocksDB writes one state machine change becomes: the one place that knows how each kind
+/// of record is stored (and so the one place its size is checked against the snapshot format).
+pub(crate) fn ops(change: Change) -> Vec<Op> {
+    match change {
+        Change::PutKv { key, record } => vec![Op::Put(keys::kv(&key), encode(&record))],
+        Change::DeleteKv { key } => vec![Op::Delete(keys::kv(&key))],
+        Change::PutAccount { id, record } => vec![Op::Put(keys::account(&id), encode(&record))],
+        Change::PutDedup { key, record } => {
+            let mut ops = Vec::with_capacity(2);
+            if key.expires() {
+                ops.push(Op::Put(keys::expiry(record.recorded_ms, &key), vec![]));
             }
-            Change::PutDedup { key, record } => {
-                batch.put_cf(sm, keys::expiry(record.recorded_ms, &key), []);
-                batch.put_cf(sm, keys::dedup(&key), encode(&record));
-            }
-            Change::DeleteDedup { key, recorded_ms } => {
-                batch.delete_cf(sm, keys::expiry(recorded_ms, &key));
-                batch.delete_cf(sm, keys::dedup(&key));
-            }
-            Change::SetMeta(meta) => batch.put_cf(sm, keys::SM_META, encode(&meta)),
+            ops.push(Op::Put(keys::dedup(&key), encode(&record)));
+            ops
+        }
+        Change::DeleteDedup { key, recorded_ms } => vec![
+            Op::Delete(keys::expiry(recorded_ms, &key)),
+            Op::Delete(keys::dedup(&key)),
+        ],
+        Change::SetMeta(meta) => vec![Op::Put(keys::SM_META.to_vec(), encode(&meta))],
+        Change::PutStorage { node, storage_id } => {
+            vec![Op::Put(keys::member_storage(node), encode(&storage_id))]
         }
     }
 }
@@ -245,6 +361,10 @@ impl StateView for DbView<'_> {
         it.status().map_err(rocks_err)?;
         Ok(out)
     }
+
+    fn storage_of(&self, node: u64) -> io::Result<Option<u64>> {
+        self.get(&keys::member_storage(node), "member storage id")
+    }
 }
 
 impl RaftStateMachine<TypeConfig> for StateStore {
@@ -289,19 +409,42 @@ impl RaftStateMachine<TypeConfig> for StateStore {
             .await
             .map_err(io::Error::other)??;
         self.last_applied = installed;
+        self.ids.replace_recorded(read_storage_ids(&self.db)?);
+        self.clock.observe(DbView { db: &self.db }.meta()?.clock_ms);
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        let Some(path) = snapshot::list(&self.db.snapshot_dir)?.pop() else {
+        current_snapshot(&self.db.snapshot_dir)
+    }
+}
+
+/// The newest snapshot file, opened once: its meta is read through the same handle that is
+/// returned, so a build that prunes the file meanwhile cannot make it vanish half-way (an open
+/// file stays readable after it is unlinked). A file pruned between listing and opening is
+/// looked for again.
+pub(crate) fn current_snapshot(dir: &Path) -> io::Result<Option<Snapshot>> {
+    const ATTEMPTS: usize = 8;
+    for _ in 0..ATTEMPTS {
+        let Some(path) = snapshot::list(dir)?.pop() else {
             return Ok(None);
         };
-        let (meta, _) = SnapshotReader::open(&path)?;
-        Ok(Some(Snapshot {
-            meta,
-            snapshot: SnapshotFile::open(&path)?,
-        }))
+        match SnapshotFile::open(&path) {
+            Ok(file) => {
+                let meta = snapshot::read_meta(&file.file)?;
+                return Ok(Some(Snapshot {
+                    meta,
+                    snapshot: file,
+                }));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
     }
+    Err(io::Error::other(format!(
+        "the newest snapshot file in {} kept disappearing while it was opened ({ATTEMPTS} tries)",
+        dir.display()
+    )))
 }
 
 /// Put a received snapshot file into the snapshot directory and load it. Returns the new applied
@@ -312,9 +455,15 @@ fn install(
     incoming: SnapshotFile,
     unique: u64,
 ) -> io::Result<Option<LogId>> {
-    let _guard = db.install_lock.write().unwrap_or_else(|e| e.into_inner());
+    let _guard = db.install_lock.blocking_write();
     let path = place_snapshot_file(db, meta, &incoming, unique)?;
     drop(incoming);
+    // Verified in full before the state is touched: a corrupt file is refused and removed (it
+    // must not pass for the current snapshot), and the state stays as it was.
+    if let Err(e) = snapshot::verify(&path) {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
     load_snapshot(db, &path)?;
     snapshot::remove_all_but(&db.snapshot_dir, Some(&path))?;
     tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
@@ -346,6 +495,7 @@ fn place_snapshot_file(
         std::fs::rename(&tmp, &target)?;
     }
     snapshot::sync_dir(&db.snapshot_dir)?;
+    // The records are verified by `load_snapshot`, before anything is replaced.
     let (file_meta, _) = SnapshotReader::open(&target)?;
     if &file_meta != meta {
         return Err(io::Error::new(
@@ -357,7 +507,8 @@ fn place_snapshot_file(
 }
 
 /// Replace the whole state with the snapshot at `path` (see the module doc for the crash story).
-/// The caller holds `install_lock` for writing.
+/// The caller has verified the file in full ([`snapshot::verify`]) and holds `install_lock` for
+/// writing. The reader checks the checksum again as it streams.
 fn load_snapshot(db: &Db, path: &Path) -> io::Result<()> {
     let sm = db.cf(keys::CF_SM);
     let name = path
@@ -392,27 +543,61 @@ fn load_snapshot(db: &Db, path: &Path) -> io::Result<()> {
 }
 
 /// Builds a snapshot file from a consistent RocksDB view, off the async runtime.
+///
+/// openraft stops the whole node when a build returns an error, so a build never does: a failed
+/// attempt (a full disk, an I/O error) is logged, counted in
+/// `metrokv_snapshot_build_failures_total` and tried again after a growing pause. openraft runs
+/// builds in a task of their own, so the node goes on serving meanwhile; only log compaction
+/// waits.
 pub struct SnapshotBuilder {
     db: Arc<Db>,
     seq: Arc<AtomicU64>,
 }
 
+/// First and longest pause between failed snapshot builds.
+const BUILD_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(500);
+const BUILD_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotFile;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let db = self.db.clone();
-        let unique = self.seq.fetch_add(1, Ordering::Relaxed);
-        tokio::task::spawn_blocking(move || build(&db, unique))
-            .await
-            .map_err(io::Error::other)?
+        let mut pause = BUILD_RETRY_FIRST;
+        let mut failures = 0u64;
+        loop {
+            let db = self.db.clone();
+            let unique = self.seq.fetch_add(1, Ordering::Relaxed);
+            let attempt = tokio::task::spawn_blocking(move || build(&db, unique))
+                .await
+                .map_err(io::Error::other)
+                .and_then(|r| r);
+            match attempt {
+                Ok(snapshot) => {
+                    if failures > 0 {
+                        tracing::info!(failures, "snapshot built after failed attempts");
+                    }
+                    return Ok(snapshot);
+                }
+                Err(e) => {
+                    failures += 1;
+                    metrics::counter!("metrokv_snapshot_build_failures_total").increment(1);
+                    tracing::error!(error = %e, failures, retry_in_ms = pause.as_millis() as u64,
+                        "building a snapshot failed; the node keeps serving and tries again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(BUILD_RETRY_MAX);
+                }
+            }
+        }
     }
 }
 
 fn build(db: &Db, unique: u64) -> io::Result<Snapshot> {
+    if failpoint::fail(failpoint::SNAPSHOT_BUILD_ERROR) {
+        return Err(failpoint::injected(failpoint::SNAPSHOT_BUILD_ERROR));
+    }
     let started = std::time::Instant::now();
     let view = {
-        let _guard = db.install_lock.read().unwrap_or_else(|e| e.into_inner());
+        let _guard = db.install_lock.blocking_read();
         db.db.snapshot()
     };
     let sm = db.cf(keys::CF_SM);
@@ -442,7 +627,7 @@ fn build(db: &Db, unique: u64) -> io::Result<Snapshot> {
     // Open before pruning: an install may have placed a newer file meanwhile, and then ours goes.
     let file = SnapshotFile::open(&path)?;
     {
-        let _guard = db.install_lock.read().unwrap_or_else(|e| e.into_inner());
+        let _guard = db.install_lock.blocking_read();
         let mut all = snapshot::list(&db.snapshot_dir)?;
         all.pop();
         for old in all {

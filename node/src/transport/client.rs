@@ -27,11 +27,10 @@ use super::codec::Hello;
 use super::codec::HelloReply;
 use super::codec::PeerRequest;
 use super::codec::PeerResponse;
+use super::codec::Refusal;
 use crate::limits;
 use crate::raft::NodeId;
-
-/// How long dialing plus the handshake may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+use crate::storage::StorageIds;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -47,12 +46,19 @@ pub enum CallError {
     Lost { target: NodeId, reason: String },
     #[error("node {target} did not answer within {timeout:?}")]
     Timeout { target: NodeId, timeout: Duration },
+    /// The handshake was refused, by the peer or by us (its storage is not the recorded one):
+    /// the request was not sent.
+    #[error("node {target} refused the connection: {refusal}")]
+    Refused { target: NodeId, refusal: Refusal },
 }
 
 impl CallError {
     /// True when the request certainly did not reach the peer.
     pub fn not_sent(&self) -> bool {
-        matches!(self, CallError::Unreachable { .. })
+        matches!(
+            self,
+            CallError::Unreachable { .. } | CallError::Refused { .. }
+        )
     }
 }
 
@@ -71,8 +77,15 @@ struct Conn {
 #[derive(Default)]
 struct ConnState {
     live: Option<Conn>,
-    /// Set while a dial runs; carries its outcome (`Err` = why it failed) once it is done.
-    dialing: Option<watch::Receiver<Option<Result<(), String>>>>,
+    /// Set while a dial runs; carries its outcome once it is done.
+    dialing: Option<watch::Receiver<Option<Result<(), DialFailure>>>>,
+}
+
+/// Why a dial failed, as shared with every caller waiting on it.
+#[derive(Clone, Debug)]
+enum DialFailure {
+    Unreachable(String),
+    Refused(Refusal),
 }
 
 impl Conn {
@@ -81,11 +94,13 @@ impl Conn {
     }
 }
 
-/// Identity this node presents when it dials.
+/// Identity this node presents when it dials, and the records it checks the peer against.
 #[derive(Clone, Debug)]
 pub struct Dialer {
     pub me: NodeId,
     pub cluster_id: String,
+    pub storage_id: u64,
+    pub ids: Arc<StorageIds>,
 }
 
 #[derive(Clone)]
@@ -100,7 +115,11 @@ struct Inner {
     channel: Channel,
     state: Mutex<ConnState>,
     next_id: AtomicU64,
+    refusal_logged: Mutex<Option<std::time::Instant>>,
 }
+
+/// Least time between two log lines about the same refused peer.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl PeerClient {
     pub fn new(dialer: Dialer, target: NodeId, addr: String, channel: Channel) -> Self {
@@ -112,6 +131,7 @@ impl PeerClient {
                 channel,
                 state: Mutex::default(),
                 next_id: AtomicU64::new(1),
+                refusal_logged: Mutex::default(),
             }),
         }
     }
@@ -179,8 +199,9 @@ impl PeerClient {
     }
 
     /// The live connection, waiting at most until `deadline` for a dial. The dial itself is
-    /// bounded by [`CONNECT_TIMEOUT`], not by the caller: when a short call (a 30 ms heartbeat)
-    /// gives up on a slow link, the dial goes on and the next call finds the connection.
+    /// bounded by [`limits::PEER_CONNECT_TIMEOUT_MS`], not by the caller: when a short call (a
+    /// 30 ms heartbeat) gives up on a slow link, the dial goes on and the next call finds the
+    /// connection.
     async fn connection(&self, deadline: tokio::time::Instant) -> Result<Conn, CallError> {
         let inner = &self.inner;
         let unreachable = |reason: String| CallError::Unreachable {
@@ -201,6 +222,9 @@ impl PeerClient {
                     let client = self.clone();
                     tokio::spawn(async move {
                         let result = client.dial().await;
+                        if let Err(CallError::Refused { target, refusal }) = &result {
+                            client.log_refusal(*target, refusal);
+                        }
                         let mut state = lock(&client.inner.state);
                         state.dialing = None;
                         let outcome = match result {
@@ -208,8 +232,13 @@ impl PeerClient {
                                 state.live = Some(conn);
                                 Ok(())
                             }
-                            Err(CallError::Unreachable { reason, .. }) => Err(reason),
-                            Err(other) => Err(other.to_string()),
+                            Err(CallError::Unreachable { reason, .. }) => {
+                                Err(DialFailure::Unreachable(reason))
+                            }
+                            Err(CallError::Refused { refusal, .. }) => {
+                                Err(DialFailure::Refused(refusal))
+                            }
+                            Err(other) => Err(DialFailure::Unreachable(other.to_string())),
                         };
                         let _ = tx.send(Some(outcome));
                     });
@@ -227,8 +256,23 @@ impl PeerClient {
                 .live
                 .clone()
                 .ok_or_else(|| unreachable("the new connection closed at once".into())),
-            Some(Err(reason)) => Err(unreachable(reason)),
+            Some(Err(DialFailure::Unreachable(reason))) => Err(unreachable(reason)),
+            Some(Err(DialFailure::Refused(refusal))) => Err(CallError::Refused {
+                target: inner.target,
+                refusal,
+            }),
             None => Err(unreachable("the dial was abandoned".into())),
+        }
+    }
+
+    /// Log a refused handshake, at most every [`REFUSAL_LOG_INTERVAL`] per peer and channel: a
+    /// refused peer is dialed again on every heartbeat.
+    fn log_refusal(&self, target: NodeId, refusal: &Refusal) {
+        metrics::counter!("metrokv_peer_handshakes_refused_total").increment(1);
+        let mut last = lock(&self.inner.refusal_logged);
+        if last.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_INTERVAL) {
+            *last = Some(std::time::Instant::now());
+            tracing::error!(target_node = target, channel = ?self.inner.channel, %refusal, "peer handshake refused");
         }
     }
 
@@ -252,19 +296,39 @@ impl PeerClient {
                 from: inner.dialer.me,
                 to: inner.target,
                 channel: inner.channel,
+                storage_id: inner.dialer.storage_id,
             };
             codec::write_value(&mut stream, &hello)
                 .await
                 .map_err(|e| unreachable(e.to_string()))?;
-            match codec::read_value::<_, HelloReply>(&mut stream)
+            let refused = |refusal| CallError::Refused {
+                target: inner.target,
+                refusal,
+            };
+            match codec::read_hello::<_, HelloReply>(&mut stream)
                 .await
                 .map_err(|e| unreachable(e.to_string()))?
             {
-                HelloReply::Accepted => Ok(stream),
-                HelloReply::Refused(why) => Err(unreachable(format!("handshake refused: {why}"))),
+                HelloReply::Accepted { storage_id } => {
+                    // The peer must be on the storage the cluster recorded for it.
+                    inner
+                        .dialer
+                        .ids
+                        .check(inner.target, storage_id)
+                        .map_err(|c| {
+                            refused(Refusal::StorageChanged {
+                                node: c.node,
+                                recorded: c.recorded,
+                                presented: c.presented,
+                            })
+                        })?;
+                    Ok(stream)
+                }
+                HelloReply::Refused(refusal) => Err(refused(refusal)),
             }
         };
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+        let connect = Duration::from_millis(limits::PEER_CONNECT_TIMEOUT_MS);
+        let stream = tokio::time::timeout(connect, handshake)
             .await
             .map_err(|_| unreachable("connect timed out".into()))??;
 
@@ -292,7 +356,9 @@ impl PeerClient {
         tokio::spawn(async move {
             let mut buf = Vec::new();
             let reason = loop {
-                if let Err(e) = codec::read_frame(&mut read_half, &mut buf).await {
+                if let Err(e) =
+                    codec::read_frame(&mut read_half, &mut buf, limits::PEER_FRAME_BYTES_MAX).await
+                {
                     break e;
                 }
                 match codec::decode::<Envelope<PeerResponse>>(&buf) {

@@ -1,14 +1,17 @@
 //! The peer wire format: length-prefixed postcard frames on a persistent TCP connection.
 //!
 //! A connection opens with a [`Hello`] from the dialing node and a [`HelloReply`]; the listener
-//! checks the protocol version, the cluster id and that it is the node the dialer meant to reach,
-//! so two clusters on one host, or a node that moved, cannot cross-talk. After that each frame is
-//! `u32 length (big-endian) | postcard(Envelope)`. Requests carry an id and are answered out of
-//! order on the same connection.
+//! checks the protocol version, the cluster id, that it is the node the dialer meant to reach,
+//! that the dialer is a member, and that the dialer's storage id is the one the cluster recorded
+//! for it, so two clusters on one host, a node that moved, a stranger, or a member that lost its
+//! data cannot cross-talk. Both sides say their storage id, and each checks the other's. After
+//! that each frame is `u32 length (big-endian) | postcard(Envelope)`. Requests carry an id and are
+//! answered out of order on the same connection.
 //!
-//! A frame longer than [`limits::PEER_FRAME_BYTES_MAX`], or one that does not decode, is a
-//! protocol error: the reader returns [`FrameError`] and the connection is closed. Nothing a peer
-//! sends can make the node panic.
+//! A handshake frame longer than [`limits::PEER_HELLO_BYTES_MAX`], a frame longer than
+//! [`limits::PEER_FRAME_BYTES_MAX`], or one that does not decode, is a protocol error: the reader
+//! returns [`FrameError`] and the connection is closed. Buffers grow as bytes arrive, so a length
+//! prefix alone commits no memory. Nothing a peer sends can make the node panic.
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -24,8 +27,9 @@ use crate::raft::NodeId;
 use crate::state_machine::Command;
 use crate::state_machine::Response;
 
-/// Bumped on any incompatible change to the types below.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Bumped on any incompatible change to the types below. 2: storage ids in the handshake,
+/// typed refusals and failures.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Which logical stream a connection carries. Heartbeats and votes get their own connection so
 /// they never queue behind a large append or a snapshot chunk.
@@ -45,12 +49,37 @@ pub struct Hello {
     pub from: NodeId,
     pub to: NodeId,
     pub channel: Channel,
+    /// The dialer's storage id (see `storage::StorageIds`).
+    pub storage_id: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HelloReply {
-    Accepted,
-    Refused(String),
+    /// Carries the listener's storage id, which the dialer checks in turn.
+    Accepted {
+        storage_id: u64,
+    },
+    Refused(Refusal),
+}
+
+/// Why a handshake was refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    #[error("protocol version {got} is not {want}")]
+    Version { got: u16, want: u16 },
+    #[error("cluster id {got:?} is not {want:?}")]
+    Cluster { got: String, want: String },
+    #[error("this is node {me}, not node {to}")]
+    WrongNode { me: NodeId, to: NodeId },
+    #[error("node {from} is not a member of this cluster")]
+    NotAMember { from: NodeId },
+    /// The member's data directory is not the one the cluster knew: it lost its data.
+    #[error("node {node} presents storage {presented:#018x}, but the cluster recorded storage {recorded:#018x} for it: its data directory was wiped or replaced, so it must not vote or acknowledge as the member it was")]
+    StorageChanged {
+        node: NodeId,
+        recorded: u64,
+        presented: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -112,8 +141,28 @@ pub enum PeerResponse {
     ClientWrite(Result<Response, ForwardError>),
     ReadIndex(Result<u64, ForwardError>),
     Status(NodeStatus),
-    /// The request could not be handled (the Raft core stopped, a chunk out of order, ...).
-    Failed(String),
+    /// The request could not be handled.
+    Failed(Failure),
+}
+
+/// Why a peer request was not handled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Failure {
+    /// The Raft core refused or has stopped.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// The request breaks Raft's rules (see `transport::validate`); it was not passed on.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// A snapshot chunk could not be taken (out of order, unknown transfer, a write failed).
+    #[error("snapshot chunk refused: {0}")]
+    SnapshotChunk(String),
+    /// This node is still deciding whether it may join (its storage is new); Raft traffic waits.
+    #[error("node {0} is starting and does not take Raft requests yet")]
+    Starting(NodeId),
+    /// The answer could not be encoded into one frame (never expected: answers are bounded).
+    #[error("the answer of {bytes} bytes does not fit a peer frame")]
+    AnswerTooLarge { bytes: usize },
 }
 
 /// Why the leader (or the node we took for it) did not answer a forwarded request.
@@ -142,6 +191,8 @@ pub struct NodeStatus {
     pub leader: Option<NodeId>,
     pub commit_index: u64,
     pub applied_index: u64,
+    /// False while the node's storage is new and it has not yet joined the cluster.
+    pub initialized: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,8 +201,8 @@ pub enum FrameError {
     Closed,
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
-    #[error("frame of {0} bytes exceeds the {max} byte limit", max = limits::PEER_FRAME_BYTES_MAX)]
-    TooLarge(usize),
+    #[error("frame of {len} bytes exceeds the {max} byte limit")]
+    TooLarge { len: usize, max: usize },
     #[error("undecodable frame: {0}")]
     Decode(#[from] postcard::Error),
 }
@@ -162,16 +213,22 @@ pub fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
     postcard::to_io(value, &mut out)?;
     let len = out.len() - 4;
     if len > limits::PEER_FRAME_BYTES_MAX {
-        return Err(FrameError::TooLarge(len));
+        return Err(FrameError::TooLarge {
+            len,
+            max: limits::PEER_FRAME_BYTES_MAX,
+        });
     }
     out[..4].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(out)
 }
 
-/// Read one frame's payload. Returns [`FrameError::Closed`] on a clean end of stream.
+/// Read one frame's payload of at most `max` bytes into `buf`. Returns [`FrameError::Closed`] on
+/// a clean end of stream. The buffer grows by [`limits::PEER_READ_CHUNK_BYTES`] as the bytes
+/// arrive, so a peer that announces a large frame and sends nothing holds no memory for it.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut Vec<u8>,
+    max: usize,
 ) -> Result<(), FrameError> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
@@ -180,12 +237,20 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         Err(e) => return Err(e.into()),
     }
     let len = u32::from_be_bytes(len) as usize;
-    if len > limits::PEER_FRAME_BYTES_MAX {
-        return Err(FrameError::TooLarge(len));
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
     }
     buf.clear();
-    buf.resize(len, 0);
-    r.read_exact(buf).await?;
+    // A large buffer left by an earlier frame is not kept for the connection's lifetime.
+    if buf.capacity() > 4 * limits::PEER_READ_CHUNK_BYTES && len < limits::PEER_READ_CHUNK_BYTES {
+        buf.shrink_to(limits::PEER_READ_CHUNK_BYTES);
+    }
+    while buf.len() < len {
+        let start = buf.len();
+        let chunk = (len - start).min(limits::PEER_READ_CHUNK_BYTES);
+        buf.resize(start + chunk, 0);
+        r.read_exact(&mut buf[start..]).await?;
+    }
     Ok(())
 }
 
@@ -203,11 +268,13 @@ pub async fn write_value<W: AsyncWrite + Unpin, T: Serialize>(
     Ok(())
 }
 
-pub async fn read_value<R: AsyncRead + Unpin, T: DeserializeOwned>(
+/// Read one handshake frame ([`Hello`] or [`HelloReply`]), at most
+/// [`limits::PEER_HELLO_BYTES_MAX`] bytes.
+pub async fn read_hello<R: AsyncRead + Unpin, T: DeserializeOwned>(
     r: &mut R,
 ) -> Result<T, FrameError> {
     let mut buf = Vec::new();
-    read_frame(r, &mut buf).await?;
+    read_frame(r, &mut buf, limits::PEER_HELLO_BYTES_MAX).await?;
     decode(&buf)
 }
 
@@ -223,33 +290,56 @@ mod tests {
             from: 1,
             to: 2,
             channel: Channel::Heartbeat,
+            storage_id: 7,
         };
         let frame = encode_frame(&hello).unwrap();
         let mut r = frame.as_slice();
-        let back: Hello = read_value(&mut r).await.unwrap();
+        let back: Hello = read_hello(&mut r).await.unwrap();
         assert_eq!(back, hello);
+    }
+
+    /// The review's seventh defect: 32 MiB were allocated per connection as soon as a length
+    /// prefix arrived. A hello is now capped small, and a frame's buffer holds only what came.
+    #[tokio::test]
+    async fn a_length_prefix_alone_commits_no_memory() {
+        let mut r: &[u8] = &[0x01, 0x00, 0x00, 0x00];
+        assert!(matches!(
+            read_hello::<_, Hello>(&mut r).await,
+            Err(FrameError::TooLarge { len: 16_777_216, max }) if max == limits::PEER_HELLO_BYTES_MAX
+        ));
+        // A 32 MiB frame announced, ten bytes sent, then the peer goes away.
+        let mut bytes = (limits::PEER_FRAME_BYTES_MAX as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&[7; 10]);
+        let mut r = bytes.as_slice();
+        let mut buf = Vec::new();
+        let result = read_frame(&mut r, &mut buf, limits::PEER_FRAME_BYTES_MAX).await;
+        assert!(matches!(result, Err(FrameError::Io(_))), "{result:?}");
+        assert!(
+            buf.capacity() <= 2 * limits::PEER_READ_CHUNK_BYTES,
+            "{} bytes reserved for 10 received",
+            buf.capacity()
+        );
     }
 
     #[tokio::test]
     async fn garbage_and_oversized_frames_are_errors_not_panics() {
         // Oversized length prefix.
-        let mut r: &[u8] = &[0xff, 0xff, 0xff, 0xff, 1, 2, 3];
+        let read = |mut r: &'static [u8]| async move {
+            let mut buf = Vec::new();
+            read_frame(&mut r, &mut buf, limits::PEER_FRAME_BYTES_MAX).await?;
+            decode::<Envelope<PeerRequest>>(&buf)
+        };
         assert!(matches!(
-            read_value::<_, Envelope<PeerRequest>>(&mut r).await,
-            Err(FrameError::TooLarge(_))
+            read(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).await,
+            Err(FrameError::TooLarge { .. })
         ));
         // Truncated payload.
-        let mut r: &[u8] = &[0, 0, 0, 10, 1, 2];
         assert!(matches!(
-            read_value::<_, Envelope<PeerRequest>>(&mut r).await,
+            read(&[0, 0, 0, 10, 1, 2]).await,
             Err(FrameError::Io(_))
         ));
         // Clean close.
-        let mut r: &[u8] = &[];
-        assert!(matches!(
-            read_value::<_, Envelope<PeerRequest>>(&mut r).await,
-            Err(FrameError::Closed)
-        ));
+        assert!(matches!(read(&[]).await, Err(FrameError::Closed)));
         // Random bytes of a plausible length never panic the decoder.
         let mut seed = 0x1234_5678_u64;
         for len in 0..200usize {
@@ -259,7 +349,13 @@ mod tests {
                 bytes.push((seed >> 33) as u8);
             }
             let mut r = bytes.as_slice();
-            let _ = read_value::<_, Envelope<PeerRequest>>(&mut r).await;
+            let mut buf = Vec::new();
+            if read_frame(&mut r, &mut buf, limits::PEER_FRAME_BYTES_MAX)
+                .await
+                .is_ok()
+            {
+                let _ = decode::<Envelope<PeerRequest>>(&buf);
+            }
         }
     }
 

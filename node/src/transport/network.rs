@@ -10,7 +10,6 @@
 //! connection is `Network`, an expired call is `Timeout`.
 
 use std::future::Future;
-use std::io::Read;
 use std::time::Duration;
 
 use openraft::error::NetworkError;
@@ -89,7 +88,8 @@ pub struct PeerNetwork {
 
 fn rpc_error(e: CallError, me: NodeId, action: RPCTypes) -> RpcError {
     match e {
-        CallError::Unreachable { .. } => {
+        // A refused handshake backs off like a dead peer: retrying at once cannot help.
+        CallError::Unreachable { .. } | CallError::Refused { .. } => {
             RpcError::Unreachable(Unreachable::from_string(e.to_string()))
         }
         CallError::Lost { .. } => RpcError::Network(NetworkError::from_string(e.to_string())),
@@ -104,7 +104,7 @@ fn rpc_error(e: CallError, me: NodeId, action: RPCTypes) -> RpcError {
 
 fn unexpected(response: PeerResponse) -> RpcError {
     let msg = match response {
-        PeerResponse::Failed(why) => why,
+        PeerResponse::Failed(why) => why.to_string(),
         other => format!("unexpected answer {other:?}"),
     };
     RpcError::Network(NetworkError::from_string(msg))
@@ -152,6 +152,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             rpc.entries.truncate(keep);
         }
         let last_sent = rpc.entries.last().map(|e| e.log_id);
+        let had_prev = rpc.prev_log_id.is_some();
         let timeout = match self.channel {
             Channel::Replication => option
                 .hard_ttl()
@@ -168,6 +169,18 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         {
             PeerResponse::AppendEntries(AppendEntriesResponse::Success) if truncated => {
                 Ok(AppendEntriesResponse::PartialSuccess(last_sent))
+            }
+            // openraft unwraps the request's prev_log_id on a conflict, and only our own layer
+            // makes partial successes: a peer that answers these is broken, not in conflict.
+            PeerResponse::AppendEntries(AppendEntriesResponse::Conflict) if !had_prev => {
+                Err(RpcError::Network(NetworkError::from_string(
+                    "a conflict answered to an append without a previous log id".to_string(),
+                )))
+            }
+            PeerResponse::AppendEntries(AppendEntriesResponse::PartialSuccess(_)) => {
+                Err(RpcError::Network(NetworkError::from_string(
+                    "a partial success from a peer".to_string(),
+                )))
             }
             PeerResponse::AppendEntries(resp) => Ok(resp),
             other => Err(unexpected(other)),
@@ -241,20 +254,17 @@ impl PeerNetwork {
         snapshot: Snapshot,
         option: RPCOption,
     ) -> Result<SnapshotResponse, StreamingError> {
-        let transfer_id = rand_u64();
-        let mut file = snapshot
-            .snapshot
-            .reopen()
-            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let transfer_id = rand::random::<u64>();
+        // Positioned reads on the handle openraft gave us: the file may be unlinked by a newer
+        // snapshot meanwhile, and the handle keeps it readable.
+        let mut file = snapshot.snapshot;
         let len = file.len;
         let mut offset = 0u64;
         tracing::info!(target_node = self.client.target(), len, meta = %snapshot.meta, "sending snapshot");
         loop {
-            // Reading a chunk from a local file is quick; doing it inline keeps the file handle
-            // simple and the read bounded by the chunk size.
             let (data, f) = tokio::task::spawn_blocking(move || {
                 let mut buf = vec![0u8; limits::SNAPSHOT_CHUNK_BYTES];
-                let n = read_full(&mut file.file, &mut buf)?;
+                let n = crate::storage::snapshot::read_at(&file.file, offset, &mut buf)?;
                 buf.truncate(n);
                 Ok::<_, std::io::Error>((buf, file))
             })
@@ -263,6 +273,11 @@ impl PeerNetwork {
             .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
             file = f;
             let n = data.len() as u64;
+            if n == 0 && offset < len {
+                return Err(StreamingError::Network(NetworkError::from_string(format!(
+                    "snapshot file ended at {offset} of {len} bytes"
+                ))));
+            }
             let done = offset + n >= len;
             let chunk = SnapshotChunk {
                 vote,
@@ -295,21 +310,4 @@ impl PeerNetwork {
             offset += n;
         }
     }
-}
-
-fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..])? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    Ok(filled)
-}
-
-/// A transfer id: unique enough to tell two attempts apart, no RNG state needed.
-fn rand_u64() -> u64 {
-    use std::hash::BuildHasher;
-    std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now())
 }

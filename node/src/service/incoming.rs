@@ -1,0 +1,153 @@
+//! Snapshots arriving from a leader: chunks are written in order to a file in the incoming
+//! directory; after the last one the file is verified in full (records and checksum) and its
+//! meta checked against Raft's rules (`transport::validate::snapshot`), and only then handed to
+//! openraft to install. A corrupt or invalid snapshot is refused and the leader tries again; it
+//! never reaches the install, which openraft would treat as fatal on failure.
+
+use std::path::PathBuf;
+
+use super::lock;
+use super::Service;
+use crate::raft::NodeId;
+use crate::raft::SnapshotResponse;
+use crate::storage::snapshot;
+use crate::storage::SnapshotFile;
+use crate::transport::codec::Failure;
+use crate::transport::codec::PeerResponse;
+use crate::transport::codec::SnapshotChunk;
+use crate::transport::validate;
+
+/// A transfer being received.
+pub(super) struct Incoming {
+    transfer_id: u64,
+    path: PathBuf,
+    file: std::fs::File,
+    written: u64,
+}
+
+impl Service {
+    pub(super) async fn receive_snapshot_chunk(
+        &self,
+        from: NodeId,
+        chunk: SnapshotChunk,
+    ) -> PeerResponse {
+        match self.receive_chunk(from, chunk).await {
+            Ok(r) => {
+                self.touch_leader(from);
+                PeerResponse::SnapshotChunk(r)
+            }
+            Err(e) => {
+                tracing::warn!(from, error = %e, "snapshot chunk refused");
+                PeerResponse::Failed(e)
+            }
+        }
+    }
+
+    async fn receive_chunk(
+        &self,
+        from: NodeId,
+        chunk: SnapshotChunk,
+    ) -> Result<Option<SnapshotResponse>, Failure> {
+        let refuse = |msg: String| Failure::SnapshotChunk(msg);
+        if let Err(e) = chunk_vote_ok(&chunk, from, self.id()) {
+            return Err(Failure::Invalid(e.0));
+        }
+        let previous = lock(&self.incoming).remove(&from);
+        let mut incoming = match previous {
+            Some(inc) if inc.transfer_id == chunk.transfer_id => inc,
+            stale => {
+                if let Some(stale) = stale {
+                    let _ = std::fs::remove_file(&stale.path);
+                }
+                if chunk.offset != 0 {
+                    return Err(refuse(format!(
+                        "chunk at offset {} of an unknown transfer; start over",
+                        chunk.offset
+                    )));
+                }
+                let path = self
+                    .incoming_dir
+                    .join(format!("from-{from}-{:016x}.snap", chunk.transfer_id));
+                let file = std::fs::File::create(&path)
+                    .map_err(|e| refuse(format!("cannot create {}: {e}", path.display())))?;
+                Incoming {
+                    transfer_id: chunk.transfer_id,
+                    path,
+                    file,
+                    written: 0,
+                }
+            }
+        };
+        if chunk.offset != incoming.written {
+            let _ = std::fs::remove_file(&incoming.path);
+            return Err(refuse(format!(
+                "chunk at offset {} but {} bytes were received; start over",
+                chunk.offset, incoming.written
+            )));
+        }
+        let done = chunk.done;
+        let vote = chunk.vote;
+        let data = chunk.data;
+        let mut incoming = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            incoming.file.write_all(&data)?;
+            incoming.written += data.len() as u64;
+            if done {
+                incoming.file.sync_all()?;
+            }
+            Ok::<_, std::io::Error>(incoming)
+        })
+        .await
+        .map_err(|e| refuse(e.to_string()))?
+        .map_err(|e| refuse(format!("cannot write the snapshot: {e}")))?;
+        if !done {
+            lock(&self.incoming).insert(from, incoming);
+            return Ok(None);
+        }
+        let path = std::mem::take(&mut incoming.path);
+        drop(incoming);
+        let result = self.install_received(from, vote, &path).await;
+        // Installed files are moved away; a refused one is not ours to keep.
+        let _ = std::fs::remove_file(&path);
+        result.map(Some)
+    }
+
+    async fn install_received(
+        &self,
+        from: NodeId,
+        vote: crate::raft::Vote,
+        path: &std::path::Path,
+    ) -> Result<SnapshotResponse, Failure> {
+        let checked = path.to_path_buf();
+        let meta = tokio::task::spawn_blocking(move || snapshot::verify(&checked))
+            .await
+            .map_err(|e| Failure::SnapshotChunk(e.to_string()))?
+            .map_err(|e| Failure::SnapshotChunk(format!("received snapshot is invalid: {e}")))?;
+        validate::snapshot(&vote, &meta, from, self.id(), self.local_committed())
+            .map_err(|e| Failure::Invalid(e.0))?;
+        let file = SnapshotFile::open(path).map_err(|e| Failure::SnapshotChunk(e.to_string()))?;
+        let snapshot = crate::raft::Snapshot {
+            meta,
+            snapshot: file,
+        };
+        self.raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(|e| Failure::Raft(e.to_string()))
+    }
+}
+
+/// Every chunk carries the sender's vote; check it early, before writing anything.
+fn chunk_vote_ok(chunk: &SnapshotChunk, from: NodeId, me: NodeId) -> Result<(), validate::Invalid> {
+    let v = &chunk.vote;
+    if v.leader_id.node_id != from
+        || from == me
+        || !v.committed
+        || v.leader_id.term >= validate::BOUND
+    {
+        return Err(validate::Invalid(format!(
+            "a snapshot chunk from node {from} under vote {v}"
+        )));
+    }
+    Ok(())
+}
