@@ -4,7 +4,8 @@
 //! Each node gets ephemeral ports and its own temporary data directory. Processes are tracked by
 //! pid: `kill` is SIGKILL, `pause` is SIGSTOP, and dropping the cluster kills every process it
 //! started. When a test panics, the cluster prints the tail of every node's log first, so a
-//! failure shows what the nodes saw.
+//! failure shows what the nodes saw. Fault tests can give a node environment variables (the
+//! node's failpoints), wipe its data directory, wait for it to exit, and read its memory use.
 
 use std::fs::File;
 use std::net::TcpListener;
@@ -18,6 +19,7 @@ use std::time::Instant;
 
 use anyhow::bail;
 use anyhow::Context;
+use nix::sys::signal::Signal;
 use serde_json::Value;
 
 /// Where the `metrokv-node` binary is: `$METROKV_BIN` (set by scripts/test.sh), else next to the
@@ -76,6 +78,8 @@ pub struct Node {
     pub peer_addr: String,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
+    /// Environment variables for the node's next start (e.g. `METROKV_FAILPOINTS`).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     paused: bool,
 }
@@ -124,6 +128,7 @@ impl Cluster {
                 peer_addr: format!("127.0.0.1:{}", free_port()),
                 data_dir: node_dir.join("data"),
                 log_path: node_dir.join("node.log"),
+                env: Vec::new(),
                 child: None,
                 paused: false,
             });
@@ -199,6 +204,9 @@ impl Cluster {
             "RUST_LOG",
             std::env::var("METROKV_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
         );
+        for (k, v) in &node.env {
+            cmd.env(k, v);
+        }
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -221,10 +229,73 @@ impl Cluster {
         self.spawn(id)
     }
 
+    /// Start node `id` again on its data directory with `env` set (replacing earlier ones).
+    pub fn restart_with_env(&mut self, id: u64, env: &[(&str, &str)]) -> anyhow::Result<()> {
+        self.kill(id);
+        self.node_mut(id).env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.spawn(id)
+    }
+
+    /// Remove node `id`'s data directory (the node must be stopped): a replaced disk.
+    pub fn wipe(&mut self, id: u64) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.node(id).is_running(), "n{id} is running");
+        let dir = &self.node(id).data_dir;
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).with_context(|| format!("wipe {}", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Wait until node `id`'s process exits by itself, at most `timeout`; its exit status.
+    pub async fn wait_exit(
+        &mut self,
+        id: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let node = self.node_mut(id);
+            let child = node.child.as_mut().context("the node is not running")?;
+            if let Some(status) = child.try_wait()? {
+                node.child = None;
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                bail!("n{id} still runs after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether node `id`'s process has exited (reaping it if so).
+    pub fn has_exited(&mut self, id: u64) -> bool {
+        let node = self.node_mut(id);
+        match node.child.as_mut().map(Child::try_wait) {
+            Some(Ok(Some(_))) | None => {
+                node.child = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Resident memory of node `id`, in KiB (from /proc).
+    pub fn rss_kib(&self, id: u64) -> Option<u64> {
+        let pid = self.node(id).pid()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
     /// SIGSTOP node `id`.
     pub fn pause(&mut self, id: u64) {
         if let Some(pid) = self.node(id).pid() {
-            signal(pid, "STOP");
+            signal(pid, Signal::SIGSTOP);
             self.node_mut(id).paused = true;
         }
     }
@@ -232,7 +303,7 @@ impl Cluster {
     /// SIGCONT node `id`.
     pub fn resume(&mut self, id: u64) {
         if let Some(pid) = self.node(id).pid() {
-            signal(pid, "CONT");
+            signal(pid, Signal::SIGCONT);
             self.node_mut(id).paused = false;
         }
     }
@@ -315,13 +386,75 @@ impl Cluster {
     pub fn log_tail(&self, id: u64, lines: usize) -> String {
         tail(&self.node(id).log_path, lines)
     }
+
+    /// `PUT /v1/kv/{key}` on node `node`.
+    pub async fn put(
+        &self,
+        node: u64,
+        key: &str,
+        value: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.http
+            .put(format!("{}/v1/kv/{key}", self.url(node)))
+            .body(value)
+            .send()
+            .await
+            .expect("put")
+    }
+
+    /// `GET /v1/kv/{key}` on node `node`: status, body, ETag.
+    pub async fn get(&self, node: u64, key: &str) -> (reqwest::StatusCode, String, Option<String>) {
+        let r = self
+            .http
+            .get(format!("{}/v1/kv/{key}", self.url(node)))
+            .send()
+            .await
+            .expect("get");
+        let status = r.status();
+        let etag = r
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        (status, r.text().await.unwrap_or_default(), etag)
+    }
+
+    /// A sample of metric `name` (without labels) from node `node`'s `/metrics`.
+    pub async fn metric(&self, node: u64, name: &str) -> Option<f64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.url(node)))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    /// The whole log of node `id`.
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.node(id).log_path).unwrap_or_default()
+    }
 }
 
-fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status();
+/// The status and JSON body of an answer; panics with the body if it is not JSON.
+pub async fn json_of(r: reqwest::Response) -> (reqwest::StatusCode, Value) {
+    let status = r.status();
+    let text = r.text().await.unwrap_or_default();
+    let value =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
+    (status, value)
+}
+
+/// Signal a process this cluster started, by pid.
+fn signal(pid: u32, sig: Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    }
 }
 
 fn tail(path: &Path, lines: usize) -> String {
@@ -344,7 +477,7 @@ impl Drop for Cluster {
         for node in &mut self.nodes {
             if let Some(mut child) = node.child.take() {
                 if node.paused {
-                    signal(child.id(), "CONT");
+                    signal(child.id(), Signal::SIGCONT);
                 }
                 let _ = child.kill();
                 let _ = child.wait();

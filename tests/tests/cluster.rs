@@ -3,47 +3,23 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use metrokv_tests::json_of;
 use metrokv_tests::Cluster;
 use metrokv_tests::Options;
 use reqwest::StatusCode;
 use serde_json::json;
-use serde_json::Value;
 
 async fn put(c: &Cluster, node: u64, key: &str, value: &str) -> reqwest::Response {
-    c.http()
-        .put(format!("{}/v1/kv/{key}", c.url(node)))
-        .body(value.to_string())
-        .send()
-        .await
-        .expect("put")
+    c.put(node, key, value.to_string()).await
 }
 
 async fn get(c: &Cluster, node: u64, key: &str) -> (StatusCode, String, Option<String>) {
-    let r = c
-        .http()
-        .get(format!("{}/v1/kv/{key}", c.url(node)))
-        .send()
-        .await
-        .expect("get");
-    let status = r.status();
-    let etag = r
-        .headers()
-        .get("etag")
-        .map(|v| v.to_str().unwrap().to_string());
-    (status, r.text().await.unwrap(), etag)
-}
-
-async fn json_of(r: reqwest::Response) -> (StatusCode, Value) {
-    let status = r.status();
-    let text = r.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")),
-    )
+    c.get(node, key).await
 }
 
 async fn revision(c: &Cluster, node: u64) -> u64 {
@@ -55,18 +31,7 @@ async fn revision(c: &Cluster, node: u64) -> u64 {
 }
 
 async fn metric(c: &Cluster, node: u64, name: &str) -> Option<f64> {
-    let text = c
-        .http()
-        .get(format!("{}/metrics", c.url(node)))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    c.metric(node, name).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -211,12 +176,16 @@ async fn killing_the_leader_loses_no_acknowledged_write_and_writes_resume() {
     let http = c.http().clone();
     let stop = Arc::new(AtomicBool::new(false));
     let killed = Arc::new(AtomicBool::new(false));
+    // Counts of acknowledged writes, so the test waits for progress instead of sleeping.
+    let acked_before = Arc::new(AtomicU64::new(0));
+    let acked_after = Arc::new(AtomicU64::new(0));
 
     // Four writers, each with its own keys, sending to every node in turn. They record which
     // writes were acknowledged, and how many were acknowledged after the kill.
     let mut writers = Vec::new();
     for w in 0..4u64 {
         let (urls, http, stop, killed) = (urls.clone(), http.clone(), stop.clone(), killed.clone());
+        let (acked_before, acked_after) = (acked_before.clone(), acked_after.clone());
         writers.push(tokio::spawn(async move {
             let mut acked = BTreeMap::new();
             let mut acked_after_kill = 0;
@@ -237,6 +206,9 @@ async fn killing_the_leader_loses_no_acknowledged_write_and_writes_resume() {
                         acked.insert(key, format!("value-{i}"));
                         if after_kill {
                             acked_after_kill += 1;
+                            acked_after.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            acked_before.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 }
@@ -245,7 +217,24 @@ async fn killing_the_leader_loses_no_acknowledged_write_and_writes_resume() {
             (acked, acked_after_kill)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let progress = |counter: Arc<AtomicU64>, at_least: u64| {
+        move || {
+            let counter = counter.clone();
+            async move {
+                match counter.load(Ordering::Relaxed) {
+                    n if n >= at_least => Ok(()),
+                    n => Err(format!("{n} writes acknowledged")),
+                }
+            }
+        }
+    };
+    Cluster::eventually(
+        "writes are acknowledged before the kill",
+        Duration::from_secs(15),
+        progress(acked_before.clone(), 40),
+    )
+    .await
+    .unwrap();
     c.kill(leader);
     killed.store(true, Ordering::Relaxed);
 
@@ -273,7 +262,13 @@ async fn killing_the_leader_loses_no_acknowledged_write_and_writes_resume() {
     )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    Cluster::eventually(
+        "the writers see the new leader",
+        Duration::from_secs(15),
+        progress(acked_after.clone(), 20),
+    )
+    .await
+    .unwrap();
     stop.store(true, Ordering::Relaxed);
 
     let mut all = BTreeMap::new();

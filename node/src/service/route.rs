@@ -131,16 +131,15 @@ impl Service {
         RF: Future<Output = Step<T, E>>,
     {
         let mut last_problem = String::from("no leader is in contact with this node");
-        let mut tried: Option<NodeId> = None;
         loop {
             if Instant::now() >= deadline {
                 return Err(give_up(last_problem));
             }
-            let leader = match self.leader_in_contact().filter(|l| Some(*l) != tried) {
+            let leader = match self.leader_in_contact() {
                 Some(l) => l,
                 None => {
                     let until = deadline.min(Instant::now() + self.no_leader_wait());
-                    match self.wait_for_leader(tried, until).await {
+                    match self.wait_for_leader(None, until).await {
                         Some(l) => l,
                         None => return Err(give_up(last_problem)),
                     }
@@ -165,16 +164,15 @@ impl Service {
             match step {
                 Step::Done(value) => return Ok((value, leader)),
                 Step::Fail(e) => return Err(e),
-                Step::LeaderMoved(why) => {
+                // Nothing happened: a leader that just lost (or has not quite taken) office, or
+                // one we could not reach. Try again shortly, with whoever leads then; a node
+                // without a leader in contact gives up after `no_leader_wait`, above.
+                Step::LeaderMoved(why) | Step::Unreachable(why) => {
                     last_problem = why;
-                    tried = Some(leader);
-                }
-                Step::Unreachable(why) => {
-                    last_problem = why;
-                    tried = None;
                     let pause =
                         RETRY_BACKOFF.min(deadline.saturating_duration_since(Instant::now()));
-                    tokio::time::sleep(pause).await;
+                    let changed = self.wait_for_leader(Some(leader), Instant::now() + pause);
+                    let _ = changed.await;
                 }
             }
         }
