@@ -83,14 +83,14 @@ async fn a_txn_reading_large_values_with_an_idempotency_key_never_stops_the_clus
         .unwrap();
     }
     // The retry is answered from the stored answer, in full.
-    let (status, again) = txn(&c, 2, &reads, Some("read-big")).await;
+    let (status, again) = txn(c, 2, &reads, Some("read-big")).await;
     assert_eq!((status, &again), (StatusCode::OK, &first));
     // A txn that would read more than its budget is refused whole, and changes nothing.
     let gets: Vec<Value> = (0..7)
         .map(|i| json!({"get": {"key": if i % 2 == 0 { "big1" } else { "big2" }}}))
         .chain([json!({"put": {"key": "never", "value": "1"}})])
         .collect();
-    let (status, body) = txn(&c, 3, &json!({ "success": gets }), Some("too-big")).await;
+    let (status, body) = txn(c, 3, &json!({ "success": gets }), Some("too-big")).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (StatusCode::PAYLOAD_TOO_LARGE, Some("too_large")),
