@@ -198,6 +198,28 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// Raise the open-file limit to its hard limit: every client and peer connection is a file, and
+/// the common default soft limit (1024) is below the default connection cap.
+fn raise_file_limit(wanted: u64) {
+    use nix::sys::resource::getrlimit;
+    use nix::sys::resource::setrlimit;
+    use nix::sys::resource::Resource;
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
+        tracing::warn!(soft, hard, "cannot raise the open-file limit");
+    }
+    let now = getrlimit(Resource::RLIMIT_NOFILE).map_or(soft, |(s, _)| s);
+    if now < wanted {
+        tracing::warn!(
+            limit = now,
+            wanted,
+            "the open-file limit is below the connection cap plus peers; connections past it fail"
+        );
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = match build_config(&args) {
@@ -218,6 +240,7 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     }
+    raise_file_limit(config.max_connections as u64 + 1024);
     let metrics_handle =
         metrokv_node::metrics::install().context("cannot install the metrics recorder")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -637,3 +637,39 @@ async fn a_torn_wal_tail_is_truncated_and_the_log_stays_a_prefix() {
     let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
     assert_eq!(indexes, (1..=last).collect::<Vec<_>>(), "no holes");
 }
+
+/// The review's sixth defect: an install held a std lock that every API read waited on inside a
+/// runtime worker, so a few concurrent reads stalled the whole node (peers, timers, the Raft
+/// core) for the install. Reads now wait on the lock without parking a worker: with an install
+/// holding the lock, more reads than workers are waiting, and other tasks still run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_during_an_install_wait_without_parking_the_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, state) = open(dir.path()).unwrap();
+    let reader = state.reader();
+    let db = reader.db_for_tests();
+    let (held_tx, held_rx) = tokio::sync::oneshot::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let install = tokio::task::spawn_blocking(move || {
+        let _guard = db.install_lock.blocking_write();
+        held_tx.send(()).unwrap();
+        let _ = release_rx.recv();
+    });
+    held_rx.await.unwrap();
+    let reads: Vec<_> = (0..8)
+        .map(|_| {
+            let reader = reader.clone();
+            tokio::spawn(async move { reader.kv("k").await })
+        })
+        .collect();
+    // A task that needs a worker (as the Raft core and the peer transport do) still runs while
+    // the install holds the lock. Were the workers parked, it would only run after the release.
+    let other = tokio::spawn(async { 42 });
+    let ran = tokio::time::timeout(std::time::Duration::from_secs(10), other).await;
+    release_tx.send(()).unwrap();
+    assert_eq!(ran.expect("a task ran during the install").unwrap(), 42);
+    install.await.unwrap();
+    for read in reads {
+        assert_eq!(read.await.unwrap().unwrap(), None);
+    }
+}
