@@ -435,6 +435,35 @@ impl Cluster {
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
     }
 
+    /// Make node `id` the leader: kill whichever other node leads, let the two others elect (a
+    /// fair race; a leader restarted at once would usually win again), bring the killed one
+    /// back, and repeat. Returns the number of rounds.
+    pub async fn make_leader(&mut self, id: u64) -> anyhow::Result<usize> {
+        const ROUNDS_MAX: usize = 30;
+        for round in 0..ROUNDS_MAX {
+            let c = &*self;
+            let leader = Self::eventually("a leader", Duration::from_secs(30), || async {
+                c.leader().await.ok_or_else(|| "none".to_string())
+            })
+            .await?;
+            if leader == id {
+                return Ok(round);
+            }
+            self.kill(leader);
+            let c = &*self;
+            Self::eventually("a new leader", Duration::from_secs(30), || async {
+                match c.leader().await {
+                    Some(l) if l != leader => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            })
+            .await?;
+            self.restart(leader)?;
+            self.wait_ready(Duration::from_secs(30)).await?;
+        }
+        bail!("n{id} did not become the leader in {ROUNDS_MAX} rounds")
+    }
+
     /// The whole log of node `id`.
     pub fn log(&self, id: u64) -> String {
         std::fs::read_to_string(&self.node(id).log_path).unwrap_or_default()
