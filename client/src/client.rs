@@ -1,10 +1,10 @@
-//! The public client: [`ClientBuilder`] and the typed calls of API.md on [`Client`].
+//! The public client: [`ClientBuilder`] and the typed calls of docs/api.md on [`Client`].
 //!
 //! Each method validates its arguments, builds one [`Call`] (fixing the idempotency key of a
 //! write before the first attempt), hands it to the transport, and reads the 2xx answer into a
 //! typed result. Error answers are mapped in `error.rs`; retries happen in `transport.rs`.
 //!
-//! Left out: TLS and authentication (API.md has neither), and streaming of large lists (callers
+//! Left out: TLS and authentication (docs/api.md has neither), and streaming of large lists (callers
 //! page with `after`).
 
 use std::sync::Arc;

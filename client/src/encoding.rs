@@ -36,7 +36,7 @@ pub(crate) fn encode_component(raw: &str) -> String {
     utf8_percent_encode(raw, COMPONENT).to_string()
 }
 
-/// Checks a key against API.md (1..=1024 bytes) and returns it encoded for a path.
+/// Checks a key against docs/api.md (1..=1024 bytes) and returns it encoded for a path.
 pub(crate) fn key_path_segment(key: &str) -> Result<String, Error> {
     check_key(key)?;
     path_segment("key", key)
@@ -60,7 +60,7 @@ fn path_segment(what: &str, raw: &str) -> Result<String, Error> {
     Ok(encode_component(raw))
 }
 
-/// Checks a key's length against API.md; keys inside a txn body are checked here too.
+/// Checks a key's length against docs/api.md; keys inside a txn body are checked here too.
 pub(crate) fn check_key(key: &str) -> Result<(), Error> {
     if key.is_empty() || key.len() > KEY_BYTES_MAX {
         return Err(Error::InvalidRequest {
@@ -129,7 +129,7 @@ pub(crate) fn take_value(object: &Map<String, Value>) -> Result<Option<Bytes>, S
     }
 }
 
-/// Serde helper: serializes a value as API.md does, `value` or `value_base64`, into a map that
+/// Serde helper: serializes a value as docs/api.md does, `value` or `value_base64`, into a map that
 /// is being built (used by the manual `Serialize` impls of result types).
 pub(crate) fn serialize_value_field<M: serde::ser::SerializeMap>(
     map: &mut M,

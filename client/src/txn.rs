@@ -1,6 +1,6 @@
-//! Transactions (`POST /v1/txn`): typed compares and ops, and their API.md JSON form.
+//! Transactions (`POST /v1/txn`): typed compares and ops, and their docs/api.md JSON form.
 //!
-//! Build one with [`TxnRequest::new`] and `when` / `then` / `otherwise`, or read the API.md JSON
+//! Build one with [`TxnRequest::new`] and `when` / `then` / `otherwise`, or read the docs/api.md JSON
 //! with [`TxnRequest::from_json`] (the CLI does). Encoding and decoding are written side by side
 //! and tested as a round trip.
 //!
@@ -283,7 +283,7 @@ impl TxnRequest {
         self
     }
 
-    /// The API.md request body.
+    /// The docs/api.md request body.
     pub fn to_json(&self) -> Value {
         json!({
             "compare": self.compare.iter().map(Compare::to_json).collect::<Vec<_>>(),
@@ -292,7 +292,7 @@ impl TxnRequest {
         })
     }
 
-    /// Reads an API.md request body; missing lists are empty. Errors are `InvalidRequest`.
+    /// Reads a docs/api.md request body; missing lists are empty. Errors are `InvalidRequest`.
     pub fn from_json(body: &Value) -> Result<Self, Error> {
         let invalid = |message: String| Error::InvalidRequest { message };
         let object = body

@@ -1,8 +1,8 @@
-//! The typed requests and results of API.md, and how results are read from the wire.
+//! The typed requests and results of docs/api.md, and how results are read from the wire.
 //!
 //! Values are bytes ([`Bytes`]) everywhere in this API; the JSON `value`/`value_base64` split is
 //! handled in `encoding.rs`. Results derive `Serialize` (the CLI's `--json` output), where values
-//! are written the API.md way. Each result says which node served it ([`ServedBy`]).
+//! are written the docs/api.md way. Each result says which node served it ([`ServedBy`]).
 //!
 //! Left out: the transaction types (`txn.rs`) and the calls (`client.rs`).
 
@@ -28,7 +28,7 @@ pub struct ServedBy {
     pub applied_index: Option<u64>,
 }
 
-/// Read consistency (API.md `?consistency=`).
+/// Read consistency (docs/api.md `?consistency=`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Consistency {
     /// Reflects every write acknowledged before the read began. The default.

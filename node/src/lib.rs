@@ -2,7 +2,7 @@
 //!
 //! Dependencies point one way: `api` → `service` → `raft`/`transport` → `storage` →
 //! `state_machine`. The state machine is pure; storage is RocksDB; openraft is assembled in
-//! `raft`; peers talk over `transport`; `api` is the HTTP contract of `../shared/API.md`;
+//! `raft`; peers talk over `transport`; `api` is the HTTP contract of `docs/api.md`;
 //! `node` starts it all. `clock` is the leader's bounded clock for the replicated time,
 //! `failpoint` the fault injection the fault tests use, `limits` every bound.
 

@@ -1,7 +1,7 @@
 //! Every bound the node enforces, in one place.
 //!
 //! Each constant says what happens when it is hit. Limits that clients can observe are the ones
-//! `../shared/API.md` documents; the rest protect the node from a peer or a client that sends too
+//! `docs/api.md` documents; the rest protect the node from a peer or a client that sends too
 //! much. The const block at the end checks at compile time how the limits relate to each other,
 //! along every path a record travels: the largest request becomes the largest log entry, which
 //! must fit an AppendEntries frame; the largest record the state machine writes (a stored
@@ -11,7 +11,7 @@
 //! `state_machine`'s and `storage`'s tests check the same relations on encoded values.
 
 // ---------------------------------------------------------------------------------------------
-// What a client may send (API.md).
+// What a client may send (docs/api.md).
 
 /// Largest key, in bytes of UTF-8. A longer key is refused with 400 `invalid_request`.
 pub const KEY_BYTES_MAX: usize = 1024;
@@ -58,7 +58,7 @@ pub const LIST_PAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
 // ---------------------------------------------------------------------------------------------
 // The replicated clock and deduplication.
 
-/// How long idempotency keys are kept, in the replicated clock (see `state_machine`). API.md
+/// How long idempotency keys are kept, in the replicated clock (see `state_machine`). docs/api.md
 /// promises at least 24 hours. Transfer ids are kept for ever: they are the ledger.
 pub const DEDUP_RETENTION_MS: u64 = 24 * 60 * 60 * 1000;
 

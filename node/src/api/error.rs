@@ -1,6 +1,6 @@
 //! The only place that maps errors to HTTP: every refusal becomes a status and a JSON body
 //! `{"error": "<code>", "message": "<text>"}` (plus fields that help, such as the current version
-//! of a key), with the codes of API.md.
+//! of a key), with the codes of docs/api.md.
 
 use axum::http::HeaderValue;
 use axum::http::StatusCode;

@@ -1,4 +1,4 @@
-//! The HTTP API of `../shared/API.md`, on axum: one file per area (`kv`, `txn`, `accounts`,
+//! The HTTP API of `docs/api.md`, on axum: one file per area (`kv`, `txn`, `accounts`,
 //! `cluster`), error mapping in `error`. What handlers share is here: parsing and validating
 //! input, the consistency barrier before reads, proposing writes and stamping the
 //! `X-Metrokv-Leader` header, plus middleware for metrics and the load limits: at most

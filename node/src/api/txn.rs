@@ -1,5 +1,5 @@
 //! `POST /v1/txn`: compare-then-ops in one atomic step, etcd style. This file turns the JSON of
-//! API.md into a [`Txn`] (checking every limit first) and the answer back into JSON.
+//! docs/api.md into a [`Txn`] (checking every limit first) and the answer back into JSON.
 
 use axum::body::Body;
 use axum::extract::RawQuery;

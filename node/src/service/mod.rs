@@ -1,6 +1,6 @@
 //! What a node does with a request, independent of HTTP, in one file per job:
 //! - `route`: propose a write (here if this node leads, else forwarded to the leader) and make a
-//!   read linearizable, with the outcomes API.md promises;
+//!   read linearizable, with the outcomes docs/api.md promises;
 //! - `peer`: the handler for requests from peers, which checks every Raft request before
 //!   openraft sees it (`transport::validate`) and admits only members on their recorded storage;
 //! - `incoming`: snapshot chunks from a leader, assembled into a file and installed;

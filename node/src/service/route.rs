@@ -1,7 +1,7 @@
 //! Routing requests to the leader: writes are proposed here if this node leads, else forwarded
 //! to the leader over the peer transport; linearizable reads learn the leader's read index.
 //!
-//! Outcomes follow API.md's promise about what a client may conclude:
+//! Outcomes follow docs/api.md's promise about what a client may conclude:
 //! - [`WriteError::Unavailable`] (503): nothing was proposed (no leader in contact, the leader is
 //!   unreachable, or it cannot hear from a quorum), so a retry cannot apply the write twice;
 //! - [`WriteError::Indeterminate`] (504): the write was proposed and its fate is unknown; only a
