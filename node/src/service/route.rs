@@ -247,8 +247,9 @@ impl Service {
         if !self.has_quorum() {
             return Err(LocalWrite::NoQuorum);
         }
+        let term = self.raft.metrics().borrow_watched().current_term;
         let request = Request {
-            leader_time_ms: self.clock.stamp(),
+            leader_time_ms: self.clock.stamp(term),
             idempotency_key,
             command,
         };
