@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Run the whole test suite: unit and property tests, storage tests on real RocksDB, end-to-end
-# tests on real three-node clusters, the client tests, and the partition harness's smoke run and
-# negative control. Installs what the build needs first. CI runs exactly this (.ci/run).
+# Run the whole test suite: formatting, clippy and rustdoc with warnings denied, unit and property
+# tests, storage tests on real RocksDB, end-to-end and fault tests on real three-node clusters,
+# the fuzz corpus, the client tests, and the partition harness's smoke run and negative control.
+# Installs what the build needs first. CI runs exactly this (.ci/run).
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh -- ARGS    extra arguments for `cargo test` (e.g. a test name filter)
@@ -13,6 +14,10 @@ ensure_build_deps
 cd "$METROKV_ROOT"
 cargo fmt --all -- --check || { say "code is not formatted: run cargo fmt --all"; exit 1; }
 build_release
+# The style is kept by tools: lints and rustdoc with warnings denied (release profile, so they
+# reuse the build above instead of compiling RocksDB again).
+cargo clippy --release --locked --workspace --all-targets -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --release --locked --no-deps --workspace
 extra=()
 if [ "${1:-}" = "--" ]; then shift; extra=("$@"); fi
 # The end-to-end tests start real metrokv-node processes from $METROKV_BIN.

@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde::Serialize;
 
 use crate::limits;
-use crate::raft::NodeId;
-use crate::raft::NodeInfo;
+use crate::raft::types::NodeId;
+use crate::raft::types::NodeInfo;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

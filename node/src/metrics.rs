@@ -1,14 +1,13 @@
 //! Prometheus metrics. Request counters and latency histograms are recorded by the API
-//! middleware as requests pass; Raft and RocksDB figures are sampled when `/metrics` is scraped,
-//! and leader changes are counted by a task watching openraft's metrics.
-
-use std::sync::Arc;
+//! middleware as requests pass; Raft and RocksDB figures are sampled when `/metrics` is scraped
+//! (from what the caller hands over, so this module depends on nothing above it); leader changes
+//! are counted by `service`'s leader watch.
 
 use metrics_exporter_prometheus::PrometheusBuilder;
 use metrics_exporter_prometheus::PrometheusHandle;
-use openraft::async_runtime::WatchReceiver;
 
-use crate::service::Service;
+use crate::raft::types::NodeId;
+use crate::raft::types::RaftMetrics;
 
 /// Buckets for request latency, in seconds: sub-millisecond to the write timeout.
 const LATENCY_BUCKETS_SECONDS: &[f64] = &[
@@ -25,11 +24,11 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
         .install_recorder()
 }
 
-/// Sample Raft and storage figures into gauges, just before rendering.
-pub fn record_scrape(service: &Service) {
-    let m = service.metrics();
+/// Sample Raft and storage figures into gauges, just before rendering: `m` is node `me`'s
+/// openraft view, `sizes` the on-disk size of each column family.
+pub fn record_scrape(m: &RaftMetrics, me: NodeId, sizes: &[(&'static str, u64)]) {
     metrics::gauge!("metrokv_raft_term").set(m.current_term as f64);
-    metrics::gauge!("metrokv_raft_is_leader").set(if m.current_leader == Some(service.id()) {
+    metrics::gauge!("metrokv_raft_is_leader").set(if m.current_leader == Some(me) {
         1.0
     } else {
         0.0
@@ -51,23 +50,7 @@ pub fn record_scrape(service: &Service) {
                 .set(lag as f64);
         }
     }
-    for (cf, bytes) in service.reader().sizes() {
-        metrics::gauge!("metrokv_rocksdb_sst_bytes", "column_family" => cf).set(bytes as f64);
+    for (cf, bytes) in sizes {
+        metrics::gauge!("metrokv_rocksdb_sst_bytes", "column_family" => *cf).set(*bytes as f64);
     }
-}
-
-/// Count leader changes and log them, until the Raft node shuts down.
-pub fn spawn_leader_watch(service: Arc<Service>) {
-    tokio::spawn(async move {
-        let mut rx = service.raft().metrics();
-        let mut leader = rx.borrow_watched().current_leader;
-        while rx.changed().await.is_ok() {
-            let now = rx.borrow_watched().current_leader;
-            if now != leader {
-                tracing::info!(from = ?leader, to = ?now, term = rx.borrow_watched().current_term, "leader changed");
-                metrics::counter!("metrokv_raft_leader_changes_total").increment(1);
-                leader = now;
-            }
-        }
-    });
 }

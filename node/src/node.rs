@@ -16,15 +16,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::raft::WatchReceiver;
 use anyhow::Context;
 use futures::FutureExt;
-use openraft::async_runtime::WatchReceiver;
 use tokio::net::TcpListener;
 
 use crate::api;
 use crate::clock::Clock;
 use crate::config::NodeConfig;
-use crate::metrics;
 use crate::raft;
 use crate::raft::NodeId;
 use crate::raft::NodeInfo;
@@ -170,7 +169,7 @@ pub async fn run(
         }
         service.set_raft_open(true);
     }
-    metrics::spawn_leader_watch(service.clone());
+    service::spawn_leader_watch(service.clone());
     service::spawn_storage_recorder(service.clone());
 
     tracing::info!(

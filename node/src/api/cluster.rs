@@ -69,7 +69,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     let Some(handle) = &state.metrics else {
         return ApiError::NotFound("metrics are not enabled on this node".into()).into_response();
     };
-    crate::metrics::record_scrape(&state.service);
+    let service = &state.service;
+    crate::metrics::record_scrape(&service.metrics(), service.id(), &service.reader().sizes());
     let mut r = handle.render().into_response();
     r.headers_mut().insert(
         "content-type",

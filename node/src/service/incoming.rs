@@ -126,7 +126,7 @@ impl Service {
         validate::snapshot(&vote, &meta, from, self.id(), self.local_committed())
             .map_err(|e| Failure::Invalid(e.0))?;
         let file = SnapshotFile::open(path).map_err(|e| Failure::SnapshotChunk(e.to_string()))?;
-        let snapshot = crate::raft::Snapshot {
+        let snapshot = crate::storage::Snapshot {
             meta,
             snapshot: file,
         };

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use openraft::async_runtime::WatchReceiver;
-use openraft::Instant as _;
+use crate::raft::RaftInstant as _;
+use crate::raft::WatchReceiver;
 use tokio::time::Instant;
 
 pub use route::ReadError;
@@ -301,6 +301,22 @@ pub fn spawn_storage_recorder(service: Arc<Service>) {
                         tracing::debug!(node, error = %e, "recording a member's storage id will be retried")
                     }
                 }
+            }
+        }
+    });
+}
+
+/// Count leader changes and log them, until the Raft node shuts down.
+pub fn spawn_leader_watch(service: Arc<Service>) {
+    tokio::spawn(async move {
+        let mut rx = service.raft().metrics();
+        let mut leader = rx.borrow_watched().current_leader;
+        while rx.changed().await.is_ok() {
+            let now = rx.borrow_watched().current_leader;
+            if now != leader {
+                tracing::info!(from = ?leader, to = ?now, term = rx.borrow_watched().current_term, "leader changed");
+                metrics::counter!("metrokv_raft_leader_changes_total").increment(1);
+                leader = now;
             }
         }
     });

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::async_runtime::WatchReceiver;
+use crate::raft::WatchReceiver;
 use tokio::time::Instant;
 
 use super::lock;

@@ -16,7 +16,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use openraft::async_runtime::WatchReceiver;
+use crate::raft::WatchReceiver;
 use tokio::time::Instant;
 
 use super::Service;
@@ -346,9 +346,9 @@ impl Service {
         .map_err(|_| ForwardError::ReadTimeout("leadership was not confirmed in time".into()))?;
         match linearizer {
             Ok(l) => Ok(l.read_log_id().index()),
-            Err(RaftError::APIError(openraft::error::LinearizableReadError::ForwardToLeader(
-                f,
-            ))) => Err(ForwardError::NotLeader(f.leader_id)),
+            Err(RaftError::APIError(crate::raft::LinearizableReadError::ForwardToLeader(f))) => {
+                Err(ForwardError::NotLeader(f.leader_id))
+            }
             Err(e) => Err(ForwardError::ReadTimeout(e.to_string())),
         }
     }

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::RwLock;
 
-use crate::raft::NodeId;
+use crate::raft::types::NodeId;
 
 #[derive(Debug, Default)]
 pub struct StorageIds {

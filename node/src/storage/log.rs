@@ -32,14 +32,14 @@ use super::unsynced;
 use super::Db;
 use crate::failpoint;
 use crate::limits;
-use crate::raft::Entry;
-use crate::raft::IOFlushed;
-use crate::raft::LogId;
-use crate::raft::LogState;
-use crate::raft::RaftLogReader;
-use crate::raft::RaftLogStorage;
-use crate::raft::TypeConfig;
-use crate::raft::Vote;
+use crate::raft::types::Entry;
+use crate::raft::types::IOFlushed;
+use crate::raft::types::LogId;
+use crate::raft::types::LogState;
+use crate::raft::types::RaftLogReader;
+use crate::raft::types::RaftLogStorage;
+use crate::raft::types::TypeConfig;
+use crate::raft::types::Vote;
 
 type Flushed = IOFlushed<TypeConfig>;
 

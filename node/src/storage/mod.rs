@@ -46,6 +46,10 @@ pub use state::StateStore;
 
 use crate::clock::Clock;
 
+/// A snapshot as openraft hands it around: its meta and our file.
+pub type Snapshot =
+    openraft::alias::SnapshotOf<crate::raft::types::TypeConfig, snapshot::SnapshotFile>;
+
 /// The first byte of every stored value.
 const FORMAT_V1: u8 = 1;
 

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use super::decode;
 use super::encode;
 use crate::limits;
-use crate::raft::SnapshotMeta;
+use crate::raft::types::SnapshotMeta;
 
 const MAGIC: &[u8; 8] = b"MKVSNAP1";
 const END_MARKER: u32 = u32::MAX;

@@ -43,20 +43,20 @@ use super::snapshot::SnapshotWriter;
 use super::synced;
 use super::unsynced;
 use super::Db;
+use super::Snapshot;
 use super::StateReader;
 use super::StorageIds;
 use crate::clock::Clock;
 use crate::failpoint;
 use crate::limits;
-use crate::raft::EntryPayload;
-use crate::raft::EntryResponder;
-use crate::raft::LogId;
-use crate::raft::RaftSnapshotBuilder;
-use crate::raft::RaftStateMachine;
-use crate::raft::Snapshot;
-use crate::raft::SnapshotMeta;
-use crate::raft::StoredMembership;
-use crate::raft::TypeConfig;
+use crate::raft::types::EntryPayload;
+use crate::raft::types::EntryResponder;
+use crate::raft::types::LogId;
+use crate::raft::types::RaftSnapshotBuilder;
+use crate::raft::types::RaftStateMachine;
+use crate::raft::types::SnapshotMeta;
+use crate::raft::types::StoredMembership;
+use crate::raft::types::TypeConfig;
 use crate::state_machine;
 use crate::state_machine::AccountRecord;
 use crate::state_machine::Change;
@@ -158,7 +158,7 @@ impl StateStore {
 
     fn apply_one(
         &mut self,
-        entry: &crate::raft::Entry,
+        entry: &crate::raft::types::Entry,
     ) -> io::Result<Option<state_machine::Response>> {
         if let Some(prev) = &self.last_applied {
             // openraft applies committed entries in order, one after another. (Its storage test

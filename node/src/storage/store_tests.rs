@@ -14,17 +14,17 @@ use openraft::StorageError;
 use proptest::prelude::*;
 
 use super::*;
-use crate::raft::Entry;
-use crate::raft::EntryPayload;
-use crate::raft::IOFlushed;
-use crate::raft::LogId;
-use crate::raft::Membership;
-use crate::raft::NodeInfo;
-use crate::raft::RaftLogReader as _;
-use crate::raft::RaftLogStorage as _;
-use crate::raft::RaftStateMachine as _;
-use crate::raft::TypeConfig;
-use crate::raft::Vote;
+use crate::raft::types::Entry;
+use crate::raft::types::EntryPayload;
+use crate::raft::types::IOFlushed;
+use crate::raft::types::LogId;
+use crate::raft::types::Membership;
+use crate::raft::types::NodeInfo;
+use crate::raft::types::RaftLogReader as _;
+use crate::raft::types::RaftLogStorage as _;
+use crate::raft::types::RaftStateMachine as _;
+use crate::raft::types::TypeConfig;
+use crate::raft::types::Vote;
 use crate::state_machine::Command;
 use crate::state_machine::Condition;
 use crate::state_machine::Request;
@@ -90,7 +90,7 @@ async fn append(log: &mut LogStore, entries: Vec<Entry>) {
 }
 
 async fn apply(state: &mut StateStore, entries: Vec<Entry>) {
-    let items: Vec<Result<crate::raft::EntryResponder, std::io::Error>> =
+    let items: Vec<Result<crate::raft::types::EntryResponder, std::io::Error>> =
         entries.into_iter().map(|e| Ok((e, None))).collect();
     state.apply(stream::iter(items)).await.expect("apply");
 }

@@ -29,7 +29,7 @@ use super::codec::PeerRequest;
 use super::codec::PeerResponse;
 use super::codec::Refusal;
 use crate::limits;
-use crate::raft::NodeId;
+use crate::raft::types::NodeId;
 use crate::storage::StorageIds;
 
 #[derive(Debug, thiserror::Error)]

@@ -22,8 +22,8 @@ use tokio::io::AsyncWrite;
 use tokio::io::AsyncWriteExt;
 
 use crate::limits;
-use crate::raft;
-use crate::raft::NodeId;
+use crate::raft::types as raft;
+use crate::raft::types::NodeId;
 use crate::state_machine::Command;
 use crate::state_machine::Response;
 

@@ -28,20 +28,20 @@ use super::codec::PeerRequest;
 use super::codec::PeerResponse;
 use super::codec::SnapshotChunk;
 use crate::limits;
-use crate::raft::AppendEntriesRequest;
-use crate::raft::AppendEntriesResponse;
-use crate::raft::NodeId;
-use crate::raft::NodeInfo;
-use crate::raft::RpcError;
-use crate::raft::Snapshot;
-use crate::raft::SnapshotResponse;
-use crate::raft::StreamingError;
-use crate::raft::TransferLeaderRequest;
-use crate::raft::TransferLeaderResponse;
-use crate::raft::TypeConfig;
-use crate::raft::Vote;
-use crate::raft::VoteRequest;
-use crate::raft::VoteResponse;
+use crate::raft::types::AppendEntriesRequest;
+use crate::raft::types::AppendEntriesResponse;
+use crate::raft::types::NodeId;
+use crate::raft::types::NodeInfo;
+use crate::raft::types::RpcError;
+use crate::raft::types::SnapshotResponse;
+use crate::raft::types::StreamingError;
+use crate::raft::types::TransferLeaderRequest;
+use crate::raft::types::TransferLeaderResponse;
+use crate::raft::types::TypeConfig;
+use crate::raft::types::Vote;
+use crate::raft::types::VoteRequest;
+use crate::raft::types::VoteResponse;
+use crate::storage::Snapshot;
 use crate::storage::SnapshotFile;
 
 /// Creates a [`PeerNetwork`] per replication stream; openraft calls it.
@@ -111,7 +111,7 @@ fn unexpected(response: PeerResponse) -> RpcError {
 }
 
 /// Serialized size of an entry, for the AppendEntries byte cap.
-fn entry_bytes(entry: &crate::raft::Entry) -> usize {
+fn entry_bytes(entry: &crate::raft::types::Entry) -> usize {
     postcard::experimental::serialized_size(entry).unwrap_or(usize::MAX)
 }
 

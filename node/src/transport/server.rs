@@ -32,7 +32,7 @@ use super::codec::PeerRequest;
 use super::codec::PeerResponse;
 use super::codec::Refusal;
 use crate::limits;
-use crate::raft::NodeId;
+use crate::raft::types::NodeId;
 
 /// Handles the requests peers send. Implemented by the node's service layer.
 pub trait PeerHandler: Send + Sync + 'static {

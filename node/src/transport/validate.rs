@@ -17,16 +17,16 @@
 
 use std::cmp::Ordering;
 
-use crate::raft::AppendEntriesRequest;
-use crate::raft::EntryPayload;
-use crate::raft::LeaderId;
-use crate::raft::LogId;
-use crate::raft::Membership;
-use crate::raft::NodeId;
-use crate::raft::SnapshotMeta;
-use crate::raft::TransferLeaderRequest;
-use crate::raft::Vote;
-use crate::raft::VoteRequest;
+use crate::raft::types::AppendEntriesRequest;
+use crate::raft::types::EntryPayload;
+use crate::raft::types::LeaderId;
+use crate::raft::types::LogId;
+use crate::raft::types::Membership;
+use crate::raft::types::NodeId;
+use crate::raft::types::SnapshotMeta;
+use crate::raft::types::TransferLeaderRequest;
+use crate::raft::types::Vote;
+use crate::raft::types::VoteRequest;
 
 /// Every term and index a peer sends stays below this, so openraft's `term + 1` and `index + 1`
 /// never overflow (2^62 entries is far beyond any real log).
@@ -260,12 +260,12 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::raft::Entry;
-    use crate::raft::NodeInfo;
-    use crate::raft::StoredMembership;
+    use crate::raft::types::Entry;
+    use crate::raft::types::NodeInfo;
+    use crate::raft::types::StoredMembership;
 
     fn lid(term: u64, node: u64, index: u64) -> LogId {
-        openraft::testing::log_id::<crate::raft::TypeConfig>(term, node, index)
+        openraft::testing::log_id::<crate::raft::types::TypeConfig>(term, node, index)
     }
 
     fn blank(log_id: LogId) -> Entry {
