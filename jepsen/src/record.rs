@@ -75,6 +75,15 @@ impl BankRecord {
     }
 }
 
+/// One key's final read, taken after settling (also recorded in the history).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterFinalRead {
+    /// Index of the read's invoke in the history.
+    pub op: u64,
+    /// What it returned (None: absent).
+    pub value: Option<u64>,
+}
+
 /// The register workload's data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterRecord {
@@ -82,6 +91,9 @@ pub struct RegisterRecord {
     /// Every key's value before the first op (None: absent).
     #[serde(default)]
     pub initial: Option<u64>,
+    /// The final read of every key, by key; empty until the final-read phase ran.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub final_reads: BTreeMap<String, RegisterFinalRead>,
 }
 
 /// The whole of `test.json`.

@@ -46,7 +46,9 @@ use crate::history::{Call, History, OpType, Process, Recorder, RegisterRead};
 use crate::nemesis::{self, FaultInterval, NemesisKind, ScheduleOptions, Topology};
 use crate::net::{Network, Shape};
 use crate::progress::Progress;
-use crate::record::{BankRecord, RegisterRecord, RunOptions, TestRecord, Workload};
+use crate::record::{
+    BankRecord, RegisterFinalRead, RegisterRecord, RunOptions, TestRecord, Workload,
+};
 use crate::report;
 use crate::workload::{self, WorkloadSpec, BARRIER_KEY};
 
@@ -487,16 +489,18 @@ async fn transfer_outcomes(
     (outcomes, problems)
 }
 
-/// Records a final read of every register key, each by a fresh process.
+/// Records a final read of every register key, each by a fresh process; returns what each
+/// read saw and its op index.
 async fn final_register_reads(
     admin: &Client,
     spec: &WorkloadSpec,
     recorder: &Recorder,
     mut next_process: u64,
     config: &RunConfig,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<BTreeMap<String, RegisterFinalRead>> {
+    let mut reads = BTreeMap::new();
     let WorkloadSpec::Register { keys } = spec else {
-        return Ok(());
+        return Ok(reads);
     };
     let guard = Duration::from_millis(ADMIN_DEADLINE_MS + OP_GUARD_SLACK_MS);
     for key in keys {
@@ -506,15 +510,20 @@ async fn final_register_reads(
         });
         let process = Process::Client(next_process);
         next_process += 1;
-        recorder.record(process, OpType::Invoke, call.clone(), None, None)?;
+        let op = recorder.record(process, OpType::Invoke, call.clone(), None, None)?;
         let done = spec.execute(admin, &call, guard).await;
         let node = done.endpoint.clone();
+        let value = match &done.call {
+            Call::Read(read) => read.value,
+            _ => None,
+        };
         recorder.record(process, done.kind, done.call, node, done.error)?;
         if done.kind != OpType::Ok {
             bail!("the final read of {key} failed (seed {})", config.seed);
         }
+        reads.insert(key.clone(), RegisterFinalRead { op, value });
     }
-    Ok(())
+    Ok(reads)
 }
 
 /// The result of a finished run.
@@ -633,6 +642,7 @@ fn initial_record(
             WorkloadSpec::Register { keys } => Some(RegisterRecord {
                 keys: keys.clone(),
                 initial: None,
+                final_reads: BTreeMap::new(),
             }),
             WorkloadSpec::Bank { .. } => None,
         },
@@ -720,7 +730,11 @@ async fn run_started(
 
     let notes = heal_and_settle(config, cluster, network, &admin, progress).await?;
     progress.phase("final reads");
-    final_register_reads(&admin, spec, &recorder, next_process, config).await?;
+    let register_reads =
+        final_register_reads(&admin, spec, &recorder, next_process, config).await?;
+    if let Some(register) = record.register.as_mut() {
+        register.final_reads = register_reads;
+    }
     let history = recorder
         .finish()
         .context("the recorded history is malformed")?;
