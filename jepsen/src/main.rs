@@ -34,10 +34,17 @@ use metrokv_jepsen::record::{TestRecord, Workload};
 use metrokv_jepsen::report;
 use metrokv_jepsen::runner::{self, RunConfig, EXIT_HARNESS};
 use metrokv_jepsen::scenario::{self, ScenarioConfig};
+use metrokv_jepsen::workload::REGISTER_GENERATION_MS_DEFAULT;
 
 /// The node's own default write timeout (ms); the harness passes it explicitly because the
 /// settle phase waits it out.
 const WRITE_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+
+/// The default `--time-limit`, s.
+const TIME_LIMIT_S_DEFAULT: u64 = 60;
+/// The default `--time-limit` of a kill loop, per kill (a kill, a restart and a recovery take a
+/// few seconds; this is the bound, not the expectation).
+const KILL_LOOP_TIME_LIMIT_S_PER_KILL: u64 = 30;
 
 /// Shown after `--help` of the program and of `run`.
 const AFTER_HELP: &str = "Exit codes: 0 valid, 1 anomalies found, 2 harness failure or unknown \
@@ -109,15 +116,23 @@ impl CheckArgs {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    #[arg(long, value_enum, default_value = "bank")]
-    workload: WorkloadArg,
+    /// What the clients do: bank, register, or both (bank,register: the workers are split
+    /// between them and each is checked by its own checker).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "bank")]
+    workload: Vec<WorkloadArg>,
     /// Faults, comma-separated: partition-zones, isolate-leader, halves, ring, bridge, kill,
     /// pause, latency; or all, none.
     #[arg(long, default_value = "all")]
     nemesis: String,
-    /// Seconds of workload and faults.
-    #[arg(long, default_value_t = 60)]
-    time_limit: u64,
+    /// Instead of a timed schedule, kill -9 this many times, one node at a time (the leader
+    /// included), each restarted and ready before the next; the run lasts as long as the kills
+    /// (bounded by --time-limit). Needs --nemesis kill.
+    #[arg(long)]
+    kill_loop: Option<u32>,
+    /// Seconds of workload and faults (default 60; with --kill-loop, an upper bound of
+    /// 30 s per kill).
+    #[arg(long)]
+    time_limit: Option<u64>,
     /// Target ops per second over all workers.
     #[arg(long, default_value_t = 50.0)]
     rate: f64,
@@ -149,9 +164,13 @@ struct RunArgs {
     /// Largest transfer amount (each transfer moves 1..=this).
     #[arg(long, default_value_t = 30)]
     max_transfer: u64,
-    /// Register keys.
+    /// Register keys in use at a time.
     #[arg(long, default_value_t = 5)]
     keys: usize,
+    /// Every this many ms the register workers move on to fresh keys (short per-key histories
+    /// keep the linearizability check small).
+    #[arg(long, default_value_t = REGISTER_GENERATION_MS_DEFAULT)]
+    key_generation_ms: u64,
     /// The metrokv-node binary (default: $METROKV_BIN, beside this program, or the scripts'
     /// release build).
     #[arg(long)]
@@ -284,27 +303,41 @@ fn run_config(args: RunArgs) -> anyhow::Result<RunConfig> {
         None => Topology::default_for(args.nodes)?,
     };
     let seed = args.seed.unwrap_or_else(random_seed);
-    let workload = match args.workload {
-        WorkloadArg::Bank => Workload::Bank,
-        WorkloadArg::Register => Workload::Register,
-    };
+    let mut workloads: Vec<Workload> = args
+        .workload
+        .iter()
+        .map(|w| match w {
+            WorkloadArg::Bank => Workload::Bank,
+            WorkloadArg::Register => Workload::Register,
+        })
+        .collect();
+    workloads.sort();
+    workloads.dedup();
     let bank_mode = match args.mode {
         ModeArg::Safe => BankMode::Transfers,
         ModeArg::Unsafe => BankMode::BlindWrites,
     };
     let out = args.out.unwrap_or_else(|| {
-        let name = match (workload, bank_mode) {
-            (Workload::Register, _) => "register".to_owned(),
-            (Workload::Bank, mode) => format!("bank-{}", runner::mode_name(mode)),
-        };
+        let mut name = Workload::list(&workloads).replace(',', "-");
+        if workloads.contains(&Workload::Bank) {
+            name = format!("{name}-{}", runner::mode_name(bank_mode));
+        }
         default_out(&format!("{name}-seed-{seed}"))
     });
+    let time_limit_s = match (args.time_limit, args.kill_loop) {
+        (Some(limit), _) => limit,
+        (None, Some(kills)) => {
+            (u64::from(kills) * KILL_LOOP_TIME_LIMIT_S_PER_KILL).min(runner::TIME_LIMIT_S_MAX)
+        }
+        (None, None) => TIME_LIMIT_S_DEFAULT,
+    };
     let config = RunConfig {
-        workload,
+        workloads,
         bank_mode,
         topology,
         nemeses: NemesisKind::parse_list(&args.nemesis)?,
-        time_limit_s: args.time_limit,
+        kill_loop: args.kill_loop,
+        time_limit_s,
         rate: args.rate,
         concurrency: args.concurrency,
         seed,
@@ -315,6 +348,7 @@ fn run_config(args: RunArgs) -> anyhow::Result<RunConfig> {
         initial_balance: args.initial_balance,
         transfer_amount_max: args.max_transfer,
         keys: args.keys,
+        register_generation_ms: args.key_generation_ms,
         inter_zone_latency_ms: args.inter_zone_latency_ms,
         write_timeout_ms: args.write_timeout_ms,
         op_deadline_ms: args.op_deadline_ms,

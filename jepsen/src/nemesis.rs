@@ -73,6 +73,14 @@ pub const LEADER_TARGET_PROBABILITY: f64 = 0.34;
 /// The most faults one schedule may hold; the generator stops there.
 pub const SCHEDULE_FAULTS_MAX: usize = 10_000;
 
+/// The most kills one kill loop may plan.
+pub const KILL_LOOP_KILLS_MAX: u32 = 100_000;
+/// How long a node of the kill loop stays dead before it is restarted: `0..=this`.
+pub const KILL_LOOP_HOLD_MS_MAX: u64 = 500;
+/// The quiet gap of the kill loop once the restarted node is ready again, before the next kill.
+pub const KILL_LOOP_GAP_MS_MIN: u64 = 200;
+pub const KILL_LOOP_GAP_MS_MAX: u64 = 1_000;
+
 /// Errors building topologies and schedules: bad options, never a fault of the system.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NemesisError {
@@ -600,6 +608,9 @@ pub struct FaultEvent {
     /// What else happened (a node that did not restart, a proxy error, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The fault was not applied (the detail says why).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
 }
 
 /// How long faults and quiet gaps last.
@@ -679,6 +690,50 @@ pub fn schedule(
             stop_ms.saturating_add(rng.random_range(options.quiet_ms_min..=options.quiet_ms_max));
     }
     Ok(intervals)
+}
+
+/// One kill of the kill loop: SIGKILL the target, keep it dead for `hold_ms`, restart it on its
+/// data directory, wait until it is ready again, then stay quiet for `gap_ms`. Only the waiting
+/// depends on the run; the rest is planned from the seed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KillStep {
+    /// One node, or the leader when the kill starts.
+    pub target: Target,
+    pub hold_ms: u64,
+    pub gap_ms: u64,
+}
+
+/// The kill loop's plan: `count` kills of one node each, the leader with probability
+/// [`LEADER_TARGET_PROBABILITY`], otherwise a node drawn uniformly (which may happen to lead).
+/// One node at a time, restarted before the next kill, keeps a quorum throughout.
+pub fn kill_loop(
+    topology: &Topology,
+    count: u32,
+    seed: u64,
+) -> Result<Vec<KillStep>, NemesisError> {
+    NemesisKind::Kill.check_applicable(topology)?;
+    if count == 0 || count > KILL_LOOP_KILLS_MAX {
+        return Err(NemesisError::BadOptions(
+            "the kill loop needs 1..=KILL_LOOP_KILLS_MAX kills",
+        ));
+    }
+    // Its own stream, so the kill loop does not share draws with a timed schedule.
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4B11_1100_7000_0001);
+    let names = topology.names();
+    Ok((0..count)
+        .map(|_| {
+            let target = if rng.random_bool(LEADER_TARGET_PROBABILITY) {
+                Target::Leader
+            } else {
+                Target::Nodes(vec![names[rng.random_range(0..names.len())].clone()])
+            };
+            KillStep {
+                target,
+                hold_ms: rng.random_range(0..=KILL_LOOP_HOLD_MS_MAX),
+                gap_ms: rng.random_range(KILL_LOOP_GAP_MS_MIN..=KILL_LOOP_GAP_MS_MAX),
+            }
+        })
+        .collect())
 }
 
 /// A random minority of the nodes, or (sometimes) the leader.
@@ -929,6 +984,40 @@ mod tests {
         .expect("topology");
         assert!(matches!(
             schedule(&one_zone, &[NemesisKind::PartitionZones], &options, 1),
+            Err(NemesisError::NotApplicable { .. })
+        ));
+    }
+
+    #[test]
+    fn the_kill_loop_is_seeded_hits_one_node_at_a_time_and_sometimes_the_leader() {
+        let t = three();
+        let plan = kill_loop(&t, 100, 5).expect("plan");
+        assert_eq!(plan.len(), 100);
+        assert_eq!(
+            plan,
+            kill_loop(&t, 100, 5).expect("plan"),
+            "same seed, same plan"
+        );
+        assert_ne!(plan, kill_loop(&t, 100, 6).expect("plan"));
+        let leader = plan.iter().filter(|s| s.target == Target::Leader).count();
+        assert!(
+            (15..=55).contains(&leader),
+            "about a third target the leader: {leader}"
+        );
+        let mut hit = BTreeSet::new();
+        for step in &plan {
+            if let Target::Nodes(nodes) = &step.target {
+                assert_eq!(nodes.len(), 1, "one node at a time keeps a quorum");
+                hit.insert(nodes[0].clone());
+            }
+            assert!(step.hold_ms <= KILL_LOOP_HOLD_MS_MAX);
+            assert!((KILL_LOOP_GAP_MS_MIN..=KILL_LOOP_GAP_MS_MAX).contains(&step.gap_ms));
+        }
+        assert_eq!(hit.len(), 3, "every node gets killed");
+        assert!(kill_loop(&t, 0, 5).is_err());
+        let two = Topology::default_for(2).expect("topology");
+        assert!(matches!(
+            kill_loop(&two, 5, 5),
             Err(NemesisError::NotApplicable { .. })
         ));
     }

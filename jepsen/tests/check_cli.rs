@@ -67,7 +67,7 @@ fn transfer(id: &str, amount: u64) -> Call {
 fn record(workload: Workload) -> TestRecord {
     TestRecord {
         format: TEST_RECORD_FORMAT,
-        workload,
+        workloads: vec![workload],
         seed: 1,
         options: RunOptions {
             nodes: 3,
@@ -80,6 +80,7 @@ fn record(workload: Workload) -> TestRecord {
         git_sha: None,
         topology: Topology::default_for(3).expect("topology"),
         schedule: Vec::new(),
+        kill_loop: Vec::new(),
         bank: None,
         register: None,
     }

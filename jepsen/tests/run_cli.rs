@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use metrokv_jepsen::checker::bank::TransferOutcome;
 use metrokv_jepsen::checker::{Results, Validity};
 use metrokv_jepsen::history::{Call, History, OpType, Process};
+use metrokv_jepsen::nemesis::{Fault, Target};
 use metrokv_jepsen::record::TestRecord;
 use metrokv_jepsen::report;
 
@@ -241,13 +242,21 @@ fn negative_control_unsafe_bank_under_zone_partitions_is_invalid_and_names_the_o
     assert_eq!(results.valid, Validity::Invalid);
     let bank = &results.checkers["bank"];
     assert!(bank.anomaly_count > 0);
-    // Every anomaly of a read names that read and the transfers suspected of breaking it,
-    // and those are real ops of the history.
+    // Anomalies are grouped by kind, each group counting its members; the first and the worst
+    // anomaly of a read name that read and the transfers suspected of breaking it, and those
+    // are real ops of the history.
+    assert_eq!(
+        bank.anomalies.iter().map(|g| g.count).sum::<u64>(),
+        bank.anomaly_count
+    );
+    let mut kinds: Vec<_> = bank.anomalies.iter().map(|g| g.kind).collect();
+    kinds.dedup();
+    assert_eq!(kinds.len(), bank.anomalies.len(), "one group per kind");
     let history = history(&dir);
     let named: Vec<&Vec<u64>> = bank
         .anomalies
         .iter()
-        .map(|a| &a.ops)
+        .flat_map(|g| [&g.first.ops, &g.worst.ops])
         .filter(|ops| !ops.is_empty())
         .collect();
     assert!(!named.is_empty(), "offending ops are named");
@@ -355,6 +364,82 @@ fn assert_register_final_reads(dir: &Path, history: &History) {
             ),
         }
     }
+}
+
+#[test]
+fn kill_loop_under_bank_and_register_loses_nothing_and_counts_every_kill() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let dir = out.path().join("run");
+    let run = harness(&[
+        "run",
+        "--workload",
+        "bank,register",
+        "--nemesis",
+        "kill",
+        "--kill-loop",
+        "20",
+        "--rate",
+        "100",
+        "--seed",
+        "3",
+        "--out",
+        dir.to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(run.code, 0, "the kill loop must come out valid");
+    let results = results(&dir);
+    assert_eq!(results.valid, Validity::Valid);
+    for checker in ["bank", "linearizable", "nemesis", "stats"] {
+        assert_eq!(
+            results.checkers[checker].valid,
+            Validity::Valid,
+            "{checker}"
+        );
+    }
+    let summary = &results.summary;
+    assert_eq!(summary.faults.get("kill"), Some(&20), "{summary:?}");
+    assert_eq!(summary.faults.len(), 1, "only kills");
+    assert_eq!(summary.acknowledged_writes_lost, 0);
+    let bank = summary.bank.as_ref().expect("bank accounting");
+    assert_eq!(bank.final_total, Some(bank.initial_total));
+    assert!(bank.exact, "{bank:?}");
+    assert!(bank.transfers.ok > 0);
+    assert!(results.counts["write"].ok + results.counts["cas"].ok > 0);
+    assert!(
+        run.stdout.contains("faults: 20 (kill 20)"),
+        "{}",
+        run.stdout
+    );
+    // One node per kill, the leader among them, each restarted before the next kill.
+    let history = history(&dir);
+    let mut down: Option<String> = None;
+    let mut leader_kills = 0;
+    for op in history.nemesis_ops() {
+        match &op.call {
+            Call::StartFault(event) => {
+                assert!(down.is_none(), "a kill while {down:?} is down");
+                let Fault::Kill {
+                    target: Target::Nodes(nodes),
+                } = &event.fault
+                else {
+                    panic!("not a kill of named nodes: {event:?}");
+                };
+                assert_eq!(nodes.len(), 1);
+                down = Some(nodes[0].clone());
+                if event
+                    .detail
+                    .as_deref()
+                    .is_some_and(|d| d.contains("the leader was"))
+                {
+                    leader_kills += 1;
+                }
+            }
+            Call::StopFault(_) => down = None,
+            _ => {}
+        }
+    }
+    assert!(leader_kills > 0, "the leader was killed too");
+    assert_bank_final_state(&dir, &history);
+    assert_register_final_reads(&dir, &history);
 }
 
 #[test]
