@@ -30,6 +30,9 @@ pub const TEST_FILE: &str = "test.json";
 pub const SUMMARY_REASONS_MAX: usize = 5;
 /// The most ops drawn in the latency plot.
 pub const PLOT_POINTS_MAX: usize = 20_000;
+/// The most faults shaded in the plots and listed in the schedule tables (a kill loop may
+/// plan 100,000); the rest are counted.
+pub const FAULT_ROWS_MAX: usize = 1_000;
 /// Plot geometry, in SVG user units.
 const PLOT_WIDTH: f64 = 960.0;
 const PLOT_HEIGHT: f64 = 280.0;
@@ -161,6 +164,7 @@ fn shades(record: &TestRecord, history: &History) -> Vec<Shade> {
         stop_s: end_s,
         label,
     }));
+    shades.truncate(FAULT_ROWS_MAX);
     if shades.is_empty() && history.nemesis_ops().next().is_none() {
         shades = record
             .schedule
@@ -170,6 +174,7 @@ fn shades(record: &TestRecord, history: &History) -> Vec<Shade> {
                 stop_s: interval.stop_ms as f64 / 1000.0,
                 label: interval.fault.describe(),
             })
+            .take(FAULT_ROWS_MAX)
             .collect();
     }
     shades
@@ -587,7 +592,7 @@ fn anomalies_section(html: &mut String, results: &Results) {
 
 fn schedule_section(html: &mut String, record: &TestRecord, history: &History) {
     html.push_str("<h2>Faults</h2><table><tr><th>#</th><th>start (s)</th><th>stop (s)</th><th>fault</th></tr>");
-    for (i, interval) in record.schedule.iter().enumerate() {
+    for (i, interval) in record.schedule.iter().enumerate().take(FAULT_ROWS_MAX) {
         let _ = write!(
             html,
             "<tr><td>{i}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td></tr>",
@@ -596,8 +601,19 @@ fn schedule_section(html: &mut String, record: &TestRecord, history: &History) {
             escape(&interval.fault.describe())
         );
     }
-    html.push_str("</table><h3>Applied</h3><table><tr><th>op</th><th>time (s)</th><th>event</th><th>detail</th></tr>");
-    for op in history.nemesis_ops() {
+    html.push_str("</table>");
+    more_rows(html, record.schedule.len());
+    if !record.kill_loop.is_empty() {
+        let _ = write!(
+            html,
+            "<p>Kill loop: {} kills planned, one node at a time, each restarted and ready before the next.</p>",
+            record.kill_loop.len()
+        );
+    }
+    html.push_str(
+        "<h3>Applied</h3><table><tr><th>op</th><th>time (s)</th><th>event</th><th>detail</th></tr>",
+    );
+    for op in history.nemesis_ops().take(2 * FAULT_ROWS_MAX) {
         let (what, event) = match &op.call {
             Call::StartFault(event) => ("start", event),
             Call::StopFault(event) => ("stop", event),
@@ -613,7 +629,9 @@ fn schedule_section(html: &mut String, record: &TestRecord, history: &History) {
             escape(event.detail.as_deref().unwrap_or(""))
         );
     }
-    html.push_str("</table><h3>Topology</h3><table><tr><th>node</th><th>zone</th></tr>");
+    html.push_str("</table>");
+    more_rows(html, history.nemesis_ops().count() / 2);
+    html.push_str("<h3>Topology</h3><table><tr><th>node</th><th>zone</th></tr>");
     for node in &record.topology.nodes {
         let _ = write!(
             html,
@@ -635,6 +653,17 @@ fn schedule_section(html: &mut String, record: &TestRecord, history: &History) {
         "<p>{} ops from {processes} client processes.</p>",
         history.ops().len()
     );
+}
+
+/// Says how many rows a capped table left out.
+fn more_rows(html: &mut String, rows: usize) {
+    if rows > FAULT_ROWS_MAX {
+        let _ = write!(
+            html,
+            "<p>... and {} more (history.jsonl and test.json have them all).</p>",
+            rows - FAULT_ROWS_MAX
+        );
+    }
 }
 
 /// A few lines for the terminal: each checker's verdict, each kind of anomaly (count, first,

@@ -620,6 +620,208 @@ mod tests {
         assert_eq!(stats(&history).valid, Validity::Unknown);
     }
 
+    /// A long history of bank and register ops from 16 simulated workers against a correct
+    /// store (each op takes effect when it completes), with indeterminate ops.
+    fn long_history(client_ops: usize, seed: u64) -> (TestRecord, History) {
+        use crate::checker::bank::{FinalRead, TransferOutcome};
+        use crate::history::{Balances, Op};
+        use crate::record::{RegisterFinalRead, RegisterRecord};
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let accounts: Vec<String> = (0..5).map(|i| format!("a{i}")).collect();
+        let mut balances: Balances = accounts.iter().map(|a| (a.clone(), 100)).collect();
+        let mut registers: BTreeMap<String, u64> = BTreeMap::new();
+        let mut outcomes = BTreeMap::new();
+        let mut ops: Vec<Op> = Vec::new();
+        let push = |ops: &mut Vec<Op>, process, kind, call| {
+            let index = ops.len() as u64;
+            ops.push(Op {
+                index,
+                process: Process::Client(process),
+                kind,
+                call,
+                time_ns: index,
+                node: None,
+                error: None,
+            });
+        };
+        let workers = 16;
+        let mut open: Vec<Option<(u64, Call)>> = vec![None; workers];
+        // Each worker's process id; a fresh one after an info op (Jepsen's rule).
+        let mut process_of: Vec<u64> = (0..workers as u64).collect();
+        let mut next_process = workers as u64;
+        let mut done = 0;
+        let mut invoked = 0;
+        while done < client_ops {
+            let w = rng.random_range(0..workers);
+            match open[w].take() {
+                None if invoked < client_ops => {
+                    let call = if w < workers / 2 {
+                        if rng.random_bool(0.5) {
+                            let from = rng.random_range(0..5);
+                            let to = (from + rng.random_range(1..5)) % 5;
+                            Call::Transfer(crate::history::Transfer {
+                                id: format!("t{invoked}"),
+                                from: accounts[from].clone(),
+                                to: accounts[to].clone(),
+                                amount: rng.random_range(1..=30),
+                            })
+                        } else {
+                            Call::ReadAll(None)
+                        }
+                    } else {
+                        let key = format!("reg/{}/{}", invoked / 2_000, rng.random_range(0..5));
+                        match rng.random_range(0..4) {
+                            0 | 1 => read(&key, None),
+                            2 => write(&key, rng.random_range(0..5)),
+                            _ => cas(&key, rng.random_range(0..5), rng.random_range(0..5)),
+                        }
+                    };
+                    invoked += 1;
+                    let process = process_of[w];
+                    push(&mut ops, process, OpType::Invoke, call.clone());
+                    open[w] = Some((process, call));
+                }
+                None => {}
+                Some((process, call)) => {
+                    done += 1;
+                    // Effect at the completion; one op in 500 ends info, applied or not.
+                    let info = !matches!(call, Call::Read(_) | Call::ReadAll(_))
+                        && rng.random_ratio(1, 500);
+                    let apply = !info || rng.random_bool(0.5);
+                    let (kind, completion) = match &call {
+                        Call::Transfer(t) => {
+                            let funded = balances[&t.from] >= t.amount as i64;
+                            let applied = apply && funded;
+                            if applied {
+                                *balances.get_mut(&t.from).expect("from") -= t.amount as i64;
+                                *balances.get_mut(&t.to).expect("to") += t.amount as i64;
+                            }
+                            outcomes.insert(
+                                t.id.clone(),
+                                if applied {
+                                    TransferOutcome::Committed
+                                } else if funded {
+                                    TransferOutcome::NotFound
+                                } else {
+                                    TransferOutcome::Rejected
+                                },
+                            );
+                            let kind = match (info, funded) {
+                                (true, _) => OpType::Info,
+                                (false, true) => OpType::Ok,
+                                (false, false) => OpType::Fail,
+                            };
+                            (kind, call.clone())
+                        }
+                        Call::ReadAll(_) => (OpType::Ok, Call::ReadAll(Some(balances.clone()))),
+                        Call::Read(r) => (OpType::Ok, read(&r.key, registers.get(&r.key).copied())),
+                        Call::Write(w) => {
+                            if apply {
+                                registers.insert(w.key.clone(), w.value);
+                            }
+                            (if info { OpType::Info } else { OpType::Ok }, call.clone())
+                        }
+                        Call::Cas(c) => {
+                            let matches = registers.get(&c.key) == Some(&c.from);
+                            if matches && apply {
+                                registers.insert(c.key.clone(), c.to);
+                            }
+                            let kind = match (info, matches) {
+                                (true, _) => OpType::Info,
+                                (false, true) => OpType::Ok,
+                                (false, false) => OpType::Fail,
+                            };
+                            (kind, call.clone())
+                        }
+                        _ => unreachable!("client ops only"),
+                    };
+                    push(&mut ops, process, kind, completion);
+                    if kind == OpType::Info {
+                        process_of[w] = next_process;
+                        next_process += 1;
+                    }
+                }
+            }
+        }
+        // The final reads of every register key.
+        let keys: std::collections::BTreeSet<String> = ops
+            .iter()
+            .filter_map(|op| op.call.register_key().map(str::to_owned))
+            .collect();
+        let mut final_reads = BTreeMap::new();
+        for (process, key) in (next_process..).zip(&keys) {
+            let value = registers.get(key).copied();
+            let op = ops.len() as u64;
+            push(&mut ops, process, OpType::Invoke, read(key, None));
+            push(&mut ops, process, OpType::Ok, read(key, value));
+            final_reads.insert(key.clone(), RegisterFinalRead { op, value });
+        }
+        let mut record = crate::record::tests::bank_record();
+        record.workloads = vec![Workload::Bank, Workload::Register];
+        let bank = record.bank.as_mut().expect("bank");
+        bank.initial_balances = accounts.iter().map(|a| (a.clone(), 100)).collect();
+        bank.final_read = Some(FinalRead {
+            balances,
+            node: None,
+        });
+        bank.transfer_outcomes = outcomes;
+        record.register = Some(RegisterRecord {
+            keys: keys.into_iter().collect(),
+            initial: None,
+            final_reads,
+        });
+        (record, History::new(ops).expect("a well-formed history"))
+    }
+
+    /// 200,000 client ops of both workloads check valid; breaking 1,000 reads gives one group
+    /// of 1,000 (first and worst named). The time taken is printed, not asserted.
+    #[test]
+    fn long_histories_check_in_one_pass_and_group_their_anomalies() {
+        let (record, history) = long_history(200_000, 11);
+        let started = std::time::Instant::now();
+        let results = check(&record, &history, &CheckOptions::default()).expect("check");
+        eprintln!(
+            "checked {} history events in {:?}",
+            history.ops().len(),
+            started.elapsed()
+        );
+        assert_eq!(results.valid, Validity::Valid, "{:?}", results.summary);
+        assert_eq!(
+            results.summary.client_ops,
+            200_000 + record.register.as_ref().map_or(0, |r| r.keys.len() as u64)
+        );
+        assert!(results.summary.bank.as_ref().is_some_and(|b| b.exact));
+        assert!(
+            results.summary.outcomes.info > 0,
+            "indeterminate ops were simulated"
+        );
+
+        let mut ops = history.ops().to_vec();
+        let mut broken = 0;
+        for op in ops.iter_mut() {
+            if let (OpType::Ok, Call::ReadAll(Some(balances))) = (op.kind, &mut op.call) {
+                if broken < 1_000 {
+                    *balances.values_mut().next().expect("an account") += 1 + broken;
+                    broken += 1;
+                }
+            }
+        }
+        let history = History::new(ops).expect("still well-formed");
+        let started = std::time::Instant::now();
+        let results = check(&record, &history, &CheckOptions::default()).expect("check");
+        eprintln!("checked the broken copy in {:?}", started.elapsed());
+        assert_eq!(results.valid, Validity::Invalid);
+        let bank = &results.checkers["bank"];
+        assert_eq!(bank.count_of(AnomalyKind::WrongTotal), 1_000);
+        let group = &bank.anomalies[0];
+        assert_eq!(group.kind, AnomalyKind::WrongTotal);
+        assert_eq!(group.first.badness, 1);
+        assert_eq!(group.worst.badness, 1_000, "the worst is the read most off");
+        assert!(group.worst.ops.len() > 1, "the worst names its suspects");
+        assert!(serde_json::to_string(&results).expect("json").len() < 64 * 1024);
+    }
+
     #[test]
     fn a_kill_loop_short_of_its_kills_is_unknown_and_faults_are_counted() {
         use crate::nemesis::{Fault, FaultEvent, KillStep, Target};
