@@ -29,7 +29,7 @@ use crate::nemesis::{
     self, Fault, FaultEvent, FaultInterval, KillStep, Target, Topology, LATENCY_FAULT_MS_BASE,
     LATENCY_SPIKE_JITTER_DIVISOR, LATENCY_SPIKE_SPLIT,
 };
-use crate::net::{Network, Shape};
+use crate::net::{Shape, TestNet};
 use crate::progress::Progress;
 
 /// How long the nemesis looks for a leader before it skips a leader-targeted fault.
@@ -61,6 +61,10 @@ fn needs_leader(fault: &Fault) -> bool {
             | Fault::Pause {
                 target: Target::Leader
             }
+            | Fault::Clock {
+                target: Target::Leader,
+                ..
+            }
     )
 }
 
@@ -77,7 +81,7 @@ async fn start_fault(
     fault: &Fault,
     topology: &Topology,
     cluster: &mut Cluster,
-    network: &Network,
+    network: &TestNet,
 ) -> anyhow::Result<(Option<Fault>, Option<String>)> {
     let leader = if needs_leader(fault) {
         cluster
@@ -90,7 +94,17 @@ async fn start_fault(
         Ok(resolved) => resolved,
         Err(error) => return Ok((None, Some(format!("skipped: {error}")))),
     };
-    let note = leader.map(|l| format!("the leader was {l}"));
+    if let (Fault::Latency { .. }, Some(why)) = (&resolved, network.latency_unavailable()) {
+        return Ok((None, Some(format!("skipped: {why}"))));
+    }
+    let mut note = leader.map(|l| format!("the leader was {l}"));
+    if let Fault::Clock { .. } = &resolved {
+        let written = "written to the node's failpoint file (clock-offset-ms)";
+        note = Some(match note {
+            Some(leader) => format!("{leader}; {written}"),
+            None => written.to_owned(),
+        });
+    }
     match &resolved {
         Fault::Partition { grudge, cut, .. } => {
             network.shape(&Shape::Partition { grudge, cut: *cut })?
@@ -106,6 +120,11 @@ async fn start_fault(
             }
         }
         Fault::Latency { links, .. } => network.shape(&latency_base(links))?,
+        Fault::Clock { target, offset_ms } => {
+            for node in target_nodes(target) {
+                cluster.set_clock_offset(node, *offset_ms)?;
+            }
+        }
         Fault::IsolateLeader { .. } => bail!("isolate-leader was not resolved"),
     }
     Ok((Some(resolved), note))
@@ -135,7 +154,7 @@ async fn hold_fault(
     started: Instant,
     applied: Option<&Fault>,
     interval: &FaultInterval,
-    network: &Network,
+    network: &TestNet,
     stop: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<bool> {
     let at = |ms: u64| started + Duration::from_millis(ms);
@@ -166,7 +185,7 @@ async fn hold_fault(
 fn stop_fault(
     fault: &Fault,
     cluster: &mut Cluster,
-    network: &Network,
+    network: &TestNet,
 ) -> anyhow::Result<Option<String>> {
     match fault {
         Fault::Partition { .. } | Fault::Latency { .. } => network.shape(&Shape::Healthy)?,
@@ -179,6 +198,11 @@ fn stop_fault(
         Fault::Pause { target } => {
             for node in target_nodes(target) {
                 cluster.resume(node)?;
+            }
+        }
+        Fault::Clock { target, .. } => {
+            for node in target_nodes(target) {
+                cluster.set_clock_offset(node, 0)?;
             }
         }
         Fault::IsolateLeader { .. } => {}
@@ -201,7 +225,7 @@ pub async fn run(
     context: &Nemesis<'_>,
     schedule: &[FaultInterval],
     cluster: &mut Cluster,
-    network: &Network,
+    network: &TestNet,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     for (position, interval) in schedule.iter().enumerate() {

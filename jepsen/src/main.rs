@@ -30,6 +30,8 @@ use metrokv_jepsen::checker::{self, CheckOptions};
 use metrokv_jepsen::cluster::find_node_binary;
 use metrokv_jepsen::history::History;
 use metrokv_jepsen::nemesis::{NemesisKind, NodeSpec, Topology, INTER_ZONE_LATENCY_MS_BASE};
+use metrokv_jepsen::net::NetMode;
+use metrokv_jepsen::netns;
 use metrokv_jepsen::record::{TestRecord, Workload};
 use metrokv_jepsen::report;
 use metrokv_jepsen::runner::{self, RunConfig, EXIT_HARNESS};
@@ -84,6 +86,15 @@ enum ModeArg {
     Safe,
     /// The negative control: stale reads and blind PUTs of client-computed balances.
     Unsafe,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum NetArg {
+    /// A fault-injecting TCP proxy on every directed link, on loopback (no privileges).
+    Proxy,
+    /// A network namespace per node; cuts are nftables rules inside them, latency tc netem
+    /// (root; see `metrokv-jepsen netns-tools`).
+    Netns,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -202,6 +213,9 @@ struct RunArgs {
     /// (repeatable).
     #[arg(long = "node-arg", allow_hyphen_values = true)]
     node_args: Vec<String>,
+    /// The test network: proxies on loopback, or network namespaces with nftables (root).
+    #[arg(long, value_enum, default_value = "proxy")]
+    net: NetArg,
     #[command(flatten)]
     check: CheckArgs,
 }
@@ -217,6 +231,14 @@ enum Command {
         dir: PathBuf,
         #[command(flatten)]
         check: CheckArgs,
+    },
+    /// What `--net netns` needs (root; ip, nft, ss; tc netem for latency): say what is
+    /// missing, install it with apt (--install), or remove a crashed run's namespaces (--clean).
+    NetnsTools {
+        #[arg(long)]
+        install: bool,
+        #[arg(long)]
+        clean: bool,
     },
     /// Replay a scripted story on a fresh cluster.
     Scenario {
@@ -239,6 +261,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Check { dir, check } => check_dir(&dir, &check.options()),
+        Command::NetnsTools { install, clean } => netns_tools(install, clean),
         Command::Run(args) => run_config(*args).and_then(|config| {
             block_on_interruptible(async move { runner::run(config).await.map(|o| o.exit_code) })
         }),
@@ -362,6 +385,10 @@ fn run_config(args: RunArgs) -> anyhow::Result<RunConfig> {
         op_deadline_ms: args.op_deadline_ms,
         op_attempt_timeout_ms: args.op_attempt_timeout_ms,
         node_args: args.node_args,
+        net: match args.net {
+            NetArg::Proxy => NetMode::Proxy,
+            NetArg::Netns => NetMode::Netns,
+        },
         check: args.check.options(),
     };
     config.validate()?;
@@ -383,6 +410,28 @@ fn scenario_config(
         keep_data,
         inter_zone_latency_ms,
     })
+}
+
+/// `netns-tools`: 0 when a netns run can start here, 2 otherwise (the reason on stderr).
+fn netns_tools(install: bool, clean: bool) -> anyhow::Result<u8> {
+    if install {
+        netns::install_tools()?;
+    }
+    if clean {
+        for removed in netns::remove_stale()? {
+            println!("removed {removed}");
+        }
+    }
+    match netns::unavailable() {
+        Ok(()) => {
+            println!("--net netns can run here");
+            Ok(0)
+        }
+        Err(why) => {
+            eprintln!("--net netns cannot run here: {why}");
+            Ok(EXIT_HARNESS)
+        }
+    }
 }
 
 /// Re-checks `dir` and returns the exit code.

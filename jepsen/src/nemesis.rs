@@ -67,6 +67,10 @@ pub const LATENCY_SPIKE_MS_MAX: u64 = 1_000;
 /// Jitter of a spike as a fraction (1/N) of its latency.
 pub const LATENCY_SPIKE_JITTER_DIVISOR: u64 = 10;
 
+/// How far the clock nemesis jumps a node's wall clock, ahead or behind: a day, as an NTP step
+/// or a VM restored from an old snapshot might.
+pub const CLOCK_JUMP_MS: i64 = 86_400_000;
+
 /// Chance that a kill or pause targets the leader instead of a random minority.
 pub const LEADER_TARGET_PROBABILITY: f64 = 0.34;
 
@@ -353,10 +357,11 @@ pub enum NemesisKind {
     Kill,
     Pause,
     Latency,
+    Clock,
 }
 
 impl NemesisKind {
-    pub const ALL: [NemesisKind; 8] = [
+    pub const ALL: [NemesisKind; 9] = [
         NemesisKind::PartitionZones,
         NemesisKind::IsolateLeader,
         NemesisKind::Halves,
@@ -365,6 +370,7 @@ impl NemesisKind {
         NemesisKind::Kill,
         NemesisKind::Pause,
         NemesisKind::Latency,
+        NemesisKind::Clock,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -377,6 +383,7 @@ impl NemesisKind {
             NemesisKind::Kill => "kill",
             NemesisKind::Pause => "pause",
             NemesisKind::Latency => "latency",
+            NemesisKind::Clock => "clock",
         }
     }
 
@@ -523,6 +530,9 @@ pub enum Fault {
         latency_ms: u64,
         jitter_ms: u64,
     },
+    /// Shift the targets' wall clocks by `offset_ms` (through each node's failpoint file,
+    /// `clock-offset-ms`), and back to none at the stop.
+    Clock { target: Target, offset_ms: i64 },
 }
 
 impl Fault {
@@ -539,6 +549,7 @@ impl Fault {
             Fault::Kill { .. } => NemesisKind::Kill,
             Fault::Pause { .. } => NemesisKind::Pause,
             Fault::Latency { .. } => NemesisKind::Latency,
+            Fault::Clock { .. } => NemesisKind::Clock,
         }
     }
 
@@ -550,6 +561,10 @@ impl Fault {
             }
             Fault::IsolateLeader { cut } => format!("isolate the leader ({})", cut.as_str()),
             Fault::Kill { target } => format!("kill -9 {target}"),
+            Fault::Clock { target, offset_ms } => {
+                let hours = offset_ms / 3_600_000;
+                format!("clock of {target} {hours:+} h ({offset_ms:+} ms)")
+            }
             Fault::Pause { target } => format!("pause {target}"),
             Fault::Latency {
                 links,
@@ -584,6 +599,10 @@ impl Fault {
             },
             Fault::Pause { target } => Fault::Pause {
                 target: resolve_target(target, NemesisKind::Pause)?,
+            },
+            Fault::Clock { target, offset_ms } => Fault::Clock {
+                target: resolve_target(target, NemesisKind::Clock)?,
+                offset_ms: *offset_ms,
             },
             other => other.clone(),
         })
@@ -767,6 +786,14 @@ fn build_fault(kind: NemesisKind, topology: &Topology, rng: &mut impl Rng) -> Fa
         NemesisKind::Pause => Fault::Pause {
             target: process_target(topology, rng),
         },
+        NemesisKind::Clock => Fault::Clock {
+            target: process_target(topology, rng),
+            offset_ms: if rng.random_bool(0.5) {
+                CLOCK_JUMP_MS
+            } else {
+                -CLOCK_JUMP_MS
+            },
+        },
         NemesisKind::Latency => {
             let latency_ms = rng.random_range(LATENCY_SPIKE_MS_MIN..=LATENCY_SPIKE_MS_MAX);
             Fault::Latency {
@@ -920,7 +947,10 @@ mod tests {
             NemesisKind::parse_list("partition-zones, kill,kill").expect("parse"),
             vec![NemesisKind::PartitionZones, NemesisKind::Kill]
         );
-        assert_eq!(NemesisKind::parse_list("all").expect("parse").len(), 8);
+        assert_eq!(NemesisKind::parse_list("all").expect("parse").len(), 9);
+        assert!(NemesisKind::parse_list("all")
+            .expect("parse")
+            .contains(&NemesisKind::Clock));
         assert!(NemesisKind::parse_list("none").expect("parse").is_empty());
         assert!(matches!(
             NemesisKind::parse_list("flood"),
@@ -1020,6 +1050,35 @@ mod tests {
             kill_loop(&two, 5, 5),
             Err(NemesisError::NotApplicable { .. })
         ));
+    }
+
+    #[test]
+    fn clock_faults_jump_a_day_either_way_and_may_target_the_leader() {
+        let t = three();
+        let options = ScheduleOptions::for_time_limit(600_000);
+        let plan = schedule(&t, &[NemesisKind::Clock], &options, 4).expect("schedule");
+        assert!(plan.len() > 10);
+        let mut offsets = BTreeSet::new();
+        let mut leader = 0;
+        for interval in &plan {
+            let Fault::Clock { target, offset_ms } = &interval.fault else {
+                panic!("{:?}", interval.fault);
+            };
+            offsets.insert(*offset_ms);
+            match target {
+                Target::Leader => leader += 1,
+                Target::Nodes(nodes) => assert_eq!(nodes.len(), t.minority()),
+            }
+        }
+        assert_eq!(offsets, BTreeSet::from([-CLOCK_JUMP_MS, CLOCK_JUMP_MS]));
+        assert!(leader > 0);
+        let fault = Fault::Clock {
+            target: Target::Leader,
+            offset_ms: -CLOCK_JUMP_MS,
+        };
+        let resolved = fault.resolve(&t, Some("n3")).expect("resolve");
+        assert_eq!(resolved.describe(), "clock of n3 -24 h (-86400000 ms)");
+        assert_eq!(resolved.kind(), NemesisKind::Clock);
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //!    while the nemesis applies the schedule; for `--time-limit` seconds. With `--kill-loop N`
 //!    the nemesis kills N times instead and the run ends when it is done (the time limit
 //!    still bounds it). A worker whose op ends `info` continues as a new process.
-//! 3. **heal**: sever every proxied connection (so nothing held during a fault is delivered
-//!    late), restore the healthy network, resume paused and restart stopped nodes.
+//! 3. **heal**: sever every connection (so nothing held during a fault is delivered late),
+//!    restore the healthy network, put every node's clock back, resume paused and restart
+//!    stopped nodes.
 //! 4. **settle**: wait until every node is ready and names the same leader, then until no
 //!    write that entered a node before the heal can still be proposed (the node's write
 //!    timeout bounds it), then commit a barrier write through the leader. From here on no transfer's fate can change: an entry
@@ -46,7 +47,8 @@ use crate::cluster::Cluster;
 use crate::faults::{self, sleep_or_stop, KillLoopReport};
 use crate::history::{Call, History, OpType, Process, Recorder, RegisterRead};
 use crate::nemesis::{self, FaultInterval, KillStep, NemesisKind, ScheduleOptions, Topology};
-use crate::net::{Network, Shape};
+use crate::net::{NetMode, Network, Shape, TestNet};
+use crate::netns::NetnsNetwork;
 use crate::progress::Progress;
 use crate::record::{
     BankRecord, RegisterFinalRead, RegisterRecord, RunOptions, TestRecord, Workload,
@@ -119,6 +121,8 @@ pub struct RunConfig {
     pub op_attempt_timeout_ms: u64,
     /// Extra flags for every node.
     pub node_args: Vec<String>,
+    /// Proxies on loopback, or network namespaces.
+    pub net: NetMode,
     pub check: CheckOptions,
 }
 
@@ -209,6 +213,7 @@ impl RunConfig {
         );
         put("node_args", self.node_args.join(" "));
         put("node_bin", self.node_bin.display().to_string());
+        put("net", self.net.as_str().to_owned());
         settings
     }
 }
@@ -265,14 +270,30 @@ pub fn zone_client(
     attempt_timeout_ms: u64,
     seed: u64,
 ) -> anyhow::Result<Client> {
-    let endpoints = network.client_endpoints(zone);
+    zone_client_at(
+        &network.client_endpoints(zone),
+        zone,
+        deadline_ms,
+        attempt_timeout_ms,
+        seed,
+    )
+}
+
+/// A client in `zone` over these endpoints: (URL, node, node zone).
+pub fn zone_client_at(
+    endpoints: &[(String, String, String)],
+    zone: &str,
+    deadline_ms: u64,
+    attempt_timeout_ms: u64,
+    seed: u64,
+) -> anyhow::Result<Client> {
     let mut builder = ClientBuilder::new(endpoints.iter().map(|(url, _, _)| url.clone()))
         .zone(zone)
         .learn_zones(false)
         .deadline(Duration::from_millis(deadline_ms))
         .attempt_timeout(Duration::from_millis(attempt_timeout_ms))
         .seed(seed);
-    for (url, _, node_zone) in &endpoints {
+    for (url, _, node_zone) in endpoints {
         builder = builder.endpoint_zone(url.clone(), node_zone.clone());
     }
     builder
@@ -417,7 +438,7 @@ async fn run_phase(
     clients: Vec<Client>,
     plan: &Plan,
     cluster: &mut Cluster,
-    network: &Network,
+    network: &TestNet,
 ) -> anyhow::Result<RunFigures> {
     let stop_on_error = |result: anyhow::Result<()>| {
         if result.is_err() {
@@ -476,13 +497,13 @@ async fn run_phase(
 async fn heal_and_settle(
     config: &RunConfig,
     cluster: &mut Cluster,
-    network: &Network,
+    network: &TestNet,
     admin: &Client,
     progress: &Progress,
 ) -> anyhow::Result<Vec<String>> {
     progress.phase("heal");
     let mut notes = Vec::new();
-    network.sever_all();
+    network.sever_all()?;
     network.shape(&Shape::Healthy)?;
     let crashed = cluster.unexpected_exits();
     if !crashed.is_empty() {
@@ -493,6 +514,7 @@ async fn heal_and_settle(
         progress.line(&format!("WARNING: {note}"));
         notes.push(note);
     }
+    cluster.reset_clocks()?;
     cluster.revive_all()?;
     // No request can reach a node from here on: the workers are done and every connection
     // that held one was severed. A write already inside a node can still be proposed until
@@ -651,23 +673,18 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutcome> {
     prepare_out_dir(&config.out)?;
     let progress = Progress::new(config.time_limit_s);
     progress.phase("setup");
-    let mut cluster = Cluster::prepare(
-        config.node_bin.clone(),
-        &config.topology,
-        &config.out,
-        config.node_args(),
-    )?;
-    let network = Network::start_for(
-        &mut cluster,
-        &config.topology,
-        config.inter_zone_latency_ms,
-        config.seed,
-    )
-    .await?;
+    let (mut cluster, network) = build_network(&config).await?;
+    if let Some(why) = network.latency_unavailable() {
+        progress.line(&format!(
+            "note: no latency in this network ({why}); latency faults will be skipped and the \
+             healthy inter-zone latency is 0"
+        ));
+    }
     let started = run_started(&config, &specs, &plan, &mut cluster, &network, &progress).await;
-    // Tear down before checking: the nodes are done, and the checkers want the CPU.
-    network.stop().await;
+    // Tear down before checking: the nodes are done, and the checkers want the CPU. The nodes
+    // go first: their namespaces are removed after.
     cluster.stop_all();
+    network.stop().await?;
     if !config.keep_data {
         cluster.remove_data()?;
     }
@@ -681,6 +698,50 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutcome> {
     println!("report: {}", config.out.join(report::REPORT_FILE).display());
     let exit_code = exit_code(results.valid);
     Ok(RunOutcome { results, exit_code })
+}
+
+/// The nodes (not started) and the network between them, of the configured kind.
+async fn build_network(config: &RunConfig) -> anyhow::Result<(Cluster, TestNet)> {
+    match config.net {
+        NetMode::Proxy => {
+            let mut cluster = Cluster::prepare(
+                config.node_bin.clone(),
+                &config.topology,
+                &config.out,
+                config.node_args(),
+            )?;
+            let network = Network::start_for(
+                &mut cluster,
+                &config.topology,
+                config.inter_zone_latency_ms,
+                config.seed,
+            )
+            .await?;
+            Ok((cluster, TestNet::Proxies(network)))
+        }
+        NetMode::Netns => {
+            crate::netns::install_tools()?;
+            let mut network = NetnsNetwork::create(&config.topology, config.inter_zone_latency_ms)?;
+            println!(
+                "network namespaces: {}-*, 10.{}.{}.0/24, root interface {}",
+                network.layout().tag,
+                network.layout().subnet.0,
+                network.layout().subnet.1,
+                network.layout().host_if
+            );
+            let cluster = Cluster::prepare_in(
+                config.node_bin.clone(),
+                &config.topology,
+                &config.out,
+                config.node_args(),
+                Some(&network.placement()),
+            )?;
+            network.start_relays(config.seed).await?;
+            let network = TestNet::Netns(network);
+            network.shape(&Shape::Healthy)?;
+            Ok((cluster, network))
+        }
+    }
 }
 
 /// `test.json` as known before the first op.
@@ -728,13 +789,14 @@ fn initial_record(config: &RunConfig, specs: &[WorkloadSpec], plan: &Plan) -> Te
 }
 
 /// One client per worker, in the zones round-robin.
-fn worker_clients(config: &RunConfig, network: &Network) -> anyhow::Result<Vec<Client>> {
+fn worker_clients(config: &RunConfig, network: &TestNet) -> anyhow::Result<Vec<Client>> {
     let zones: Vec<String> = config.topology.zones().into_keys().collect();
     (0..config.concurrency)
         .map(|index| {
-            zone_client(
-                network,
-                &zones[index % zones.len()],
+            let zone = &zones[index % zones.len()];
+            zone_client_at(
+                &network.client_endpoints(zone),
+                zone,
                 config.op_deadline_ms,
                 config.op_attempt_timeout_ms,
                 worker_seed(config.seed, index),
@@ -795,7 +857,7 @@ async fn run_started(
     specs: &[WorkloadSpec],
     plan: &Plan,
     cluster: &mut Cluster,
-    network: &Network,
+    network: &TestNet,
     progress: &Progress,
 ) -> anyhow::Result<(TestRecord, History)> {
     cluster.start_all()?;

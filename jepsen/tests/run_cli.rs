@@ -133,25 +133,7 @@ fn smoke_bank_run_with_zone_partition_leader_isolation_and_kill_is_valid() {
     let dir_text = dir.to_str().expect("utf-8 path");
     // Seed 149 schedules all three faults within 20 s: a zone partition (black-holed), the
     // leader isolated (dropped), the leader killed.
-    let run = harness(&[
-        "run",
-        "--workload",
-        "bank",
-        "--nemesis",
-        "partition-zones,isolate-leader,kill",
-        "--time-limit",
-        "20",
-        "--rate",
-        "40",
-        "--concurrency",
-        "6",
-        "--nodes",
-        "3",
-        "--seed",
-        "149",
-        "--out",
-        dir_text,
-    ]);
+    let run = harness(&smoke_args(dir_text));
     assert!(
         run.stdout.starts_with("seed: 149\n"),
         "the seed comes first: {}",
@@ -440,6 +422,182 @@ fn kill_loop_under_bank_and_register_loses_nothing_and_counts_every_kill() {
     assert!(leader_kills > 0, "the leader was killed too");
     assert_bank_final_state(&dir, &history);
     assert_register_final_reads(&dir, &history);
+}
+
+/// The smoke run's arguments, for either network.
+fn smoke_args(dir: &str) -> Vec<&str> {
+    vec![
+        "run",
+        "--workload",
+        "bank",
+        "--nemesis",
+        "partition-zones,isolate-leader,kill",
+        "--time-limit",
+        "20",
+        "--rate",
+        "40",
+        "--concurrency",
+        "6",
+        "--nodes",
+        "3",
+        "--seed",
+        "149",
+        "--out",
+        dir,
+    ]
+}
+
+/// Why the network-namespace runs cannot happen here (they need root, ip, nft and ss), as
+/// `metrokv-jepsen netns-tools` reports it; None when they can.
+fn netns_unavailable() -> Option<String> {
+    let output = Command::new(env!("CARGO_BIN_EXE_metrokv-jepsen"))
+        .arg("netns-tools")
+        .output()
+        .expect("run netns-tools");
+    (!output.status.success()).then(|| String::from_utf8_lossy(&output.stderr).trim().to_owned())
+}
+
+/// The namespaces' tag a netns run printed (`network namespaces: mkvj<pid>-*, ...`).
+fn netns_tag(stdout: &str) -> String {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("network namespaces: "))
+        .expect("the run names its namespaces");
+    line.split("-*").next().expect("tag").to_owned()
+}
+
+/// Nothing of a finished netns run is left: no namespace, no root-namespace interface.
+fn assert_netns_removed(tag: &str) {
+    let namespaces = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    let namespaces = String::from_utf8_lossy(&namespaces.stdout);
+    assert!(
+        !namespaces
+            .lines()
+            .any(|l| l.starts_with(&format!("{tag}-"))),
+        "namespaces of {tag} left behind: {namespaces}"
+    );
+    let link = Command::new("ip")
+        .args(["link", "show", &format!("{tag}h")])
+        .output()
+        .expect("ip link show");
+    assert!(!link.status.success(), "interface {tag}h left behind");
+}
+
+#[test]
+fn netns_smoke_run_on_the_smoke_seed_is_valid_and_leaves_nothing_behind() {
+    if let Some(why) = netns_unavailable() {
+        eprintln!("SKIPPED (network namespaces): {why}");
+        return;
+    }
+    let out = tempfile::tempdir().expect("tempdir");
+    let dir = out.path().join("run");
+    let dir_text = dir.to_str().expect("utf-8 path");
+    let mut args = smoke_args(dir_text);
+    args.extend(["--net", "netns"]);
+    let run = harness(&args);
+    assert_eq!(
+        run.code, 0,
+        "the proxy smoke run's seed must be valid in network namespaces too"
+    );
+    let results = results(&dir);
+    assert_eq!(results.valid, Validity::Valid);
+    let history = history(&dir);
+    let applied: Vec<String> = history
+        .nemesis_ops()
+        .filter_map(|op| match &op.call {
+            Call::StartFault(event) if !event.skipped => Some(event.fault.kind().to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(applied, ["partition-zones", "isolate-leader", "kill"]);
+    assert_eq!(record(&dir).options.settings["net"], "netns");
+    assert_bank_final_state(&dir, &history);
+    assert_outputs(&dir, 3);
+    assert_netns_removed(&netns_tag(&run.stdout));
+}
+
+#[test]
+fn netns_one_way_ring_cuts_under_the_register_are_linearizable() {
+    if let Some(why) = netns_unavailable() {
+        eprintln!("SKIPPED (network namespaces): {why}");
+        return;
+    }
+    let out = tempfile::tempdir().expect("tempdir");
+    let dir = out.path().join("run");
+    let run = harness(&[
+        "run",
+        "--net",
+        "netns",
+        "--workload",
+        "register",
+        "--nemesis",
+        "ring",
+        "--time-limit",
+        "15",
+        "--seed",
+        "8",
+        "--out",
+        dir.to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(run.code, 0);
+    let results = results(&dir);
+    assert_eq!(results.checkers["linearizable"].valid, Validity::Valid);
+    // On 3 nodes the ring is one-way cuts: some cut link whose reverse is not cut.
+    let history = history(&dir);
+    let one_way = history.nemesis_ops().any(|op| match &op.call {
+        Call::StartFault(event) => match &event.fault {
+            Fault::Partition { grudge, .. } => grudge
+                .cuts
+                .iter()
+                .any(|link| !grudge.is_cut(&link.to, &link.from)),
+            _ => false,
+        },
+        _ => false,
+    });
+    assert!(one_way, "a one-way cut was applied");
+    assert_register_final_reads(&dir, &history);
+    assert_netns_removed(&netns_tag(&run.stdout));
+}
+
+#[test]
+fn clock_jumps_with_kills_keep_the_bank_exact() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let dir = out.path().join("run");
+    let run = harness(&[
+        "run",
+        "--workload",
+        "bank,register",
+        "--nemesis",
+        "clock,kill",
+        "--time-limit",
+        "15",
+        "--rate",
+        "100",
+        "--seed",
+        "4",
+        "--out",
+        dir.to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(run.code, 0);
+    let results = results(&dir);
+    assert_eq!(results.valid, Validity::Valid);
+    assert!(
+        results.summary.faults.get("clock").is_some_and(|&n| n > 0),
+        "{:?}",
+        results.summary.faults
+    );
+    assert_eq!(results.summary.acknowledged_writes_lost, 0);
+    let history = history(&dir);
+    assert_bank_final_state(&dir, &history);
+    assert_register_final_reads(&dir, &history);
+    // Healed: every node's failpoint file is empty again.
+    for n in 1..=3 {
+        let file = dir.join(format!("nodes/n{n}/failpoints"));
+        assert_eq!(std::fs::read_to_string(&file).expect("failpoint file"), "");
+    }
 }
 
 #[test]
