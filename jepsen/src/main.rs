@@ -60,7 +60,8 @@ const AFTER_HELP: &str = "Exit codes: 0 valid, 1 anomalies found, 2 harness fail
     result.\n\nLinks: every directed link has its own proxy. Node A reaches node B through the \
     proxy of A→B, which carries A's requests and B's answers to them; cutting A→B stops A from \
     using B while B can still use A over B→A (a one-way partition). A client in zone Z reaches \
-    node N through the proxy Z→N, cut when no node of Z reaches N. See jepsen/README.md.";
+    node N through the proxy Z→N, cut when no node of Z reaches N. With --net netns (root) the \
+    same cuts are nftables rules in the nodes' network namespaces. See jepsen/README.md.";
 
 #[derive(Debug, Parser)]
 #[command(

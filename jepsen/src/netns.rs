@@ -36,6 +36,9 @@
 //! Severing at the heal (nothing held during a fault may arrive late): `ss -K` destroys every
 //! TCP connection in each node's namespace, and the relays abort theirs.
 //!
+//! The `ip`, `nft`, `ss` and `tc` commands run synchronously, a few milliseconds each, on the
+//! harness's one thread; the harness scheduling lag printed after the run includes them.
+//!
 //! Leaves out: node processes (`cluster.rs`), when to fault (`faults.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
