@@ -359,7 +359,6 @@ pub async fn run_kill_loop(
         ..KillLoopReport::default()
     };
     for (position, step) in steps.iter().enumerate() {
-        let interval = u32::try_from(position).context("too many kills")?;
         match wait_all_ready(cluster, &names, recovery, &mut stop).await {
             Ok(true) => {}
             Ok(false) => break,
@@ -368,96 +367,13 @@ pub async fn run_kill_loop(
                 break;
             }
         }
-        let leader = match step.target {
-            Target::Leader => {
-                cluster
-                    .wait_leader(Duration::from_millis(LEADER_LOOKUP_TIMEOUT_MS))
-                    .await
-            }
-            Target::Nodes(_) => None,
-        };
-        let fault = Fault::Kill {
-            target: step.target.clone(),
-        };
-        let resolved = match fault.resolve(context.topology, leader.as_deref()) {
-            Ok(resolved) => resolved,
-            Err(error) => {
-                record_event(
-                    context,
-                    Call::StartFault(FaultEvent {
-                        interval,
-                        fault,
-                        detail: Some(format!("skipped: {error}")),
-                        skipped: true,
-                    }),
-                )?;
-                continue;
-            }
-        };
-        let Fault::Kill {
-            target: Target::Nodes(victims),
-        } = &resolved
-        else {
-            bail!("the kill loop resolved {resolved:?}");
-        };
-        let detail = match &leader {
-            Some(leader) => format!(
-                "kill {} of {} (the leader was {leader})",
-                position + 1,
-                steps.len()
-            ),
-            None => format!("kill {} of {}", position + 1, steps.len()),
-        };
-        let event = FaultEvent {
-            interval,
-            fault: resolved.clone(),
-            detail: Some(detail.clone()),
-            skipped: false,
-        };
-        record_event(context, Call::StartFault(event.clone()))?;
-        context.progress.fault(Some(format!(
-            "#{interval} {} ({detail})",
-            resolved.describe()
-        )));
-        for victim in victims {
-            cluster.kill(victim)?;
-        }
-        report.kills += 1;
-        let held = sleep_or_stop(
-            Instant::now() + Duration::from_millis(step.hold_ms),
-            &mut stop,
-        )
-        .await;
-        for victim in victims {
-            cluster.start(victim)?;
-        }
-        let restarted = Instant::now();
-        record_event(
-            context,
-            Call::StopFault(FaultEvent {
-                detail: Some("restarted on the same data directory".to_owned()),
-                ..event
-            }),
-        )?;
-        context.progress.fault(None);
-        if !held {
-            break;
-        }
-        match wait_all_ready(cluster, victims, recovery, &mut stop).await {
-            Ok(true) => report
-                .recovery_ms
-                .push(u64::try_from(restarted.elapsed().as_millis()).unwrap_or(u64::MAX)),
-            Ok(false) => break,
-            Err(error) => {
-                report.ended_early = Some(format!("after kill {}: {error:#}", position + 1));
-                break;
-            }
-        }
-        if !sleep_or_stop(
-            Instant::now() + Duration::from_millis(step.gap_ms),
-            &mut stop,
-        )
-        .await
+        let go_on = kill_once(context, step, position, cluster, &mut stop, &mut report).await?;
+        if !go_on
+            || !sleep_or_stop(
+                Instant::now() + Duration::from_millis(step.gap_ms),
+                &mut stop,
+            )
+            .await
         {
             break;
         }
@@ -469,6 +385,105 @@ pub async fn run_kill_loop(
         ));
     }
     Ok(report)
+}
+
+/// One step of the kill loop, up to the restarted node being ready again (the gap is the
+/// caller's). Returns whether the loop may go on.
+async fn kill_once(
+    context: &Nemesis<'_>,
+    step: &KillStep,
+    position: usize,
+    cluster: &mut Cluster,
+    stop: &mut watch::Receiver<bool>,
+    report: &mut KillLoopReport,
+) -> anyhow::Result<bool> {
+    let interval = u32::try_from(position).context("too many kills")?;
+    let leader = match step.target {
+        Target::Leader => {
+            cluster
+                .wait_leader(Duration::from_millis(LEADER_LOOKUP_TIMEOUT_MS))
+                .await
+        }
+        Target::Nodes(_) => None,
+    };
+    let fault = Fault::Kill {
+        target: step.target.clone(),
+    };
+    let resolved = match fault.resolve(context.topology, leader.as_deref()) {
+        Ok(resolved) => resolved,
+        Err(error) => {
+            // Recorded as skipped; the nemesis checker then counts one kill short.
+            record_event(
+                context,
+                Call::StartFault(FaultEvent {
+                    interval,
+                    fault,
+                    detail: Some(format!("skipped: {error}")),
+                    skipped: true,
+                }),
+            )?;
+            return Ok(true);
+        }
+    };
+    let Fault::Kill {
+        target: Target::Nodes(victims),
+    } = &resolved
+    else {
+        bail!("the kill loop resolved {resolved:?}");
+    };
+    let detail = match &leader {
+        Some(leader) => format!(
+            "kill {} of {} (the leader was {leader})",
+            position + 1,
+            report.planned
+        ),
+        None => format!("kill {} of {}", position + 1, report.planned),
+    };
+    let event = FaultEvent {
+        interval,
+        fault: resolved.clone(),
+        detail: Some(detail.clone()),
+        skipped: false,
+    };
+    record_event(context, Call::StartFault(event.clone()))?;
+    context.progress.fault(Some(format!(
+        "#{interval} {} ({detail})",
+        resolved.describe()
+    )));
+    for victim in victims {
+        cluster.kill(victim)?;
+    }
+    report.kills += 1;
+    let held = sleep_or_stop(Instant::now() + Duration::from_millis(step.hold_ms), stop).await;
+    for victim in victims {
+        cluster.start(victim)?;
+    }
+    let restarted = Instant::now();
+    record_event(
+        context,
+        Call::StopFault(FaultEvent {
+            detail: Some("restarted on the same data directory".to_owned()),
+            ..event
+        }),
+    )?;
+    context.progress.fault(None);
+    if !held {
+        return Ok(false);
+    }
+    let recovery = Duration::from_millis(KILL_LOOP_RECOVERY_TIMEOUT_MS);
+    match wait_all_ready(cluster, victims, recovery, stop).await {
+        Ok(true) => {
+            report
+                .recovery_ms
+                .push(u64::try_from(restarted.elapsed().as_millis()).unwrap_or(u64::MAX));
+            Ok(true)
+        }
+        Ok(false) => Ok(false),
+        Err(error) => {
+            report.ended_early = Some(format!("after kill {}: {error:#}", position + 1));
+            Ok(false)
+        }
+    }
 }
 
 #[cfg(test)]

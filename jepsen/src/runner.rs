@@ -851,6 +851,46 @@ fn note_kill_loop(report: &KillLoopReport, record: &mut TestRecord, progress: &P
     }
 }
 
+/// The final-read phase: every register key the workers used, recorded in the history (which
+/// then ends and is written); the bank's final balances and every transfer's outcome.
+async fn final_reads(
+    config: &RunConfig,
+    specs: &[WorkloadSpec],
+    admin: &Client,
+    recorder: Recorder,
+    next_process: u64,
+    record: &mut TestRecord,
+    progress: &Progress,
+) -> anyhow::Result<History> {
+    if let Some(spec) = specs
+        .iter()
+        .find(|s| matches!(s, WorkloadSpec::Register { .. }))
+    {
+        let keys = recorder.with_ops(|ops| {
+            ops.iter()
+                .filter_map(|op| op.call.register_key().map(str::to_owned))
+                .collect::<BTreeSet<String>>()
+        })?;
+        let reads =
+            final_register_reads(admin, spec, &keys, &recorder, next_process, config).await?;
+        if let Some(register) = record.register.as_mut() {
+            register.keys = keys.into_iter().collect();
+            register.final_reads = reads;
+        }
+    }
+    let history = recorder
+        .finish()
+        .context("the recorded history is malformed")?;
+    report::write_history(&config.out, &history)?;
+    if let Some(spec) = specs
+        .iter()
+        .find(|s| matches!(s, WorkloadSpec::Bank { .. }))
+    {
+        final_bank_state(admin, spec, &history, record, progress).await?;
+    }
+    Ok(history)
+}
+
 /// Everything after the proxies exist; the caller tears down whatever happens here.
 async fn run_started(
     config: &RunConfig,
@@ -899,32 +939,16 @@ async fn run_started(
 
     let notes = heal_and_settle(config, cluster, network, &admin, progress).await?;
     progress.phase("final reads");
-    if let Some(spec) = specs
-        .iter()
-        .find(|s| matches!(s, WorkloadSpec::Register { .. }))
-    {
-        let keys = recorder.with_ops(|ops| {
-            ops.iter()
-                .filter_map(|op| op.call.register_key().map(str::to_owned))
-                .collect::<BTreeSet<String>>()
-        })?;
-        let reads =
-            final_register_reads(&admin, spec, &keys, &recorder, next_process, config).await?;
-        if let Some(register) = record.register.as_mut() {
-            register.keys = keys.into_iter().collect();
-            register.final_reads = reads;
-        }
-    }
-    let history = recorder
-        .finish()
-        .context("the recorded history is malformed")?;
-    report::write_history(&config.out, &history)?;
-    if let Some(spec) = specs
-        .iter()
-        .find(|s| matches!(s, WorkloadSpec::Bank { .. }))
-    {
-        final_bank_state(&admin, spec, &history, &mut record, progress).await?;
-    }
+    let history = final_reads(
+        config,
+        specs,
+        &admin,
+        recorder,
+        next_process,
+        &mut record,
+        progress,
+    )
+    .await?;
     record.options.settings.insert(
         "harness_lag_ms_max".to_owned(),
         figures.lag.as_millis().to_string(),
