@@ -2,7 +2,9 @@
 //! and resumed by pid.
 //!
 //! Owns: finding the node binary, choosing ports, each node's directory (`nodes/nN/data` for
-//! RocksDB, `nodes/nN/node.log` for its stdout and stderr, appended across restarts), the
+//! RocksDB, `nodes/nN/node.log` for its stdout and stderr, appended across restarts,
+//! `nodes/nN/failpoints`, the fault-injection file the node re-reads within 100 ms of a change:
+//! the clock nemesis writes `clock-offset-ms=<ms>` there, an empty file means none), the
 //! command line (members, `--peer-route` through the proxies, timeouts), and control-plane
 //! requests (`/ready`, `/v1/cluster`) that go straight to a node, never through a proxy: the
 //! harness is Jepsen's control node, outside every partition.
@@ -16,6 +18,10 @@
 //!   therefore runs on one thread (a current-thread runtime), which lives as long as the
 //!   process.
 //! - A node keeps its ports and data directory across restarts.
+//! - In network namespaces (`--net netns`) a node is started as `ip netns exec <ns> <node>`;
+//!   `ip` execs the node, so the child's pid is the node's. The harness waits until
+//!   `/proc/<pid>/exe` is the node binary after each start and checks it again before every
+//!   signal, so it never signals anything but the node.
 //!
 //! Leaves out: the network between nodes (`net.rs`) and when to fault them (`runner.rs`).
 
@@ -32,6 +38,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::nemesis::Topology;
+use crate::netns::NodeNet;
 
 /// The node binary's file name.
 pub const NODE_BINARY: &str = "metrokv-node";
@@ -46,6 +53,12 @@ pub const NODE_LOG_ENV: &str = "METROKV_JEPSEN_NODE_LOG";
 pub const CONTROL_TIMEOUT_MS: u64 = 1_000;
 /// How often readiness is polled.
 pub const READY_POLL_MS: u64 = 100;
+/// The environment variable naming a node's fault-injection file (read by the node).
+pub const FAILPOINTS_FILE_ENV: &str = "METROKV_FAILPOINTS_FILE";
+/// The name of that file in the node's directory.
+pub const FAILPOINTS_FILE: &str = "failpoints";
+/// The failpoint that shifts the node's wall clock, in ms.
+pub const CLOCK_OFFSET_FAILPOINT: &str = "clock-offset-ms";
 /// Lines of a node's log quoted in a harness error.
 pub const LOG_TAIL_LINES: usize = 20;
 /// Where `scripts/lib.sh` builds by default, relative to `$HOME`: the last place searched for
@@ -106,6 +119,8 @@ pub struct NodeAddrs {
     pub peer_addr: SocketAddr,
     /// `nodes/<name>` under the output directory.
     pub dir: PathBuf,
+    /// The network namespace it runs in (`--net netns`), if any.
+    pub netns: Option<String>,
 }
 
 impl NodeAddrs {
@@ -115,6 +130,10 @@ impl NodeAddrs {
 
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("node.log")
+    }
+
+    pub fn failpoints_path(&self) -> PathBuf {
+        self.dir.join(FAILPOINTS_FILE)
     }
 
     /// The node's own HTTP address (control plane; workloads use the proxies).
@@ -172,6 +191,8 @@ struct ClusterView {
 /// The node processes of one test.
 pub struct Cluster {
     binary: PathBuf,
+    /// The binary's canonical path: what `/proc/<pid>/exe` of a node shows.
+    binary_real: PathBuf,
     nodes: Vec<NodeProcess>,
     /// `--member` values, identical on every node.
     members: Vec<String>,
@@ -199,15 +220,43 @@ impl Cluster {
         base_dir: &Path,
         extra_args: Vec<String>,
     ) -> anyhow::Result<Cluster> {
+        Cluster::prepare_in(binary, topology, base_dir, extra_args, None)
+    }
+
+    /// Like [`Cluster::prepare`]; with `namespaces`, each node runs in its namespace on its own
+    /// address there (fixed ports: the address is the run's alone), instead of on loopback.
+    pub fn prepare_in(
+        binary: PathBuf,
+        topology: &Topology,
+        base_dir: &Path,
+        extra_args: Vec<String>,
+        namespaces: Option<&BTreeMap<String, NodeNet>>,
+    ) -> anyhow::Result<Cluster> {
+        let binary_real = std::fs::canonicalize(&binary)
+            .with_context(|| format!("resolving {}", binary.display()))?;
         let mut listeners = Vec::new();
         let mut nodes = Vec::new();
         for spec in &topology.nodes {
-            let (client_addr, client_listener) = PortReservation::take()?;
-            let (peer_addr, peer_listener) = PortReservation::take()?;
-            listeners.push(client_listener);
-            listeners.push(peer_listener);
+            let placed = match namespaces {
+                Some(map) => Some(
+                    map.get(&spec.name)
+                        .with_context(|| format!("no namespace for {}", spec.name))?,
+                ),
+                None => None,
+            };
+            let (client_addr, peer_addr, netns) = match placed {
+                Some(net) => (net.client_addr(), net.peer_addr(), Some(net.ns.clone())),
+                None => {
+                    let (client_addr, client_listener) = PortReservation::take()?;
+                    let (peer_addr, peer_listener) = PortReservation::take()?;
+                    listeners.push(client_listener);
+                    listeners.push(peer_listener);
+                    (client_addr, peer_addr, None)
+                }
+            };
             let dir = base_dir.join("nodes").join(&spec.name);
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            write_atomically(&dir.join(FAILPOINTS_FILE), "")?;
             nodes.push(NodeProcess {
                 addrs: NodeAddrs {
                     name: spec.name.clone(),
@@ -216,6 +265,7 @@ impl Cluster {
                     client_addr,
                     peer_addr,
                     dir,
+                    netns,
                 },
                 routes: Vec::new(),
                 child: None,
@@ -239,6 +289,7 @@ impl Cluster {
             .context("building the control-plane HTTP client")?;
         Ok(Cluster {
             binary,
+            binary_real,
             nodes,
             members,
             extra_args,
@@ -296,6 +347,7 @@ impl Cluster {
     /// Starts `name` (again) on its data directory. Does nothing if it runs.
     pub fn start(&mut self, name: &str) -> anyhow::Result<()> {
         let binary = self.binary.clone();
+        let binary_real = self.binary_real.clone();
         let members = self.members.clone();
         let extra = self.extra_args.clone();
         let node = self.node_mut(name)?;
@@ -311,7 +363,14 @@ impl Cluster {
         let stderr = log
             .try_clone()
             .with_context(|| format!("duplicating {}", log_path.display()))?;
-        let mut command = Command::new(&binary);
+        let mut command = match &node.addrs.netns {
+            Some(ns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", ns]).arg(&binary);
+                command
+            }
+            None => Command::new(&binary),
+        };
         command
             .arg("--id")
             .arg(node.addrs.id.to_string())
@@ -335,14 +394,22 @@ impl Cluster {
         let filter =
             std::env::var(NODE_LOG_ENV).unwrap_or_else(|_| NODE_LOG_FILTER_DEFAULT.to_owned());
         command
+            .env(FAILPOINTS_FILE_ENV, node.addrs.failpoints_path())
             .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(stderr);
         die_with_parent(&mut command);
-        let child = command
+        let mut child = command
             .spawn()
             .with_context(|| format!("starting {} as {name}", binary.display()))?;
+        if node.addrs.netns.is_some() {
+            if let Err(error) = wait_for_exec(&mut child, &binary_real) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(error.context(format!("starting {name} in its namespace")));
+            }
+        }
         node.child = Some(child);
         node.paused = false;
         node.starts += 1;
@@ -351,7 +418,11 @@ impl Cluster {
 
     /// SIGKILL `name` and reap it. Does nothing if it is not running.
     pub fn kill(&mut self, name: &str) -> anyhow::Result<()> {
+        let binary_real = self.binary_real.clone();
         let node = self.node_mut(name)?;
+        if let Some(child) = node.child.as_mut() {
+            ensure_node(child, &binary_real).with_context(|| format!("kill -9 {name}"))?;
+        }
         if let Some(mut child) = node.child.take() {
             // A stopped process dies of SIGKILL too; no SIGCONT needed.
             child
@@ -367,8 +438,10 @@ impl Cluster {
 
     /// SIGSTOP `name`.
     pub fn pause(&mut self, name: &str) -> anyhow::Result<()> {
+        let binary_real = self.binary_real.clone();
         let node = self.node_mut(name)?;
-        if let Some(child) = &node.child {
+        if let Some(child) = node.child.as_mut() {
+            ensure_node(child, &binary_real).with_context(|| format!("pausing {name}"))?;
             signal(child, libc::SIGSTOP).with_context(|| format!("pausing {name}"))?;
             node.paused = true;
         }
@@ -377,9 +450,11 @@ impl Cluster {
 
     /// SIGCONT `name`.
     pub fn resume(&mut self, name: &str) -> anyhow::Result<()> {
+        let binary_real = self.binary_real.clone();
         let node = self.node_mut(name)?;
-        if let Some(child) = &node.child {
+        if let Some(child) = node.child.as_mut() {
             if node.paused {
+                ensure_node(child, &binary_real).with_context(|| format!("resuming {name}"))?;
                 signal(child, libc::SIGCONT).with_context(|| format!("resuming {name}"))?;
             }
         }
@@ -393,6 +468,22 @@ impl Cluster {
         for name in names {
             self.resume(&name)?;
             self.start(&name)?;
+        }
+        Ok(())
+    }
+
+    /// Shifts `name`'s wall clock by `offset_ms` (0: no shift) through its failpoint file. A node
+    /// that is down reads it when it starts.
+    pub fn set_clock_offset(&mut self, name: &str, offset_ms: i64) -> anyhow::Result<()> {
+        let path = self.node(name)?.addrs.failpoints_path();
+        write_atomically(&path, &clock_failpoints(offset_ms))
+    }
+
+    /// Puts every node's clock back (the clock half of a heal).
+    pub fn reset_clocks(&mut self) -> anyhow::Result<()> {
+        let names: Vec<String> = self.nodes.iter().map(|n| n.addrs.name.clone()).collect();
+        for name in names {
+            self.set_clock_offset(&name, 0)?;
         }
         Ok(())
     }
@@ -641,6 +732,57 @@ fn signal(child: &Child, signal: libc::c_int) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long a node started through `ip netns exec` gets to become the node (`ip` execs it
+/// right after entering the namespace).
+pub const EXEC_TIMEOUT_MS: u64 = 5_000;
+
+/// What `/proc/<pid>/exe` of the child points at, without a " (deleted)" suffix.
+fn child_exe(child: &Child) -> std::io::Result<PathBuf> {
+    let link = std::fs::read_link(format!("/proc/{}/exe", child.id()))?;
+    let text = link.to_string_lossy();
+    Ok(PathBuf::from(
+        text.strip_suffix(" (deleted)").unwrap_or(&text).to_owned(),
+    ))
+}
+
+/// Polls until the child (started as `ip netns exec ... <node>`) has exec'd the node binary.
+fn wait_for_exec(child: &mut Child, binary_real: &Path) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_millis(EXEC_TIMEOUT_MS);
+    loop {
+        if let Some(status) = child.try_wait().context("waiting for the node")? {
+            bail!("exited before it became the node: {status}");
+        }
+        if child_exe(child).is_ok_and(|exe| exe == binary_real) {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "pid {} did not become {} within {EXEC_TIMEOUT_MS} ms",
+                child.id(),
+                binary_real.display()
+            );
+        }
+        // A bounded poll of a condition that holds within microseconds.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Refuses to signal a child that is not the node binary (a wrapper that did not exec).
+/// A child that already exited is fine: signalling an unreaped zombie does nothing.
+fn ensure_node(child: &mut Child, binary_real: &Path) -> anyhow::Result<()> {
+    match child_exe(child) {
+        Ok(exe) if exe == binary_real => Ok(()),
+        Ok(exe) => bail!(
+            "pid {} runs {}, not the node {}; not signalling it",
+            child.id(),
+            exe.display(),
+            binary_real.display()
+        ),
+        Err(_) if child.try_wait().ok().flatten().is_some() => Ok(()),
+        Err(error) => Err(error).context(format!("reading /proc/{}/exe", child.id())),
+    }
+}
+
 /// Asks the kernel to SIGKILL the child when the thread that spawned it ends (see the module
 /// doc), and refuses to start if the harness is already gone.
 fn die_with_parent(command: &mut Command) {
@@ -659,6 +801,23 @@ fn die_with_parent(command: &mut Command) {
             Ok(())
         });
     }
+}
+
+/// The failpoint file's text for a clock offset: empty for none.
+pub fn clock_failpoints(offset_ms: i64) -> String {
+    if offset_ms == 0 {
+        String::new()
+    } else {
+        format!("{CLOCK_OFFSET_FAILPOINT}={offset_ms}\n")
+    }
+}
+
+/// Replaces `path` with `text` by a rename, so a node polling it never reads half a file.
+fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, text).with_context(|| format!("writing {}", temporary.display()))?;
+    std::fs::rename(&temporary, path)
+        .with_context(|| format!("renaming {} to {}", temporary.display(), path.display()))
 }
 
 /// The last `lines` lines of a log file ("" if unreadable).
@@ -700,6 +859,51 @@ mod tests {
         assert!(addrs[2].dir.is_dir());
         assert_eq!(addrs[2].zone, "dc-b");
         assert!(cluster.members[0].starts_with("1=dc-a/127.0.0.1:"));
+    }
+
+    #[test]
+    fn every_node_gets_its_failpoint_file_in_its_environment_and_clock_jumps_go_there() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A stand-in node that ignores its flags and stays up.
+        let fake = dir.path().join("fake-node");
+        std::fs::write(&fake, "#!/bin/sh\nexec sleep 30\n").expect("script");
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        let topology = Topology::default_for(3).expect("topology");
+        let mut cluster = Cluster::prepare(fake, &topology, dir.path(), vec![]).expect("prepare");
+        let n2 = cluster.addrs()[1].clone();
+        let file = n2.failpoints_path();
+        assert_eq!(std::fs::read_to_string(&file).expect("created"), "");
+        cluster.start("n2").expect("start");
+        let pid = cluster
+            .node("n2")
+            .expect("n2")
+            .child
+            .as_ref()
+            .expect("child")
+            .id();
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+        let expected = format!("{FAILPOINTS_FILE_ENV}={}", file.display());
+        assert!(
+            environ
+                .split(|b| *b == 0)
+                .any(|entry| entry == expected.as_bytes()),
+            "the node is started with {expected}"
+        );
+        cluster.set_clock_offset("n2", -86_400_000).expect("jump");
+        assert_eq!(
+            std::fs::read_to_string(&file).expect("read"),
+            "clock-offset-ms=-86400000\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(cluster.addrs()[0].failpoints_path()).expect("n1"),
+            ""
+        );
+        cluster.reset_clocks().expect("reset");
+        assert_eq!(std::fs::read_to_string(&file).expect("read"), "");
+        cluster.stop_all();
+        assert_eq!(clock_failpoints(5), "clock-offset-ms=5\n");
+        assert_eq!(clock_failpoints(0), "");
     }
 
     #[test]

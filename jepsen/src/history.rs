@@ -547,6 +547,12 @@ impl Recorder {
         Ok(index)
     }
 
+    /// Runs `f` over the ops recorded so far (under the lock: keep it short).
+    pub fn with_ops<T>(&self, f: impl FnOnce(&[Op]) -> T) -> Result<T, RecorderError> {
+        let ops = self.ops.lock().map_err(|_| RecorderError::Poisoned)?;
+        Ok(f(&ops))
+    }
+
     /// How many ops were recorded so far (for the progress display).
     pub fn len(&self) -> usize {
         self.ops.lock().map_or(0, |ops| ops.len())
@@ -664,6 +670,7 @@ mod tests {
                     target: Target::Nodes(vec!["n2".to_owned()]),
                 },
                 detail: None,
+                skipped: false,
             }),
         );
         b.complete(1, OpType::Ok, read_all(&[("a", 5), ("b", 5)]));

@@ -10,15 +10,15 @@
 //!
 //! Parts that run a real cluster:
 //! - `cluster`: `metrokv-node` processes (start, kill -9, pause, resume) by pid.
-//! - `net`: a proxy per directed link, and the link modes of each network shape.
+//! - `net`: a proxy per directed link, and the link modes of each network shape; the choice of
+//!   network ([`net::TestNet`]).
+//! - `netns`: `--net netns`: a network namespace per node, nftables cuts, tc netem (root).
 //! - `faults`: the nemesis of `run`: applies and heals the schedule's faults, records them.
 //! - `workload`: bank (safe and unsafe) and register ops through the client library.
 //! - `runner`: `run` — setup, run, heal, settle, final reads, check, report.
 //! - `progress`: the progress line (phase, elapsed, op counts, current fault).
 //! - `scenario`: `scenario double-spend` — the motivating story, scripted.
 //!
-//! Leaves out: faults in network namespaces with nftables (root only); the proxies need no
-//! privileges and cover the same fault model.
 
 pub mod checker;
 pub mod cluster;
@@ -26,6 +26,7 @@ pub mod faults;
 pub mod history;
 pub mod nemesis;
 pub mod net;
+pub mod netns;
 pub mod progress;
 pub mod proxy;
 pub mod record;

@@ -30,21 +30,38 @@ use metrokv_jepsen::checker::{self, CheckOptions};
 use metrokv_jepsen::cluster::find_node_binary;
 use metrokv_jepsen::history::History;
 use metrokv_jepsen::nemesis::{NemesisKind, NodeSpec, Topology, INTER_ZONE_LATENCY_MS_BASE};
+use metrokv_jepsen::net::NetMode;
+use metrokv_jepsen::netns;
 use metrokv_jepsen::record::{TestRecord, Workload};
 use metrokv_jepsen::report;
 use metrokv_jepsen::runner::{self, RunConfig, EXIT_HARNESS};
 use metrokv_jepsen::scenario::{self, ScenarioConfig};
+use metrokv_jepsen::workload::REGISTER_GENERATION_MS_DEFAULT;
 
 /// The node's own default write timeout (ms); the harness passes it explicitly because the
 /// settle phase waits it out.
 const WRITE_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+
+/// The default `--rate`, ops/s over all workers. On two shared cores a 3-node cluster under
+/// `--nemesis all` completed ~320 ops/s at a target of 400 with 16 workers (README); 300 leaves
+/// headroom, so that CPU starvation does not cause elections of its own.
+const RATE_DEFAULT: f64 = 300.0;
+/// The default `--concurrency`: enough workers that ops stuck in a fault (up to the op
+/// deadline) do not starve the rate.
+const CONCURRENCY_DEFAULT: usize = 16;
+/// The default `--time-limit`, s.
+const TIME_LIMIT_S_DEFAULT: u64 = 60;
+/// The default `--time-limit` of a kill loop, per kill (a kill, a restart and a recovery take a
+/// few seconds; this is the bound, not the expectation).
+const KILL_LOOP_TIME_LIMIT_S_PER_KILL: u64 = 30;
 
 /// Shown after `--help` of the program and of `run`.
 const AFTER_HELP: &str = "Exit codes: 0 valid, 1 anomalies found, 2 harness failure or unknown \
     result.\n\nLinks: every directed link has its own proxy. Node A reaches node B through the \
     proxy of A→B, which carries A's requests and B's answers to them; cutting A→B stops A from \
     using B while B can still use A over B→A (a one-way partition). A client in zone Z reaches \
-    node N through the proxy Z→N, cut when no node of Z reaches N. See jepsen/README.md.";
+    node N through the proxy Z→N, cut when no node of Z reaches N. With --net netns (root) the \
+    same cuts are nftables rules in the nodes' network namespaces. See jepsen/README.md.";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -70,6 +87,15 @@ enum ModeArg {
     Safe,
     /// The negative control: stale reads and blind PUTs of client-computed balances.
     Unsafe,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum NetArg {
+    /// A fault-injecting TCP proxy on every directed link, on loopback (no privileges).
+    Proxy,
+    /// A network namespace per node; cuts are nftables rules inside them, latency tc netem
+    /// (root; see `metrokv-jepsen netns-tools`).
+    Netns,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -109,20 +135,29 @@ impl CheckArgs {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    #[arg(long, value_enum, default_value = "bank")]
-    workload: WorkloadArg,
+    /// What the clients do: bank, register, or both (bank,register: the workers are split
+    /// between them and each is checked by its own checker).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "bank")]
+    workload: Vec<WorkloadArg>,
     /// Faults, comma-separated: partition-zones, isolate-leader, halves, ring, bridge, kill,
     /// pause, latency; or all, none.
     #[arg(long, default_value = "all")]
     nemesis: String,
-    /// Seconds of workload and faults.
-    #[arg(long, default_value_t = 60)]
-    time_limit: u64,
-    /// Target ops per second over all workers.
-    #[arg(long, default_value_t = 50.0)]
+    /// Instead of a timed schedule, kill -9 this many times, one node at a time (the leader
+    /// included), each restarted and ready before the next; the run lasts as long as the kills
+    /// (bounded by --time-limit). Needs --nemesis kill.
+    #[arg(long)]
+    kill_loop: Option<u32>,
+    /// Seconds of workload and faults (default 60; with --kill-loop, an upper bound of
+    /// 30 s per kill).
+    #[arg(long)]
+    time_limit: Option<u64>,
+    /// Target ops per second over all workers (each worker is a closed loop: a slow op delays
+    /// its next one, so under faults fewer happen).
+    #[arg(long, default_value_t = RATE_DEFAULT)]
     rate: f64,
     /// Client workers, spread round-robin over the zones.
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = CONCURRENCY_DEFAULT)]
     concurrency: usize,
     /// Cluster size with the default layout (3: n1, n2 in dc-a, n3 in dc-b; 5: n1..n3 in dc-a,
     /// n4, n5 in dc-b).
@@ -149,9 +184,13 @@ struct RunArgs {
     /// Largest transfer amount (each transfer moves 1..=this).
     #[arg(long, default_value_t = 30)]
     max_transfer: u64,
-    /// Register keys.
+    /// Register keys in use at a time.
     #[arg(long, default_value_t = 5)]
     keys: usize,
+    /// Every this many ms the register workers move on to fresh keys (short per-key histories
+    /// keep the linearizability check small).
+    #[arg(long, default_value_t = REGISTER_GENERATION_MS_DEFAULT)]
+    key_generation_ms: u64,
     /// The metrokv-node binary (default: $METROKV_BIN, beside this program, or the scripts'
     /// release build).
     #[arg(long)]
@@ -175,6 +214,9 @@ struct RunArgs {
     /// (repeatable).
     #[arg(long = "node-arg", allow_hyphen_values = true)]
     node_args: Vec<String>,
+    /// The test network: proxies on loopback, or network namespaces with nftables (root).
+    #[arg(long, value_enum, default_value = "proxy")]
+    net: NetArg,
     #[command(flatten)]
     check: CheckArgs,
 }
@@ -190,6 +232,14 @@ enum Command {
         dir: PathBuf,
         #[command(flatten)]
         check: CheckArgs,
+    },
+    /// What `--net netns` needs (root; ip, nft, ss; tc netem for latency): say what is
+    /// missing, install it with apt (--install), or remove a crashed run's namespaces (--clean).
+    NetnsTools {
+        #[arg(long)]
+        install: bool,
+        #[arg(long)]
+        clean: bool,
     },
     /// Replay a scripted story on a fresh cluster.
     Scenario {
@@ -212,6 +262,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Check { dir, check } => check_dir(&dir, &check.options()),
+        Command::NetnsTools { install, clean } => netns_tools(install, clean),
         Command::Run(args) => run_config(*args).and_then(|config| {
             block_on_interruptible(async move { runner::run(config).await.map(|o| o.exit_code) })
         }),
@@ -284,27 +335,41 @@ fn run_config(args: RunArgs) -> anyhow::Result<RunConfig> {
         None => Topology::default_for(args.nodes)?,
     };
     let seed = args.seed.unwrap_or_else(random_seed);
-    let workload = match args.workload {
-        WorkloadArg::Bank => Workload::Bank,
-        WorkloadArg::Register => Workload::Register,
-    };
+    let mut workloads: Vec<Workload> = args
+        .workload
+        .iter()
+        .map(|w| match w {
+            WorkloadArg::Bank => Workload::Bank,
+            WorkloadArg::Register => Workload::Register,
+        })
+        .collect();
+    workloads.sort();
+    workloads.dedup();
     let bank_mode = match args.mode {
         ModeArg::Safe => BankMode::Transfers,
         ModeArg::Unsafe => BankMode::BlindWrites,
     };
     let out = args.out.unwrap_or_else(|| {
-        let name = match (workload, bank_mode) {
-            (Workload::Register, _) => "register".to_owned(),
-            (Workload::Bank, mode) => format!("bank-{}", runner::mode_name(mode)),
-        };
+        let mut name = Workload::list(&workloads).replace(',', "-");
+        if workloads.contains(&Workload::Bank) {
+            name = format!("{name}-{}", runner::mode_name(bank_mode));
+        }
         default_out(&format!("{name}-seed-{seed}"))
     });
+    let time_limit_s = match (args.time_limit, args.kill_loop) {
+        (Some(limit), _) => limit,
+        (None, Some(kills)) => {
+            (u64::from(kills) * KILL_LOOP_TIME_LIMIT_S_PER_KILL).min(runner::TIME_LIMIT_S_MAX)
+        }
+        (None, None) => TIME_LIMIT_S_DEFAULT,
+    };
     let config = RunConfig {
-        workload,
+        workloads,
         bank_mode,
         topology,
         nemeses: NemesisKind::parse_list(&args.nemesis)?,
-        time_limit_s: args.time_limit,
+        kill_loop: args.kill_loop,
+        time_limit_s,
         rate: args.rate,
         concurrency: args.concurrency,
         seed,
@@ -315,11 +380,16 @@ fn run_config(args: RunArgs) -> anyhow::Result<RunConfig> {
         initial_balance: args.initial_balance,
         transfer_amount_max: args.max_transfer,
         keys: args.keys,
+        register_generation_ms: args.key_generation_ms,
         inter_zone_latency_ms: args.inter_zone_latency_ms,
         write_timeout_ms: args.write_timeout_ms,
         op_deadline_ms: args.op_deadline_ms,
         op_attempt_timeout_ms: args.op_attempt_timeout_ms,
         node_args: args.node_args,
+        net: match args.net {
+            NetArg::Proxy => NetMode::Proxy,
+            NetArg::Netns => NetMode::Netns,
+        },
         check: args.check.options(),
     };
     config.validate()?;
@@ -341,6 +411,28 @@ fn scenario_config(
         keep_data,
         inter_zone_latency_ms,
     })
+}
+
+/// `netns-tools`: 0 when a netns run can start here, 2 otherwise (the reason on stderr).
+fn netns_tools(install: bool, clean: bool) -> anyhow::Result<u8> {
+    if install {
+        netns::install_tools()?;
+    }
+    if clean {
+        for removed in netns::remove_stale()? {
+            println!("removed {removed}");
+        }
+    }
+    match netns::unavailable() {
+        Ok(()) => {
+            println!("--net netns can run here");
+            Ok(0)
+        }
+        Err(why) => {
+            eprintln!("--net netns cannot run here: {why}");
+            Ok(EXIT_HARNESS)
+        }
+    }
 }
 
 /// Re-checks `dir` and returns the exit code.

@@ -67,11 +67,23 @@ pub const LATENCY_SPIKE_MS_MAX: u64 = 1_000;
 /// Jitter of a spike as a fraction (1/N) of its latency.
 pub const LATENCY_SPIKE_JITTER_DIVISOR: u64 = 10;
 
+/// How far the clock nemesis jumps a node's wall clock, ahead or behind: a day, as an NTP step
+/// or a VM restored from an old snapshot might.
+pub const CLOCK_JUMP_MS: i64 = 86_400_000;
+
 /// Chance that a kill or pause targets the leader instead of a random minority.
 pub const LEADER_TARGET_PROBABILITY: f64 = 0.34;
 
 /// The most faults one schedule may hold; the generator stops there.
 pub const SCHEDULE_FAULTS_MAX: usize = 10_000;
+
+/// The most kills one kill loop may plan.
+pub const KILL_LOOP_KILLS_MAX: u32 = 100_000;
+/// How long a node of the kill loop stays dead before it is restarted: `0..=this`.
+pub const KILL_LOOP_HOLD_MS_MAX: u64 = 500;
+/// The quiet gap of the kill loop once the restarted node is ready again, before the next kill.
+pub const KILL_LOOP_GAP_MS_MIN: u64 = 200;
+pub const KILL_LOOP_GAP_MS_MAX: u64 = 1_000;
 
 /// Errors building topologies and schedules: bad options, never a fault of the system.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -345,10 +357,11 @@ pub enum NemesisKind {
     Kill,
     Pause,
     Latency,
+    Clock,
 }
 
 impl NemesisKind {
-    pub const ALL: [NemesisKind; 8] = [
+    pub const ALL: [NemesisKind; 9] = [
         NemesisKind::PartitionZones,
         NemesisKind::IsolateLeader,
         NemesisKind::Halves,
@@ -357,6 +370,7 @@ impl NemesisKind {
         NemesisKind::Kill,
         NemesisKind::Pause,
         NemesisKind::Latency,
+        NemesisKind::Clock,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -369,6 +383,7 @@ impl NemesisKind {
             NemesisKind::Kill => "kill",
             NemesisKind::Pause => "pause",
             NemesisKind::Latency => "latency",
+            NemesisKind::Clock => "clock",
         }
     }
 
@@ -515,6 +530,9 @@ pub enum Fault {
         latency_ms: u64,
         jitter_ms: u64,
     },
+    /// Shift the targets' wall clocks by `offset_ms` (through each node's failpoint file,
+    /// `clock-offset-ms`), and back to none at the stop.
+    Clock { target: Target, offset_ms: i64 },
 }
 
 impl Fault {
@@ -531,6 +549,7 @@ impl Fault {
             Fault::Kill { .. } => NemesisKind::Kill,
             Fault::Pause { .. } => NemesisKind::Pause,
             Fault::Latency { .. } => NemesisKind::Latency,
+            Fault::Clock { .. } => NemesisKind::Clock,
         }
     }
 
@@ -542,6 +561,10 @@ impl Fault {
             }
             Fault::IsolateLeader { cut } => format!("isolate the leader ({})", cut.as_str()),
             Fault::Kill { target } => format!("kill -9 {target}"),
+            Fault::Clock { target, offset_ms } => {
+                let hours = offset_ms / 3_600_000;
+                format!("clock of {target} {hours:+} h ({offset_ms:+} ms)")
+            }
             Fault::Pause { target } => format!("pause {target}"),
             Fault::Latency {
                 links,
@@ -577,6 +600,10 @@ impl Fault {
             Fault::Pause { target } => Fault::Pause {
                 target: resolve_target(target, NemesisKind::Pause)?,
             },
+            Fault::Clock { target, offset_ms } => Fault::Clock {
+                target: resolve_target(target, NemesisKind::Clock)?,
+                offset_ms: *offset_ms,
+            },
             other => other.clone(),
         })
     }
@@ -600,6 +627,9 @@ pub struct FaultEvent {
     /// What else happened (a node that did not restart, a proxy error, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The fault was not applied (the detail says why).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
 }
 
 /// How long faults and quiet gaps last.
@@ -681,6 +711,50 @@ pub fn schedule(
     Ok(intervals)
 }
 
+/// One kill of the kill loop: SIGKILL the target, keep it dead for `hold_ms`, restart it on its
+/// data directory, wait until it is ready again, then stay quiet for `gap_ms`. Only the waiting
+/// depends on the run; the rest is planned from the seed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KillStep {
+    /// One node, or the leader when the kill starts.
+    pub target: Target,
+    pub hold_ms: u64,
+    pub gap_ms: u64,
+}
+
+/// The kill loop's plan: `count` kills of one node each, the leader with probability
+/// [`LEADER_TARGET_PROBABILITY`], otherwise a node drawn uniformly (which may happen to lead).
+/// One node at a time, restarted before the next kill, keeps a quorum throughout.
+pub fn kill_loop(
+    topology: &Topology,
+    count: u32,
+    seed: u64,
+) -> Result<Vec<KillStep>, NemesisError> {
+    NemesisKind::Kill.check_applicable(topology)?;
+    if count == 0 || count > KILL_LOOP_KILLS_MAX {
+        return Err(NemesisError::BadOptions(
+            "the kill loop needs 1..=KILL_LOOP_KILLS_MAX kills",
+        ));
+    }
+    // Its own stream, so the kill loop does not share draws with a timed schedule.
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4B11_1100_7000_0001);
+    let names = topology.names();
+    Ok((0..count)
+        .map(|_| {
+            let target = if rng.random_bool(LEADER_TARGET_PROBABILITY) {
+                Target::Leader
+            } else {
+                Target::Nodes(vec![names[rng.random_range(0..names.len())].clone()])
+            };
+            KillStep {
+                target,
+                hold_ms: rng.random_range(0..=KILL_LOOP_HOLD_MS_MAX),
+                gap_ms: rng.random_range(KILL_LOOP_GAP_MS_MIN..=KILL_LOOP_GAP_MS_MAX),
+            }
+        })
+        .collect())
+}
+
 /// A random minority of the nodes, or (sometimes) the leader.
 fn process_target(topology: &Topology, rng: &mut impl Rng) -> Target {
     if rng.random_bool(LEADER_TARGET_PROBABILITY) {
@@ -711,6 +785,14 @@ fn build_fault(kind: NemesisKind, topology: &Topology, rng: &mut impl Rng) -> Fa
         },
         NemesisKind::Pause => Fault::Pause {
             target: process_target(topology, rng),
+        },
+        NemesisKind::Clock => Fault::Clock {
+            target: process_target(topology, rng),
+            offset_ms: if rng.random_bool(0.5) {
+                CLOCK_JUMP_MS
+            } else {
+                -CLOCK_JUMP_MS
+            },
         },
         NemesisKind::Latency => {
             let latency_ms = rng.random_range(LATENCY_SPIKE_MS_MIN..=LATENCY_SPIKE_MS_MAX);
@@ -865,7 +947,10 @@ mod tests {
             NemesisKind::parse_list("partition-zones, kill,kill").expect("parse"),
             vec![NemesisKind::PartitionZones, NemesisKind::Kill]
         );
-        assert_eq!(NemesisKind::parse_list("all").expect("parse").len(), 8);
+        assert_eq!(NemesisKind::parse_list("all").expect("parse").len(), 9);
+        assert!(NemesisKind::parse_list("all")
+            .expect("parse")
+            .contains(&NemesisKind::Clock));
         assert!(NemesisKind::parse_list("none").expect("parse").is_empty());
         assert!(matches!(
             NemesisKind::parse_list("flood"),
@@ -931,6 +1016,69 @@ mod tests {
             schedule(&one_zone, &[NemesisKind::PartitionZones], &options, 1),
             Err(NemesisError::NotApplicable { .. })
         ));
+    }
+
+    #[test]
+    fn the_kill_loop_is_seeded_hits_one_node_at_a_time_and_sometimes_the_leader() {
+        let t = three();
+        let plan = kill_loop(&t, 100, 5).expect("plan");
+        assert_eq!(plan.len(), 100);
+        assert_eq!(
+            plan,
+            kill_loop(&t, 100, 5).expect("plan"),
+            "same seed, same plan"
+        );
+        assert_ne!(plan, kill_loop(&t, 100, 6).expect("plan"));
+        let leader = plan.iter().filter(|s| s.target == Target::Leader).count();
+        assert!(
+            (15..=55).contains(&leader),
+            "about a third target the leader: {leader}"
+        );
+        let mut hit = BTreeSet::new();
+        for step in &plan {
+            if let Target::Nodes(nodes) = &step.target {
+                assert_eq!(nodes.len(), 1, "one node at a time keeps a quorum");
+                hit.insert(nodes[0].clone());
+            }
+            assert!(step.hold_ms <= KILL_LOOP_HOLD_MS_MAX);
+            assert!((KILL_LOOP_GAP_MS_MIN..=KILL_LOOP_GAP_MS_MAX).contains(&step.gap_ms));
+        }
+        assert_eq!(hit.len(), 3, "every node gets killed");
+        assert!(kill_loop(&t, 0, 5).is_err());
+        let two = Topology::default_for(2).expect("topology");
+        assert!(matches!(
+            kill_loop(&two, 5, 5),
+            Err(NemesisError::NotApplicable { .. })
+        ));
+    }
+
+    #[test]
+    fn clock_faults_jump_a_day_either_way_and_may_target_the_leader() {
+        let t = three();
+        let options = ScheduleOptions::for_time_limit(600_000);
+        let plan = schedule(&t, &[NemesisKind::Clock], &options, 4).expect("schedule");
+        assert!(plan.len() > 10);
+        let mut offsets = BTreeSet::new();
+        let mut leader = 0;
+        for interval in &plan {
+            let Fault::Clock { target, offset_ms } = &interval.fault else {
+                panic!("{:?}", interval.fault);
+            };
+            offsets.insert(*offset_ms);
+            match target {
+                Target::Leader => leader += 1,
+                Target::Nodes(nodes) => assert_eq!(nodes.len(), t.minority()),
+            }
+        }
+        assert_eq!(offsets, BTreeSet::from([-CLOCK_JUMP_MS, CLOCK_JUMP_MS]));
+        assert!(leader > 0);
+        let fault = Fault::Clock {
+            target: Target::Leader,
+            offset_ms: -CLOCK_JUMP_MS,
+        };
+        let resolved = fault.resolve(&t, Some("n3")).expect("resolve");
+        assert_eq!(resolved.describe(), "clock of n3 -24 h (-86400000 ms)");
+        assert_eq!(resolved.kind(), NemesisKind::Clock);
     }
 
     #[test]

@@ -19,6 +19,10 @@
 //! Invariants: every proxy's mode is always the healthy one or the current fault's; [`plan`]
 //! gives a mode for every link, so applying a plan leaves no stale cut behind.
 //!
+//! [`TestNet`] is what the runner and the nemesis use: these proxies (the default, no
+//! privileges), or network namespaces with nftables (`--net netns`, root; `netns.rs`), with the
+//! same shapes and the same meaning of a cut link.
+//!
 //! Leaves out: node processes (`cluster.rs`) and timing (`runner.rs`).
 
 use std::collections::BTreeMap;
@@ -28,6 +32,7 @@ use anyhow::Context;
 
 use crate::cluster::{Cluster, NodeAddrs};
 use crate::nemesis::{CutMode, DirectedLink, Grudge, Topology};
+use crate::netns::NetnsNetwork;
 use crate::proxy::{LinkMode, Proxy};
 
 /// Jitter of the base inter-zone latency, as a fraction (1/N) of it.
@@ -293,6 +298,92 @@ impl Network {
     pub async fn stop(self) {
         for (_, proxy) in self.proxies {
             proxy.stop().await;
+        }
+    }
+}
+
+/// How the test network is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetMode {
+    /// A fault-injecting proxy on every directed link, on loopback.
+    Proxy,
+    /// A network namespace per node, nftables rules and tc netem (root).
+    Netns,
+}
+
+impl NetMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetMode::Proxy => "proxy",
+            NetMode::Netns => "netns",
+        }
+    }
+}
+
+/// The network of a run, either kind.
+#[derive(Debug)]
+pub enum TestNet {
+    Proxies(Network),
+    Netns(NetnsNetwork),
+}
+
+impl TestNet {
+    pub fn mode(&self) -> NetMode {
+        match self {
+            TestNet::Proxies(_) => NetMode::Proxy,
+            TestNet::Netns(_) => NetMode::Netns,
+        }
+    }
+
+    pub fn shape(&self, shape: &Shape<'_>) -> anyhow::Result<()> {
+        match self {
+            TestNet::Proxies(network) => network.shape(shape),
+            TestNet::Netns(network) => network.shape(shape),
+        }
+    }
+
+    /// Ends every connection open now (see `proxy.rs` and `netns.rs` on why).
+    pub fn sever_all(&self) -> anyhow::Result<()> {
+        match self {
+            TestNet::Proxies(network) => {
+                network.sever_all();
+                Ok(())
+            }
+            TestNet::Netns(network) => network.sever_all(),
+        }
+    }
+
+    /// Why latency faults cannot be applied here, if they cannot.
+    pub fn latency_unavailable(&self) -> Option<&str> {
+        match self {
+            TestNet::Proxies(_) => None,
+            TestNet::Netns(network) => network.latency_unavailable(),
+        }
+    }
+
+    pub fn client_endpoints(&self, zone: &str) -> Vec<(String, String, String)> {
+        match self {
+            TestNet::Proxies(network) => network.client_endpoints(zone),
+            TestNet::Netns(network) => network.client_endpoints(zone),
+        }
+    }
+
+    pub fn endpoint_names(&self) -> BTreeMap<String, String> {
+        match self {
+            TestNet::Proxies(network) => network.endpoint_names(),
+            TestNet::Netns(network) => network.endpoint_names(),
+        }
+    }
+
+    /// Stops the proxies or relays; removes the namespaces.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        match self {
+            TestNet::Proxies(network) => {
+                network.stop().await;
+                Ok(())
+            }
+            TestNet::Netns(network) => network.stop().await,
         }
     }
 }

@@ -28,7 +28,7 @@
 //! connection; a one-way cut is a cut of one directed link's proxy.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +36,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
@@ -146,6 +146,17 @@ impl Proxy {
     /// Listens on 127.0.0.1 (an ephemeral port) and forwards to `target`, starting in `Pass`.
     /// `seed` drives the delay jitter.
     pub async fn start(target: SocketAddr, seed: u64) -> Result<Proxy, ProxyError> {
+        Proxy::start_from(target, seed, None).await
+    }
+
+    /// Like [`Proxy::start`], but the connections to `target` leave from `source` (an address
+    /// of this host) when given: the netns relays use it to give each zone's clients their own
+    /// source address.
+    pub async fn start_from(
+        target: SocketAddr,
+        seed: u64,
+        source: Option<IpAddr>,
+    ) -> Result<Proxy, ProxyError> {
         let listener = TcpListener::bind(("127.0.0.1", 0))
             .await
             .map_err(|source| ProxyError::Bind { target, source })?;
@@ -157,7 +168,7 @@ impl Proxy {
         let (shutdown, shutdown_receiver) = oneshot::channel();
         let task = tokio::spawn(accept_loop(
             listener,
-            target,
+            Upstream { target, source },
             Watches {
                 mode: receiver,
                 generation: generation_receiver,
@@ -210,6 +221,27 @@ impl Drop for Proxy {
     }
 }
 
+/// Where connections go, and from which local address.
+#[derive(Debug, Clone, Copy)]
+struct Upstream {
+    target: SocketAddr,
+    source: Option<IpAddr>,
+}
+
+impl Upstream {
+    async fn connect(self) -> io::Result<TcpStream> {
+        let Some(source) = self.source else {
+            return TcpStream::connect(self.target).await;
+        };
+        let socket = match source {
+            IpAddr::V4(_) => TcpSocket::new_v4()?,
+            IpAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(source, 0))?;
+        socket.connect(self.target).await
+    }
+}
+
 /// What every connection watches: the mode, and the sever generation.
 #[derive(Debug, Clone)]
 struct Watches {
@@ -220,7 +252,7 @@ struct Watches {
 /// Accepts connections and owns their tasks (dropping the JoinSet aborts them all).
 async fn accept_loop(
     listener: TcpListener,
-    target: SocketAddr,
+    upstream: Upstream,
     watches: Watches,
     seed: u64,
     mut shutdown: oneshot::Receiver<()>,
@@ -235,12 +267,12 @@ async fn accept_loop(
                     Err(error) => {
                         // Out of descriptors or similar; refusing one connection is the fault
                         // the caller would see anyway.
-                        tracing::warn!(%target, %error, "proxy accept failed");
+                        tracing::warn!(target = %upstream.target, %error, "proxy accept failed");
                         continue;
                     }
                 };
                 if connections.len() >= CONNECTIONS_MAX {
-                    tracing::warn!(%target, "proxy connection limit reached, closing");
+                    tracing::warn!(target = %upstream.target, "proxy connection limit reached, closing");
                     continue;
                 }
                 connection_count += 1;
@@ -249,7 +281,7 @@ async fn accept_loop(
                 let mut generation = watches.generation.clone();
                 // Only severs after this accept concern the new connection.
                 generation.borrow_and_update();
-                connections.spawn(connection(socket, target, watches.mode.clone(), generation, connection_seed));
+                connections.spawn(connection(socket, upstream, watches.mode.clone(), generation, connection_seed));
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             _ = &mut shutdown => {
@@ -317,7 +349,7 @@ fn abort(stream: &TcpStream) {
 /// with RST at any point.
 async fn connection(
     mut client: TcpStream,
-    target: SocketAddr,
+    upstream_to: Upstream,
     mut mode: watch::Receiver<LinkMode>,
     mut generation: watch::Receiver<u64>,
     seed: u64,
@@ -333,7 +365,7 @@ async fn connection(
     }
     let connect = tokio::time::timeout(
         Duration::from_millis(CONNECT_TIMEOUT_MS),
-        TcpStream::connect(target),
+        upstream_to.connect(),
     );
     let mut upstream = tokio::select! {
         connected = connect => match connected {
@@ -632,6 +664,37 @@ mod tests {
         handle.set_mode(LinkMode::Pass).expect("mode");
         let mut fresh = connect(&proxy).await;
         assert_eq!(round_trip(&mut fresh, b"b").await, b"b");
+    }
+
+    #[tokio::test]
+    async fn upstream_connections_leave_from_the_given_source() {
+        // A server that answers with the address the connection came from.
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
+        let target = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut socket, peer)) = listener.accept().await {
+                let _ = socket.write_all(peer.ip().to_string().as_bytes()).await;
+            }
+        });
+        let source: IpAddr = "127.0.0.2".parse().expect("ip");
+        let proxy = timeout(TEST_TIMEOUT, Proxy::start_from(target, 1, Some(source)))
+            .await
+            .expect("in time")
+            .expect("start");
+        let mut stream = connect(&proxy).await;
+        assert_eq!(read_until_closed_text(&mut stream).await, "127.0.0.2");
+        let plain = Proxy::start(target, 1).await.expect("start");
+        let mut stream = connect(&plain).await;
+        assert_eq!(read_until_closed_text(&mut stream).await, "127.0.0.1");
+    }
+
+    async fn read_until_closed_text(stream: &mut TcpStream) -> String {
+        let mut text = Vec::new();
+        timeout(TEST_TIMEOUT, stream.read_to_end(&mut text))
+            .await
+            .expect("in time")
+            .expect("read");
+        String::from_utf8(text).expect("utf-8")
     }
 
     #[tokio::test]

@@ -16,20 +16,36 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::checker::bank::{BankInput, BankMode, FinalRead, TransferOutcome};
-use crate::nemesis::{FaultInterval, NemesisKind, Topology};
+use crate::nemesis::{FaultInterval, KillStep, NemesisKind, Topology};
 
-/// The version of the `test.json` layout this code writes and reads.
-pub const TEST_RECORD_FORMAT: u32 = 1;
+/// The version of the `test.json` layout this code writes and reads (2: a list of workloads,
+/// the kill loop).
+pub const TEST_RECORD_FORMAT: u32 = 2;
 
 /// The largest `test.json` accepted, in bytes (it holds one outcome per transfer).
 pub const TEST_RECORD_BYTES_MAX: u64 = 256 * 1024 * 1024;
 
 /// Which workload ran.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Workload {
     Bank,
     Register,
+}
+
+impl Workload {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Workload::Bank => "bank",
+            Workload::Register => "register",
+        }
+    }
+
+    /// `bank`, `register` or `bank,register`.
+    pub fn list(workloads: &[Workload]) -> String {
+        let names: Vec<&str> = workloads.iter().map(|w| w.as_str()).collect();
+        names.join(",")
+    }
 }
 
 /// The run's command-line options, as given.
@@ -75,6 +91,15 @@ impl BankRecord {
     }
 }
 
+/// One key's final read, taken after settling (also recorded in the history).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterFinalRead {
+    /// Index of the read's invoke in the history.
+    pub op: u64,
+    /// What it returned (None: absent).
+    pub value: Option<u64>,
+}
+
 /// The register workload's data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterRecord {
@@ -82,13 +107,18 @@ pub struct RegisterRecord {
     /// Every key's value before the first op (None: absent).
     #[serde(default)]
     pub initial: Option<u64>,
+    /// The final read of every key, by key; empty until the final-read phase ran.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub final_reads: BTreeMap<String, RegisterFinalRead>,
 }
 
 /// The whole of `test.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TestRecord {
     pub format: u32,
-    pub workload: Workload,
+    /// What the clients did; with several, the workers are split between them and each has
+    /// its own checker.
+    pub workloads: Vec<Workload>,
     pub seed: u64,
     pub options: RunOptions,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -97,6 +127,10 @@ pub struct TestRecord {
     /// The planned faults (the applied ones are nemesis ops in the history).
     #[serde(default)]
     pub schedule: Vec<FaultInterval>,
+    /// The planned kills of `--kill-loop` (instead of a timed schedule); the checkers count how
+    /// many happened.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kill_loop: Vec<KillStep>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bank: Option<BankRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -184,7 +218,7 @@ pub(crate) mod tests {
         let final_balances: Balances = [("a".to_owned(), 5), ("b".to_owned(), 15)].into();
         TestRecord {
             format: TEST_RECORD_FORMAT,
-            workload: Workload::Bank,
+            workloads: vec![Workload::Bank],
             seed: 9,
             options: RunOptions {
                 nodes: 3,
@@ -197,6 +231,7 @@ pub(crate) mod tests {
             git_sha: None,
             topology,
             schedule: plan,
+            kill_loop: Vec::new(),
             bank: Some(BankRecord {
                 mode: BankMode::Transfers,
                 initial_balances: initial,

@@ -17,19 +17,22 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::path::Path;
 
-use crate::checker::Results;
+use crate::checker::{Anomaly, BankAccounting, Results, Summary};
 use crate::history::{Call, History, OpType, Process};
-use crate::record::TestRecord;
+use crate::record::{TestRecord, Workload};
 
 pub const HISTORY_FILE: &str = "history.jsonl";
 pub const RESULTS_FILE: &str = "results.json";
 pub const REPORT_FILE: &str = "report.html";
 pub const TEST_FILE: &str = "test.json";
 
-/// The most anomalies [`summary`] prints.
-pub const SUMMARY_ANOMALIES_MAX: usize = 10;
+/// The most undecided reasons [`summary`] prints per checker (results.json has them all).
+pub const SUMMARY_REASONS_MAX: usize = 5;
 /// The most ops drawn in the latency plot.
 pub const PLOT_POINTS_MAX: usize = 20_000;
+/// The most faults shaded in the plots and listed in the schedule tables (a kill loop may
+/// plan 100,000); the rest are counted.
+pub const FAULT_ROWS_MAX: usize = 1_000;
 /// Plot geometry, in SVG user units.
 const PLOT_WIDTH: f64 = 960.0;
 const PLOT_HEIGHT: f64 = 280.0;
@@ -161,6 +164,7 @@ fn shades(record: &TestRecord, history: &History) -> Vec<Shade> {
         stop_s: end_s,
         label,
     }));
+    shades.truncate(FAULT_ROWS_MAX);
     if shades.is_empty() && history.nemesis_ops().next().is_none() {
         shades = record
             .schedule
@@ -170,6 +174,7 @@ fn shades(record: &TestRecord, history: &History) -> Vec<Shade> {
                 stop_s: interval.stop_ms as f64 / 1000.0,
                 label: interval.fault.describe(),
             })
+            .take(FAULT_ROWS_MAX)
             .collect();
     }
     shades
@@ -413,8 +418,8 @@ pub fn render_html(record: &TestRecord, history: &History, results: &Results) ->
     let mut html = String::new();
     let _ = write!(
         html,
-        r#"<!DOCTYPE html><html xmlns="http://www.w3.org/1999/xhtml"><head><meta charset="utf-8"/><title>metrokv-jepsen {workload:?} seed {seed}</title><style>{STYLE}</style></head><body><h1>metrokv-jepsen: {workload:?}, seed {seed}: <span class="{verdict}">{verdict}</span></h1>"#,
-        workload = record.workload,
+        r#"<!DOCTYPE html><html xmlns="http://www.w3.org/1999/xhtml"><head><meta charset="utf-8"/><title>metrokv-jepsen {workload} seed {seed}</title><style>{STYLE}</style></head><body><h1>metrokv-jepsen: {workload}, seed {seed}: <span class="{verdict}">{verdict}</span></h1>"#,
+        workload = escape(&Workload::list(&record.workloads)),
         seed = record.seed,
     );
     let nemeses: Vec<&str> = record.options.nemeses.iter().map(|n| n.as_str()).collect();
@@ -431,6 +436,7 @@ pub fn render_html(record: &TestRecord, history: &History, results: &Results) ->
             .as_deref()
             .map_or(String::new(), |sha| format!(", git {}", escape(sha)))
     );
+    summary_section(&mut html, results);
     counts_section(&mut html, results);
     checkers_section(&mut html, results);
     anomalies_section(&mut html, results);
@@ -473,24 +479,109 @@ fn checkers_section(html: &mut String, results: &Results) {
     html.push_str("</table>");
 }
 
+/// The figures of [`Summary`]: ops, faults, writes lost, the bank's books.
+fn summary_section(html: &mut String, results: &Results) {
+    let summary = &results.summary;
+    let _ = write!(
+        html,
+        "<h2>Summary</h2><table><tr><td>client ops</td><td>{} (ok {}, fail {}, info {})</td></tr>\
+         <tr><td>history events</td><td>{}</td></tr><tr><td>faults applied</td><td>{}</td></tr>\
+         <tr><td>faults skipped</td><td>{}</td></tr>\
+         <tr><td>acknowledged writes lost</td><td>{}</td></tr>",
+        summary.client_ops,
+        summary.outcomes.ok,
+        summary.outcomes.fail,
+        summary.outcomes.info,
+        summary.history_events,
+        escape(&faults_text(summary)),
+        summary.faults_skipped,
+        summary.acknowledged_writes_lost,
+    );
+    if let Some(bank) = &summary.bank {
+        let _ = write!(
+            html,
+            "<tr><td>bank</td><td>{}</td></tr>",
+            escape(&bank_text(bank))
+        );
+    }
+    html.push_str("</table>");
+}
+
+/// `kill 100, pause 3` (or `none`).
+fn faults_text(summary: &Summary) -> String {
+    let total: u64 = summary.faults.values().sum();
+    if total == 0 {
+        return "none".to_owned();
+    }
+    let parts: Vec<String> = summary
+        .faults
+        .iter()
+        .map(|(kind, count)| format!("{kind} {count}"))
+        .collect();
+    format!("{total} ({})", parts.join(", "))
+}
+
+/// The bank's books in one line.
+fn bank_text(bank: &BankAccounting) -> String {
+    let final_total = bank
+        .final_total
+        .map_or("not read".to_owned(), |t| t.to_string());
+    format!(
+        "total {} at the start, {final_total} at the end; transfers ok {}, failed {}, \
+         indeterminate {} (server: {} committed, {} not applied, {} unknown, of which {} applied \
+         by the final balances); final balances {}",
+        bank.initial_total,
+        bank.transfers.ok,
+        bank.transfers.fail,
+        bank.transfers.info,
+        bank.info_committed,
+        bank.info_not_applied,
+        bank.info_outcome_unknown,
+        bank.unknown_transfers_applied,
+        if bank.exact {
+            "exactly initial + applied transfers"
+        } else {
+            "NOT explained by the transfers"
+        }
+    )
+}
+
+/// One row per kind of anomaly and checker: how many, the first, the worst.
 fn anomalies_section(html: &mut String, results: &Results) {
     html.push_str("<h2>Anomalies</h2>");
     let mut any = false;
-    for (checker, anomaly) in results.anomalies() {
-        if !any {
-            html.push_str("<table><tr><th>checker</th><th>kind</th><th>key</th><th>ops</th><th>what</th></tr>");
-            any = true;
-        }
+    let cell = |anomaly: &Anomaly| {
         let ops: Vec<String> = anomaly.ops.iter().map(u64::to_string).collect();
-        let _ = write!(
-            html,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
-            escape(checker),
-            anomaly.kind.as_str(),
-            escape(anomaly.key.as_deref().unwrap_or("")),
-            escape(&ops.join(" ")),
-            escape(&anomaly.message)
-        );
+        format!(
+            "{}{}<br/><code>ops {}</code>",
+            anomaly
+                .key
+                .as_deref()
+                .map_or(String::new(), |k| format!("[{}] ", escape(k))),
+            escape(&anomaly.message),
+            escape(&ops.join(" "))
+        )
+    };
+    for (checker, result) in &results.checkers {
+        for group in &result.anomalies {
+            if !any {
+                html.push_str("<table><tr><th>checker</th><th>kind</th><th>count</th><th>first</th><th>worst</th></tr>");
+                any = true;
+            }
+            let worst = if group.worst == group.first {
+                "(the first)".to_owned()
+            } else {
+                cell(&group.worst)
+            };
+            let _ = write!(
+                html,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{worst}</td></tr>",
+                escape(checker),
+                group.kind.as_str(),
+                group.count,
+                cell(&group.first),
+            );
+        }
     }
     if any {
         html.push_str("</table>");
@@ -501,7 +592,7 @@ fn anomalies_section(html: &mut String, results: &Results) {
 
 fn schedule_section(html: &mut String, record: &TestRecord, history: &History) {
     html.push_str("<h2>Faults</h2><table><tr><th>#</th><th>start (s)</th><th>stop (s)</th><th>fault</th></tr>");
-    for (i, interval) in record.schedule.iter().enumerate() {
+    for (i, interval) in record.schedule.iter().enumerate().take(FAULT_ROWS_MAX) {
         let _ = write!(
             html,
             "<tr><td>{i}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td></tr>",
@@ -510,8 +601,19 @@ fn schedule_section(html: &mut String, record: &TestRecord, history: &History) {
             escape(&interval.fault.describe())
         );
     }
-    html.push_str("</table><h3>Applied</h3><table><tr><th>op</th><th>time (s)</th><th>event</th><th>detail</th></tr>");
-    for op in history.nemesis_ops() {
+    html.push_str("</table>");
+    more_rows(html, record.schedule.len());
+    if !record.kill_loop.is_empty() {
+        let _ = write!(
+            html,
+            "<p>Kill loop: {} kills planned, one node at a time, each restarted and ready before the next.</p>",
+            record.kill_loop.len()
+        );
+    }
+    html.push_str(
+        "<h3>Applied</h3><table><tr><th>op</th><th>time (s)</th><th>event</th><th>detail</th></tr>",
+    );
+    for op in history.nemesis_ops().take(2 * FAULT_ROWS_MAX) {
         let (what, event) = match &op.call {
             Call::StartFault(event) => ("start", event),
             Call::StopFault(event) => ("stop", event),
@@ -527,7 +629,9 @@ fn schedule_section(html: &mut String, record: &TestRecord, history: &History) {
             escape(event.detail.as_deref().unwrap_or(""))
         );
     }
-    html.push_str("</table><h3>Topology</h3><table><tr><th>node</th><th>zone</th></tr>");
+    html.push_str("</table>");
+    more_rows(html, history.nemesis_ops().count() / 2);
+    html.push_str("<h3>Topology</h3><table><tr><th>node</th><th>zone</th></tr>");
     for node in &record.topology.nodes {
         let _ = write!(
             html,
@@ -551,9 +655,21 @@ fn schedule_section(html: &mut String, record: &TestRecord, history: &History) {
     );
 }
 
-/// A few lines for the terminal: the verdict, each checker's, and the first anomalies.
+/// Says how many rows a capped table left out.
+fn more_rows(html: &mut String, rows: usize) {
+    if rows > FAULT_ROWS_MAX {
+        let _ = write!(
+            html,
+            "<p>... and {} more (history.jsonl and test.json have them all).</p>",
+            rows - FAULT_ROWS_MAX
+        );
+    }
+}
+
+/// A few lines for the terminal: each checker's verdict, each kind of anomaly (count, first,
+/// worst), then ops, faults, writes lost, the bank's books and the verdict.
 pub fn summary(results: &Results) -> String {
-    let mut text = format!("result: {}\n", results.valid.as_str());
+    let mut text = String::new();
     for (name, checker) in &results.checkers {
         let _ = writeln!(
             text,
@@ -561,20 +677,58 @@ pub fn summary(results: &Results) -> String {
             checker.valid.as_str(),
             checker.anomaly_count
         );
-        for reason in &checker.unknown_reasons {
+        for reason in checker.unknown_reasons.iter().take(SUMMARY_REASONS_MAX) {
             let _ = writeln!(text, "    undecided: {reason}");
         }
+        if checker.unknown_reasons.len() > SUMMARY_REASONS_MAX {
+            let _ = writeln!(
+                text,
+                "    ... and {} more undecided (results.json)",
+                checker.unknown_reasons.len() - SUMMARY_REASONS_MAX
+            );
+        }
+        for group in &checker.anomalies {
+            let show = |anomaly: &Anomaly| {
+                let ops: Vec<String> = anomaly.ops.iter().map(u64::to_string).collect();
+                format!("ops [{}]: {}", ops.join(" "), anomaly.message)
+            };
+            let _ = writeln!(
+                text,
+                "    {} x{}: first {}",
+                group.kind.as_str(),
+                group.count,
+                show(&group.first)
+            );
+            if group.worst != group.first {
+                let _ = writeln!(text, "      worst {}", show(&group.worst));
+            }
+        }
     }
-    for (checker, anomaly) in results.anomalies().take(SUMMARY_ANOMALIES_MAX) {
-        let ops: Vec<String> = anomaly.ops.iter().map(u64::to_string).collect();
-        let _ = writeln!(
-            text,
-            "  {checker} {} ops [{}]: {}",
-            anomaly.kind.as_str(),
-            ops.join(" "),
-            anomaly.message
-        );
+    let s = &results.summary;
+    let _ = writeln!(
+        text,
+        "ops: {} client ops (ok {}, fail {}, info {}), {} history events",
+        s.client_ops, s.outcomes.ok, s.outcomes.fail, s.outcomes.info, s.history_events
+    );
+    let _ = writeln!(
+        text,
+        "faults: {}{}",
+        faults_text(s),
+        if s.faults_skipped > 0 {
+            format!(", {} skipped", s.faults_skipped)
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(
+        text,
+        "acknowledged writes lost: {}",
+        s.acknowledged_writes_lost
+    );
+    if let Some(bank) = &s.bank {
+        let _ = writeln!(text, "bank: {}", bank_text(bank));
     }
+    let _ = writeln!(text, "result: {}", results.valid.as_str());
     text
 }
 
@@ -627,6 +781,7 @@ mod tests {
                 target: Target::Nodes(vec!["n<3>".to_owned()]),
             },
             detail: Some("restarted & healthy".to_owned()),
+            skipped: false,
         };
         let mut b = Builder::default();
         b.invoke(0, transfer("t1", "a", "b", 5));

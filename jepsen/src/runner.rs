@@ -4,11 +4,14 @@
 //! 1. **setup**: plan the fault schedule from the seed (printed first), start a proxy for every
 //!    directed link and the node processes behind them, wait until every node is ready, create
 //!    the accounts, write `test.json`.
-//! 2. **run**: `--concurrency` workers, spread over the zones, issue ops at `--rate` in total
-//!    through their zone's proxies, while the nemesis applies the schedule; for
-//!    `--time-limit` seconds. A worker whose op ends `info` continues as a new process.
-//! 3. **heal**: sever every proxied connection (so nothing held during a fault is delivered
-//!    late), restore the healthy network, resume paused and restart stopped nodes.
+//! 2. **run**: `--concurrency` workers, spread over the zones (and split between the workloads
+//!    when there are several), issue ops at `--rate` in total through their zone's proxies,
+//!    while the nemesis applies the schedule; for `--time-limit` seconds. With `--kill-loop N`
+//!    the nemesis kills N times instead and the run ends when it is done (the time limit
+//!    still bounds it). A worker whose op ends `info` continues as a new process.
+//! 3. **heal**: sever every connection (so nothing held during a fault is delivered late),
+//!    restore the healthy network, put every node's clock back, resume paused and restart
+//!    stopped nodes.
 //! 4. **settle**: wait until every node is ready and names the same leader, then until no
 //!    write that entered a node before the heal can still be proposed (the node's write
 //!    timeout bounds it), then commit a barrier write through the leader. From here on no transfer's fate can change: an entry
@@ -41,12 +44,15 @@ use tokio::time::Instant;
 use crate::checker::bank::BankMode;
 use crate::checker::{self, CheckOptions, Results, Validity};
 use crate::cluster::Cluster;
-use crate::faults::{self, sleep_or_stop};
+use crate::faults::{self, sleep_or_stop, KillLoopReport};
 use crate::history::{Call, History, OpType, Process, Recorder, RegisterRead};
-use crate::nemesis::{self, FaultInterval, NemesisKind, ScheduleOptions, Topology};
-use crate::net::{Network, Shape};
+use crate::nemesis::{self, FaultInterval, KillStep, NemesisKind, ScheduleOptions, Topology};
+use crate::net::{NetMode, Network, Shape, TestNet};
+use crate::netns::NetnsNetwork;
 use crate::progress::Progress;
-use crate::record::{BankRecord, RegisterRecord, RunOptions, TestRecord, Workload};
+use crate::record::{
+    BankRecord, RegisterFinalRead, RegisterRecord, RunOptions, TestRecord, Workload,
+};
 use crate::report;
 use crate::workload::{self, WorkloadSpec, BARRIER_KEY};
 
@@ -75,7 +81,7 @@ pub const ADMIN_DEADLINE_MS: u64 = 15_000;
 /// Attempt timeout of control calls.
 pub const ADMIN_ATTEMPT_TIMEOUT_MS: u64 = 3_000;
 /// Transfer outcome lookups in flight at once after the test.
-pub const OUTCOME_LOOKUPS_IN_FLIGHT: usize = 8;
+pub const OUTCOME_LOOKUPS_IN_FLIGHT: usize = 32;
 /// The harness's own bound on one op beyond the client's deadline: past it the op is given up
 /// (`info` for writes), so a worker can never hang.
 pub const OP_GUARD_SLACK_MS: u64 = 2_000;
@@ -86,10 +92,13 @@ const LAG_PROBE_MS: u64 = 100;
 /// Everything `run` needs, already validated by the CLI.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
-    pub workload: Workload,
+    /// One or more workloads; the workers are split between them.
+    pub workloads: Vec<Workload>,
     pub bank_mode: BankMode,
     pub topology: Topology,
     pub nemeses: Vec<NemesisKind>,
+    /// `--kill-loop N`: N kills one after another instead of a timed schedule.
+    pub kill_loop: Option<u32>,
     pub time_limit_s: u64,
     pub rate: f64,
     pub concurrency: usize,
@@ -101,6 +110,8 @@ pub struct RunConfig {
     pub initial_balance: u64,
     pub transfer_amount_max: u64,
     pub keys: usize,
+    /// How long one generation of register keys lasts.
+    pub register_generation_ms: u64,
     pub inter_zone_latency_ms: u64,
     /// Passed to the nodes as `--write-timeout-ms`; the settle phase waits it out.
     pub write_timeout_ms: u64,
@@ -110,6 +121,8 @@ pub struct RunConfig {
     pub op_attempt_timeout_ms: u64,
     /// Extra flags for every node.
     pub node_args: Vec<String>,
+    /// Proxies on loopback, or network namespaces.
+    pub net: NetMode,
     pub check: CheckOptions,
 }
 
@@ -128,22 +141,37 @@ impl RunConfig {
         if self.op_deadline_ms == 0 || self.op_attempt_timeout_ms == 0 {
             bail!("op deadlines must be positive");
         }
-        if self.workload == Workload::Register && self.bank_mode == BankMode::BlindWrites {
+        if self.workloads.is_empty() {
+            bail!("--workload needs bank, register or both");
+        }
+        if !self.workloads.contains(&Workload::Bank) && self.bank_mode == BankMode::BlindWrites {
             bail!("--mode unsafe applies to the bank workload only");
+        }
+        if self.concurrency < self.workloads.len() {
+            bail!("--concurrency must give every workload at least one worker");
+        }
+        if self.kill_loop.is_some() && self.nemeses != [NemesisKind::Kill] {
+            bail!("--kill-loop needs --nemesis kill (and no other nemesis)");
         }
         Ok(())
     }
 
-    fn workload_spec(&self) -> anyhow::Result<WorkloadSpec> {
-        match self.workload {
-            Workload::Bank => WorkloadSpec::bank(
-                self.bank_mode,
-                self.accounts,
-                self.initial_balance,
-                self.transfer_amount_max,
-            ),
-            Workload::Register => WorkloadSpec::register(self.keys),
-        }
+    /// One spec per workload, in the order of `workloads`.
+    fn workload_specs(&self) -> anyhow::Result<Vec<WorkloadSpec>> {
+        self.workloads
+            .iter()
+            .map(|workload| match workload {
+                Workload::Bank => WorkloadSpec::bank(
+                    self.bank_mode,
+                    self.accounts,
+                    self.initial_balance,
+                    self.transfer_amount_max,
+                ),
+                Workload::Register => {
+                    WorkloadSpec::register(self.keys, self.register_generation_ms)
+                }
+            })
+            .collect()
     }
 
     fn node_args(&self) -> Vec<String> {
@@ -167,6 +195,13 @@ impl RunConfig {
         put("transfer_amount_max", self.transfer_amount_max.to_string());
         put("keys", self.keys.to_string());
         put(
+            "register_generation_ms",
+            self.register_generation_ms.to_string(),
+        );
+        if let Some(kills) = self.kill_loop {
+            put("kill_loop", kills.to_string());
+        }
+        put(
             "inter_zone_latency_ms",
             self.inter_zone_latency_ms.to_string(),
         );
@@ -178,6 +213,7 @@ impl RunConfig {
         );
         put("node_args", self.node_args.join(" "));
         put("node_bin", self.node_bin.display().to_string());
+        put("net", self.net.as_str().to_owned());
         settings
     }
 }
@@ -234,14 +270,30 @@ pub fn zone_client(
     attempt_timeout_ms: u64,
     seed: u64,
 ) -> anyhow::Result<Client> {
-    let endpoints = network.client_endpoints(zone);
+    zone_client_at(
+        &network.client_endpoints(zone),
+        zone,
+        deadline_ms,
+        attempt_timeout_ms,
+        seed,
+    )
+}
+
+/// A client in `zone` over these endpoints: (URL, node, node zone).
+pub fn zone_client_at(
+    endpoints: &[(String, String, String)],
+    zone: &str,
+    deadline_ms: u64,
+    attempt_timeout_ms: u64,
+    seed: u64,
+) -> anyhow::Result<Client> {
     let mut builder = ClientBuilder::new(endpoints.iter().map(|(url, _, _)| url.clone()))
         .zone(zone)
         .learn_zones(false)
         .deadline(Duration::from_millis(deadline_ms))
         .attempt_timeout(Duration::from_millis(attempt_timeout_ms))
         .seed(seed);
-    for (url, _, node_zone) in &endpoints {
+    for (url, _, node_zone) in endpoints {
         builder = builder.endpoint_zone(url.clone(), node_zone.clone());
     }
     builder
@@ -252,7 +304,8 @@ pub fn zone_client(
 /// What the run phase shares between workers and the nemesis.
 struct RunContext<'a> {
     config: &'a RunConfig,
-    spec: &'a WorkloadSpec,
+    /// One per workload; worker `i` runs `specs[workload_of(i)]`.
+    specs: &'a [WorkloadSpec],
     recorder: &'a Recorder,
     progress: &'a Progress,
     /// Maps a client endpoint URL to its node's name.
@@ -279,6 +332,12 @@ impl RunContext<'_> {
     }
 }
 
+/// Which workload worker `index` of `concurrency` runs, of `workloads`: contiguous blocks, so
+/// that each workload's workers still cycle through the zones (which go round-robin by index).
+pub fn workload_of(index: usize, concurrency: usize, workloads: usize) -> usize {
+    (index * workloads / concurrency.max(1)).min(workloads.saturating_sub(1))
+}
+
 /// Per-worker seeds are drawn from the run seed, so that workers differ but stay reproducible.
 fn worker_seed(seed: u64, worker: usize) -> u64 {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_0FC1_1E47);
@@ -289,7 +348,8 @@ fn worker_seed(seed: u64, worker: usize) -> u64 {
     value
 }
 
-/// One client worker: issues ops until stopped, at its share of the rate.
+/// One client worker: issues ops until stopped, at its share of the rate. Closed loop: an op
+/// that takes longer than the interval delays the next one (no catching up after a fault).
 async fn worker(
     context: &RunContext<'_>,
     client: Client,
@@ -297,6 +357,7 @@ async fn worker(
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let config = context.config;
+    let spec = &context.specs[workload_of(index, config.concurrency, context.specs.len())];
     let mut rng = ChaCha8Rng::seed_from_u64(worker_seed(config.seed, index));
     let interval = Duration::from_secs_f64(config.concurrency as f64 / config.rate);
     let guard = Duration::from_millis(config.op_deadline_ms + OP_GUARD_SLACK_MS);
@@ -305,7 +366,8 @@ async fn worker(
     let mut next = Instant::now() + interval.mul_f64(rng.random_range(0.0..1.0));
     let mut seq = 0u64;
     while sleep_or_stop(next, &mut stop).await {
-        let call = context.spec.generate(&mut rng, index, seq);
+        let elapsed_ms = u64::try_from(context.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let call = spec.generate(&mut rng, index, seq, elapsed_ms);
         seq += 1;
         context.recorder.record(
             Process::Client(process),
@@ -314,7 +376,7 @@ async fn worker(
             None,
             None,
         )?;
-        let done = context.spec.execute(&client, &call, guard).await;
+        let done = spec.execute(&client, &call, guard).await;
         let node = context.node_of(done.endpoint.as_deref());
         context.recorder.record(
             Process::Client(process),
@@ -354,15 +416,30 @@ async fn timer(stop: &watch::Sender<bool>, until: Instant) {
     }
 }
 
-/// Runs the workers and the nemesis for the time limit. Any error raises `stop`, so that the
-/// rest winds down (bounded by the op guard) before the error is returned.
+/// What the nemesis plans: a timed schedule, or the kill loop's steps.
+#[derive(Debug, Clone)]
+enum Plan {
+    Schedule(Vec<FaultInterval>),
+    KillLoop(Vec<KillStep>),
+}
+
+/// What the run phase measured.
+#[derive(Debug, Default)]
+struct RunFigures {
+    lag: Duration,
+    kill_loop: Option<KillLoopReport>,
+}
+
+/// Runs the workers and the nemesis for the time limit (or until the kill loop is done). Any
+/// error raises `stop`, so that the rest winds down (bounded by the op guard) before the error
+/// is returned.
 async fn run_phase(
     context: &RunContext<'_>,
     clients: Vec<Client>,
-    schedule: &[FaultInterval],
+    plan: &Plan,
     cluster: &mut Cluster,
-    network: &Network,
-) -> anyhow::Result<Duration> {
+    network: &TestNet,
+) -> anyhow::Result<RunFigures> {
     let stop_on_error = |result: anyhow::Result<()>| {
         if result.is_err() {
             context.stop.send_replace(true);
@@ -381,16 +458,26 @@ async fn run_phase(
             progress: context.progress,
             started: context.started,
         };
-        stop_on_error(
-            faults::run(
-                &nemesis,
-                schedule,
-                cluster,
-                network,
-                context.stop.subscribe(),
+        match plan {
+            Plan::Schedule(schedule) => stop_on_error(
+                faults::run(
+                    &nemesis,
+                    schedule,
+                    cluster,
+                    network,
+                    context.stop.subscribe(),
+                )
+                .await,
             )
-            .await,
-        )
+            .map(|()| None),
+            Plan::KillLoop(steps) => {
+                let report =
+                    faults::run_kill_loop(&nemesis, steps, cluster, context.stop.subscribe()).await;
+                // The run lasts as long as the kills do.
+                context.stop.send_replace(true);
+                report.map(Some)
+            }
+        }
     };
     let until = context.started + Duration::from_secs(context.config.time_limit_s);
     let (worker_results, nemesis_result, (), lag) = tokio::join!(
@@ -402,21 +489,21 @@ async fn run_phase(
     for result in worker_results {
         result?;
     }
-    nemesis_result?;
-    Ok(lag)
+    let kill_loop = nemesis_result?;
+    Ok(RunFigures { lag, kill_loop })
 }
 
 /// Heal and settle (see the module doc); returns the notes worth reporting.
 async fn heal_and_settle(
     config: &RunConfig,
     cluster: &mut Cluster,
-    network: &Network,
+    network: &TestNet,
     admin: &Client,
     progress: &Progress,
 ) -> anyhow::Result<Vec<String>> {
     progress.phase("heal");
     let mut notes = Vec::new();
-    network.sever_all();
+    network.sever_all()?;
     network.shape(&Shape::Healthy)?;
     let crashed = cluster.unexpected_exits();
     if !crashed.is_empty() {
@@ -427,6 +514,7 @@ async fn heal_and_settle(
         progress.line(&format!("WARNING: {note}"));
         notes.push(note);
     }
+    cluster.reset_clocks()?;
     cluster.revive_all()?;
     // No request can reach a node from here on: the workers are done and every connection
     // that held one was severed. A write already inside a node can still be proposed until
@@ -487,17 +575,17 @@ async fn transfer_outcomes(
     (outcomes, problems)
 }
 
-/// Records a final read of every register key, each by a fresh process.
+/// Records a final read of every register key the workers used, each by a fresh process;
+/// returns what each read saw and its op index.
 async fn final_register_reads(
     admin: &Client,
     spec: &WorkloadSpec,
+    keys: &BTreeSet<String>,
     recorder: &Recorder,
     mut next_process: u64,
     config: &RunConfig,
-) -> anyhow::Result<()> {
-    let WorkloadSpec::Register { keys } = spec else {
-        return Ok(());
-    };
+) -> anyhow::Result<BTreeMap<String, RegisterFinalRead>> {
+    let mut reads = BTreeMap::new();
     let guard = Duration::from_millis(ADMIN_DEADLINE_MS + OP_GUARD_SLACK_MS);
     for key in keys {
         let call = Call::Read(RegisterRead {
@@ -506,15 +594,20 @@ async fn final_register_reads(
         });
         let process = Process::Client(next_process);
         next_process += 1;
-        recorder.record(process, OpType::Invoke, call.clone(), None, None)?;
+        let op = recorder.record(process, OpType::Invoke, call.clone(), None, None)?;
         let done = spec.execute(admin, &call, guard).await;
         let node = done.endpoint.clone();
+        let value = match &done.call {
+            Call::Read(read) => read.value,
+            _ => None,
+        };
         recorder.record(process, done.kind, done.call, node, done.error)?;
         if done.kind != OpType::Ok {
             bail!("the final read of {key} failed (seed {})", config.seed);
         }
+        reads.insert(key.clone(), RegisterFinalRead { op, value });
     }
-    Ok(())
+    Ok(reads)
 }
 
 /// The result of a finished run.
@@ -524,33 +617,27 @@ pub struct RunOutcome {
     pub exit_code: u8,
 }
 
-/// Runs one test; see the module doc. Errors are harness failures (exit 2).
-pub async fn run(config: RunConfig) -> anyhow::Result<RunOutcome> {
-    config.validate()?;
-    println!("seed: {}", config.seed);
-    let spec = config.workload_spec()?;
+/// What the nemesis will do, printed before the run.
+fn plan(config: &RunConfig) -> anyhow::Result<Plan> {
+    if let Some(kills) = config.kill_loop {
+        let steps = nemesis::kill_loop(&config.topology, kills, config.seed)?;
+        let leader = steps
+            .iter()
+            .filter(|s| s.target == nemesis::Target::Leader)
+            .count();
+        println!(
+            "kill loop: {kills} kills, one node at a time ({leader} of them the leader), each \
+             restarted and ready before the next; time limit {} s",
+            config.time_limit_s
+        );
+        return Ok(Plan::KillLoop(steps));
+    }
     let schedule = nemesis::schedule(
         &config.topology,
         &config.nemeses,
         &ScheduleOptions::for_time_limit(config.time_limit_s * 1000),
         config.seed,
     )?;
-    println!(
-        "{} workload{}, {} nodes, {} s, {} ops/s, {} workers, out: {}",
-        match config.workload {
-            Workload::Bank => "bank",
-            Workload::Register => "register",
-        },
-        match (config.workload, config.bank_mode) {
-            (Workload::Bank, mode) => format!(" ({})", mode_name(mode)),
-            _ => String::new(),
-        },
-        config.topology.nodes.len(),
-        config.time_limit_s,
-        config.rate,
-        config.concurrency,
-        config.out.display()
-    );
     println!("schedule: {} faults", schedule.len());
     for (i, interval) in schedule.iter().enumerate() {
         println!(
@@ -560,26 +647,44 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutcome> {
             interval.fault.describe()
         );
     }
+    Ok(Plan::Schedule(schedule))
+}
+
+/// Runs one test; see the module doc. Errors are harness failures (exit 2).
+pub async fn run(config: RunConfig) -> anyhow::Result<RunOutcome> {
+    config.validate()?;
+    println!("seed: {}", config.seed);
+    let specs = config.workload_specs()?;
+    println!(
+        "{} workload{}, {} nodes, {} s, {} ops/s, {} workers, out: {}",
+        Workload::list(&config.workloads),
+        if config.workloads.contains(&Workload::Bank) {
+            format!(" (bank {})", mode_name(config.bank_mode))
+        } else {
+            String::new()
+        },
+        config.topology.nodes.len(),
+        config.time_limit_s,
+        config.rate,
+        config.concurrency,
+        config.out.display()
+    );
+    let plan = plan(&config)?;
     prepare_out_dir(&config.out)?;
     let progress = Progress::new(config.time_limit_s);
     progress.phase("setup");
-    let mut cluster = Cluster::prepare(
-        config.node_bin.clone(),
-        &config.topology,
-        &config.out,
-        config.node_args(),
-    )?;
-    let network = Network::start_for(
-        &mut cluster,
-        &config.topology,
-        config.inter_zone_latency_ms,
-        config.seed,
-    )
-    .await?;
-    let started = run_started(&config, &spec, &schedule, &mut cluster, &network, &progress).await;
-    // Tear down before checking: the nodes are done, and the checkers want the CPU.
-    network.stop().await;
+    let (mut cluster, network) = build_network(&config).await?;
+    if let Some(why) = network.latency_unavailable() {
+        progress.line(&format!(
+            "note: no latency in this network ({why}); latency faults will be skipped and the \
+             healthy inter-zone latency is 0"
+        ));
+    }
+    let started = run_started(&config, &specs, &plan, &mut cluster, &network, &progress).await;
+    // Tear down before checking: the nodes are done, and the checkers want the CPU. The nodes
+    // go first: their namespaces are removed after.
     cluster.stop_all();
+    network.stop().await?;
     if !config.keep_data {
         cluster.remove_data()?;
     }
@@ -590,24 +695,81 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutcome> {
     report::write_report(&config.out, &record, &history, &results)?;
     progress.finish();
     print!("{}", report::summary(&results));
-    println!(
-        "history: {} ops; report: {}",
-        history.ops().len(),
-        config.out.join(report::REPORT_FILE).display()
-    );
+    println!("report: {}", config.out.join(report::REPORT_FILE).display());
     let exit_code = exit_code(results.valid);
     Ok(RunOutcome { results, exit_code })
 }
 
+/// The nodes (not started) and the network between them, of the configured kind.
+async fn build_network(config: &RunConfig) -> anyhow::Result<(Cluster, TestNet)> {
+    match config.net {
+        NetMode::Proxy => {
+            let mut cluster = Cluster::prepare(
+                config.node_bin.clone(),
+                &config.topology,
+                &config.out,
+                config.node_args(),
+            )?;
+            let network = Network::start_for(
+                &mut cluster,
+                &config.topology,
+                config.inter_zone_latency_ms,
+                config.seed,
+            )
+            .await?;
+            Ok((cluster, TestNet::Proxies(network)))
+        }
+        NetMode::Netns => {
+            crate::netns::install_tools()?;
+            let mut network = NetnsNetwork::create(&config.topology, config.inter_zone_latency_ms)?;
+            println!(
+                "network namespaces: {}-*, 10.{}.{}.0/24, root interface {}",
+                network.layout().tag,
+                network.layout().subnet.0,
+                network.layout().subnet.1,
+                network.layout().host_if
+            );
+            let cluster = Cluster::prepare_in(
+                config.node_bin.clone(),
+                &config.topology,
+                &config.out,
+                config.node_args(),
+                Some(&network.placement()),
+            )?;
+            network.start_relays(config.seed).await?;
+            let network = TestNet::Netns(network);
+            network.shape(&Shape::Healthy)?;
+            Ok((cluster, network))
+        }
+    }
+}
+
 /// `test.json` as known before the first op.
-fn initial_record(
-    config: &RunConfig,
-    spec: &WorkloadSpec,
-    schedule: &[FaultInterval],
-) -> TestRecord {
+fn initial_record(config: &RunConfig, specs: &[WorkloadSpec], plan: &Plan) -> TestRecord {
+    let bank = specs.iter().find_map(|spec| match spec {
+        WorkloadSpec::Bank { mode, .. } => Some(BankRecord {
+            mode: *mode,
+            initial_balances: spec.initial_balances(),
+            final_read: None,
+            transfer_outcomes: BTreeMap::new(),
+        }),
+        WorkloadSpec::Register { .. } => None,
+    });
+    let register = specs.iter().find_map(|spec| match spec {
+        WorkloadSpec::Register { .. } => Some(RegisterRecord {
+            keys: Vec::new(),
+            initial: None,
+            final_reads: BTreeMap::new(),
+        }),
+        WorkloadSpec::Bank { .. } => None,
+    });
+    let (schedule, kill_loop) = match plan {
+        Plan::Schedule(schedule) => (schedule.clone(), Vec::new()),
+        Plan::KillLoop(steps) => (Vec::new(), steps.clone()),
+    };
     TestRecord {
         format: crate::record::TEST_RECORD_FORMAT,
-        workload: config.workload,
+        workloads: config.workloads.clone(),
         seed: config.seed,
         options: RunOptions {
             nodes: config.topology.nodes.len(),
@@ -619,34 +781,22 @@ fn initial_record(
         },
         git_sha: option_env!("METROKV_GIT_SHA").map(str::to_owned),
         topology: config.topology.clone(),
-        schedule: schedule.to_vec(),
-        bank: match spec {
-            WorkloadSpec::Bank { mode, .. } => Some(BankRecord {
-                mode: *mode,
-                initial_balances: spec.initial_balances(),
-                final_read: None,
-                transfer_outcomes: BTreeMap::new(),
-            }),
-            WorkloadSpec::Register { .. } => None,
-        },
-        register: match spec {
-            WorkloadSpec::Register { keys } => Some(RegisterRecord {
-                keys: keys.clone(),
-                initial: None,
-            }),
-            WorkloadSpec::Bank { .. } => None,
-        },
+        schedule,
+        kill_loop,
+        bank,
+        register,
     }
 }
 
 /// One client per worker, in the zones round-robin.
-fn worker_clients(config: &RunConfig, network: &Network) -> anyhow::Result<Vec<Client>> {
+fn worker_clients(config: &RunConfig, network: &TestNet) -> anyhow::Result<Vec<Client>> {
     let zones: Vec<String> = config.topology.zones().into_keys().collect();
     (0..config.concurrency)
         .map(|index| {
-            zone_client(
-                network,
-                &zones[index % zones.len()],
+            let zone = &zones[index % zones.len()];
+            zone_client_at(
+                &network.client_endpoints(zone),
+                zone,
                 config.op_deadline_ms,
                 config.op_attempt_timeout_ms,
                 worker_seed(config.seed, index),
@@ -677,13 +827,77 @@ async fn final_bank_state(
     Ok(())
 }
 
+/// Prints and records what the kill loop did.
+fn note_kill_loop(report: &KillLoopReport, record: &mut TestRecord, progress: &Progress) {
+    let mut recovery = report.recovery_ms.clone();
+    recovery.sort_unstable();
+    let median = recovery.get(recovery.len() / 2).copied().unwrap_or(0);
+    let worst = recovery.last().copied().unwrap_or(0);
+    progress.line(&format!(
+        "kill loop: {} of {} kills; restarted node ready after {median} ms (median), {worst} ms \
+         (worst)",
+        report.kills, report.planned
+    ));
+    let settings = &mut record.options.settings;
+    settings.insert("kill_loop_kills".to_owned(), report.kills.to_string());
+    settings.insert(
+        "kill_loop_recovery_ms_median".to_owned(),
+        median.to_string(),
+    );
+    settings.insert("kill_loop_recovery_ms_max".to_owned(), worst.to_string());
+    if let Some(why) = &report.ended_early {
+        progress.line(&format!("WARNING: the kill loop ended early: {why}"));
+        settings.insert("kill_loop_ended_early".to_owned(), why.clone());
+    }
+}
+
+/// The final-read phase: every register key the workers used, recorded in the history (which
+/// then ends and is written); the bank's final balances and every transfer's outcome.
+async fn final_reads(
+    config: &RunConfig,
+    specs: &[WorkloadSpec],
+    admin: &Client,
+    recorder: Recorder,
+    next_process: u64,
+    record: &mut TestRecord,
+    progress: &Progress,
+) -> anyhow::Result<History> {
+    if let Some(spec) = specs
+        .iter()
+        .find(|s| matches!(s, WorkloadSpec::Register { .. }))
+    {
+        let keys = recorder.with_ops(|ops| {
+            ops.iter()
+                .filter_map(|op| op.call.register_key().map(str::to_owned))
+                .collect::<BTreeSet<String>>()
+        })?;
+        let reads =
+            final_register_reads(admin, spec, &keys, &recorder, next_process, config).await?;
+        if let Some(register) = record.register.as_mut() {
+            register.keys = keys.into_iter().collect();
+            register.final_reads = reads;
+        }
+    }
+    let history = recorder
+        .finish()
+        .context("the recorded history is malformed")?;
+    report::write_history(&config.out, &history)?;
+    if let Some(spec) = specs
+        .iter()
+        .find(|s| matches!(s, WorkloadSpec::Bank { .. }))
+    {
+        final_bank_state(admin, spec, &history, record, progress).await?;
+    }
+    Ok(history)
+}
+
 /// Everything after the proxies exist; the caller tears down whatever happens here.
 async fn run_started(
     config: &RunConfig,
-    spec: &WorkloadSpec,
-    schedule: &[FaultInterval],
+    specs: &[WorkloadSpec],
+    plan: &Plan,
     cluster: &mut Cluster,
-    network: &Network,
+    network: &TestNet,
     progress: &Progress,
 ) -> anyhow::Result<(TestRecord, History)> {
     cluster.start_all()?;
@@ -692,8 +906,10 @@ async fn run_started(
         .await
         .context("starting the cluster")?;
     let admin = admin_client(cluster, config.seed)?;
-    spec.setup(&admin).await?;
-    let mut record = initial_record(config, spec, schedule);
+    for spec in specs {
+        spec.setup(&admin).await?;
+    }
+    let mut record = initial_record(config, specs, plan);
     record.write(&config.out.join(report::TEST_FILE))?;
 
     let clients = worker_clients(config, network)?;
@@ -701,7 +917,7 @@ async fn run_started(
     let (stop, _) = watch::channel(false);
     let context = RunContext {
         config,
-        spec,
+        specs,
         recorder: &recorder,
         progress,
         endpoint_names: network.endpoint_names(),
@@ -710,26 +926,33 @@ async fn run_started(
         stop,
     };
     progress.phase("run");
-    let lag = run_phase(&context, clients, schedule, cluster, network).await?;
+    let figures = run_phase(&context, clients, plan, cluster, network).await?;
     progress.line(&format!(
         "harness scheduling lag: worst {} ms",
-        lag.as_millis()
+        figures.lag.as_millis()
     ));
+    if let Some(report) = &figures.kill_loop {
+        note_kill_loop(report, &mut record, progress);
+    }
     let next_process = context.next_process.load(Ordering::Relaxed);
     drop(context);
 
     let notes = heal_and_settle(config, cluster, network, &admin, progress).await?;
     progress.phase("final reads");
-    final_register_reads(&admin, spec, &recorder, next_process, config).await?;
-    let history = recorder
-        .finish()
-        .context("the recorded history is malformed")?;
-    report::write_history(&config.out, &history)?;
-    final_bank_state(&admin, spec, &history, &mut record, progress).await?;
-    record
-        .options
-        .settings
-        .insert("harness_lag_ms_max".to_owned(), lag.as_millis().to_string());
+    let history = final_reads(
+        config,
+        specs,
+        &admin,
+        recorder,
+        next_process,
+        &mut record,
+        progress,
+    )
+    .await?;
+    record.options.settings.insert(
+        "harness_lag_ms_max".to_owned(),
+        figures.lag.as_millis().to_string(),
+    );
     for (i, note) in notes.iter().enumerate() {
         record
             .options
@@ -752,6 +975,23 @@ pub fn exit_code(valid: Validity) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workers_are_split_in_blocks_and_every_workload_gets_some() {
+        let split: Vec<usize> = (0..6).map(|i| workload_of(i, 6, 2)).collect();
+        assert_eq!(split, [0, 0, 0, 1, 1, 1]);
+        let split: Vec<usize> = (0..5).map(|i| workload_of(i, 5, 2)).collect();
+        assert_eq!(split, [0, 0, 0, 1, 1]);
+        assert!((0..7).all(|i| workload_of(i, 7, 1) == 0));
+        // With 2 zones round-robin, each workload still has workers in both zones.
+        for workload in 0..2 {
+            let zones: BTreeSet<usize> = (0..6)
+                .filter(|&i| workload_of(i, 6, 2) == workload)
+                .map(|i| i % 2)
+                .collect();
+            assert_eq!(zones.len(), 2);
+        }
+    }
 
     #[test]
     fn worker_seeds_differ_and_repeat() {

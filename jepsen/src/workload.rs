@@ -37,8 +37,13 @@ use crate::history::{Balances, Call, OpType, RegisterCas, RegisterRead, Register
 pub const ACCOUNT_PREFIX: &str = "acct-";
 /// Prefix of the bank's balance keys (unsafe mode): `bank/<account>`.
 pub const UNSAFE_PREFIX: &str = "bank/";
-/// Prefix of the register keys.
+/// Prefix of the register keys: `reg/<generation>/<k>`.
 pub const REGISTER_PREFIX: &str = "reg/";
+/// Default length of one register key generation: every this many ms of the run, the register
+/// workers move on to fresh keys. Each key's sub-history then stays short (Jepsen's
+/// `independent`), so the linearizability search per key stays small however long the run is,
+/// and the indeterminate writes of one fault burden only the keys in use during it.
+pub const REGISTER_GENERATION_MS_DEFAULT: u64 = 10_000;
 /// The key written by the settle phase's write barrier.
 pub const BARRIER_KEY: &str = "jepsen/barrier";
 /// Register values are drawn from `0..=REGISTER_VALUE_MAX` (Jepsen uses 0..4: few values make
@@ -66,7 +71,10 @@ pub enum WorkloadSpec {
         transfer_amount_max: u64,
     },
     Register {
-        keys: Vec<String>,
+        /// Keys in use at once (each generation has this many).
+        keys: usize,
+        /// How long one generation of keys lasts.
+        generation_ms: u64,
     },
 }
 
@@ -184,16 +192,24 @@ impl WorkloadSpec {
         })
     }
 
-    /// The register workload over `count` keys `reg/0`, `reg/1`, ...
-    pub fn register(count: usize) -> anyhow::Result<Self> {
+    /// The register workload over `count` keys at a time, `reg/<generation>/0` ...
+    /// `reg/<generation>/<count - 1>`, a new generation every `generation_ms`.
+    pub fn register(count: usize, generation_ms: u64) -> anyhow::Result<Self> {
         if !(1..=WORKLOAD_ITEMS_MAX).contains(&count) {
             anyhow::bail!("the register needs 1..={WORKLOAD_ITEMS_MAX} keys, not {count}");
         }
+        if generation_ms == 0 {
+            anyhow::bail!("a register key generation must last at least 1 ms");
+        }
         Ok(WorkloadSpec::Register {
-            keys: (0..count)
-                .map(|i| format!("{REGISTER_PREFIX}{i}"))
-                .collect(),
+            keys: count,
+            generation_ms,
         })
+    }
+
+    /// The name of register key `k` of `generation`.
+    pub fn register_key(generation: u64, k: usize) -> String {
+        format!("{REGISTER_PREFIX}{generation}/{k}")
     }
 
     /// The balances created before the first op (bank only).
@@ -251,9 +267,9 @@ impl WorkloadSpec {
         Ok(())
     }
 
-    /// The next op's invocation. Transfer ids are `t<worker>-<seq>`, unique within a run (each
-    /// run has a fresh cluster).
-    pub fn generate(&self, rng: &mut impl Rng, worker: usize, seq: u64) -> Call {
+    /// The next op's invocation, `elapsed_ms` into the run (it picks the register keys' generation).
+    /// Transfer ids are `t<worker>-<seq>`, unique within a run (each run has a fresh cluster).
+    pub fn generate(&self, rng: &mut impl Rng, worker: usize, seq: u64, elapsed_ms: u64) -> Call {
         match self {
             WorkloadSpec::Bank {
                 accounts,
@@ -276,8 +292,12 @@ impl WorkloadSpec {
                     amount: rng.random_range(1..=*transfer_amount_max),
                 })
             }
-            WorkloadSpec::Register { keys } => {
-                let key = keys[rng.random_range(0..keys.len())].clone();
+            WorkloadSpec::Register {
+                keys,
+                generation_ms,
+            } => {
+                let key =
+                    Self::register_key(elapsed_ms / generation_ms, rng.random_range(0..*keys));
                 let draw: f64 = rng.random();
                 if draw < REGISTER_READ_SHARE {
                     Call::Read(RegisterRead { key, value: None })
@@ -556,6 +576,7 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
+    use std::collections::BTreeSet;
 
     #[test]
     fn write_outcomes_follow_the_jepsen_rules() {
@@ -611,7 +632,7 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         let mut transfers = 0;
         for seq in 0..500 {
-            match spec.generate(&mut rng, 2, seq) {
+            match spec.generate(&mut rng, 2, seq, 0) {
                 Call::Transfer(t) => {
                     transfers += 1;
                     assert_ne!(t.from, t.to);
@@ -630,11 +651,14 @@ mod tests {
 
     #[test]
     fn register_ops_cover_read_write_and_cas() {
-        let spec = WorkloadSpec::register(3).expect("spec");
+        let spec = WorkloadSpec::register(3, 1_000).expect("spec");
         let mut rng = ChaCha8Rng::seed_from_u64(9);
         let (mut reads, mut writes, mut cas) = (0, 0, 0);
+        let mut keys = BTreeSet::new();
         for seq in 0..400 {
-            match spec.generate(&mut rng, 0, seq) {
+            let call = spec.generate(&mut rng, 0, seq, seq * 10);
+            keys.extend(call.register_key().map(str::to_owned));
+            match call {
                 Call::Read(r) => {
                     assert!(r.value.is_none());
                     reads += 1;
@@ -655,5 +679,12 @@ mod tests {
             reads > 150 && writes > 60 && cas > 60,
             "{reads} {writes} {cas}"
         );
+        // 4 s of ops: 4 generations of 3 keys, and nothing else.
+        let expected: BTreeSet<String> = (0..4)
+            .flat_map(|g| (0..3).map(move |k| WorkloadSpec::register_key(g, k)))
+            .collect();
+        assert_eq!(keys, expected);
+        assert!(WorkloadSpec::register(3, 0).is_err());
+        assert!(WorkloadSpec::register(0, 10).is_err());
     }
 }

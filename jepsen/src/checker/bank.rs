@@ -26,7 +26,7 @@
 //! Leaves out: read-your-writes checks on reads (a balance snapshot cannot show which transfers
 //! it includes without a per-account ledger, which the API does not expose yet).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -125,6 +125,13 @@ pub struct BankDetails {
     /// Indeterminate transfers (invoke indices) that the explanation of the final balances
     /// assumes were applied.
     pub unknown_transfers_applied: Vec<u64>,
+    /// Acknowledged transfers that the server does not record as committed or that the final
+    /// balances lack (distinct ops).
+    #[serde(default)]
+    pub acknowledged_lost: u64,
+    /// The final balances are exactly initial + the applied transfers.
+    #[serde(default)]
+    pub final_explained: bool,
 }
 
 /// One transfer op with its place in the history (indices are positions: time order).
@@ -175,6 +182,8 @@ pub fn check(
         ok_outcome_missing: 0,
         final_total: None,
         unknown_transfers_applied: Vec::new(),
+        acknowledged_lost: 0,
+        final_explained: false,
     };
     for t in &transfers {
         match t.outcome {
@@ -183,11 +192,20 @@ pub fn check(
             _ => details.transfers.info += 1,
         }
     }
-    let mut anomalies = Vec::new();
-    let good_read_ends = check_reads(&reads, &transfers, input, initial_total, &mut anomalies);
+    let mut result = CheckerResult::new(Details::Bank(details.clone()));
+    let good_read_ends = check_reads(&reads, &transfers, input, initial_total, &mut result);
     let mut unknown = Vec::new();
+    // Acknowledged transfers found lost, by invoke index (the server's record and the final
+    // balances may both say so of one transfer).
+    let mut lost = BTreeSet::new();
     if input.mode == BankMode::Transfers {
-        check_outcomes(&transfers, input.outcomes, &mut details, &mut anomalies);
+        check_outcomes(
+            &transfers,
+            input.outcomes,
+            &mut details,
+            &mut result,
+            &mut lost,
+        );
     }
     match input.final_read {
         None => unknown.push("no final read: the final-state checks did not run".to_owned()),
@@ -195,38 +213,45 @@ pub fn check(
             details.final_total = Some(final_read.balances.values().map(|&b| i128::from(b)).sum());
             let last_good = good_read_ends.last().copied().unwrap_or(0);
             let problems = balance_problems(&final_read.balances, input.initial, initial_total);
-            for (kind, what) in &problems {
+            for (kind, what, badness) in &problems {
                 let mut ops = Vec::new();
                 if *kind != AnomalyKind::WrongAccounts {
                     ops = suspects(&transfers, last_good, None);
                 }
-                anomalies.push(Anomaly {
+                result.push_anomaly(Anomaly {
                     kind: *kind,
                     ops,
                     key: None,
                     message: format!("final read: {what}"),
+                    badness: *badness,
                 });
             }
             let accounts_match = !problems
                 .iter()
-                .any(|(k, _)| *k == AnomalyKind::WrongAccounts);
+                .any(|(k, _, _)| *k == AnomalyKind::WrongAccounts);
             if input.mode == BankMode::Transfers && accounts_match {
                 let verdict = explain_final(&transfers, input, final_read, options);
                 match verdict {
-                    FinalVerdict::Explained(applied) => details.unknown_transfers_applied = applied,
+                    FinalVerdict::Explained(applied) => {
+                        details.unknown_transfers_applied = applied;
+                        details.final_explained = true;
+                    }
                     FinalVerdict::Unknown(reason) => unknown.push(reason),
-                    FinalVerdict::Anomaly(anomaly) => anomalies.push(anomaly),
+                    FinalVerdict::Anomaly(anomaly) => {
+                        if anomaly.kind == AnomalyKind::LostTransfer {
+                            lost.extend(anomaly.ops.first().copied());
+                        }
+                        result.push_anomaly(anomaly)
+                    }
                 }
             }
         }
     }
-    let mut result = CheckerResult::new(Details::Bank(details));
-    for anomaly in anomalies {
-        result.push_anomaly(anomaly);
-    }
     for reason in unknown {
         result.push_unknown(reason);
     }
+    details.acknowledged_lost = lost.len() as u64;
+    result.details = Details::Bank(details);
     Ok(result)
 }
 
@@ -270,12 +295,13 @@ fn collect<'a>(
     Ok((transfers, reads))
 }
 
-/// What is wrong with one set of balances: wrong accounts, negative balances, wrong total.
+/// What is wrong with one set of balances: wrong accounts, negative balances, wrong total;
+/// each with a message and its badness (accounts off, how far below zero, money off).
 fn balance_problems(
     balances: &Balances,
     initial: &BTreeMap<String, u64>,
     initial_total: i128,
-) -> Vec<(AnomalyKind, String)> {
+) -> Vec<(AnomalyKind, String, u64)> {
     let mut problems = Vec::new();
     let missing: Vec<&str> = initial
         .keys()
@@ -291,6 +317,7 @@ fn balance_problems(
         problems.push((
             AnomalyKind::WrongAccounts,
             format!("missing accounts {missing:?}, unexpected accounts {extra:?}"),
+            (missing.len() + extra.len()) as u64,
         ));
     }
     let negative: Vec<String> = balances
@@ -299,9 +326,11 @@ fn balance_problems(
         .map(|(a, b)| format!("{a}={b}"))
         .collect();
     if !negative.is_empty() {
+        let lowest = balances.values().copied().min().unwrap_or(0);
         problems.push((
             AnomalyKind::NegativeBalance,
             format!("negative balances {}", negative.join(", ")),
+            lowest.unsigned_abs(),
         ));
     }
     let total: i128 = balances.values().map(|&b| i128::from(b)).sum();
@@ -309,13 +338,19 @@ fn balance_problems(
         problems.push((
             AnomalyKind::WrongTotal,
             format!("total {total}, expected {initial_total}"),
+            saturating_u64((total - initial_total).unsigned_abs()),
         ));
     }
     problems
 }
 
+fn saturating_u64(value: u128) -> u64 {
+    u64::try_from(value).unwrap_or(u64::MAX)
+}
+
 /// Transfers that may have taken effect in `[start, end]`, the most recent first kept, listed in
-/// history order. Definitely failed transfers are never suspects.
+/// history order. Definitely failed transfers are never suspects. Linear in the transfers, so
+/// callers only ask for anomalies that are kept.
 fn suspects(transfers: &[TransferOp<'_>], start: u64, end: Option<u64>) -> Vec<u64> {
     let mut found: Vec<u64> = transfers
         .iter()
@@ -329,12 +364,14 @@ fn suspects(transfers: &[TransferOp<'_>], start: u64, end: Option<u64>) -> Vec<u
 }
 
 /// Checks every ok read; returns the completion indices of the reads without problems, sorted.
+/// Suspects are named only for the anomalies the result keeps (the first and the worst of each
+/// kind), which keeps a badly broken long run near-linear to check.
 fn check_reads(
     reads: &[ReadOp<'_>],
     transfers: &[TransferOp<'_>],
     input: &BankInput<'_>,
     initial_total: i128,
-    anomalies: &mut Vec<Anomaly>,
+    result: &mut CheckerResult,
 ) -> Vec<u64> {
     let mut good_ends = Vec::new();
     let mut bad = Vec::new();
@@ -351,12 +388,12 @@ fn check_reads(
         // The last read that was still right and had completed before this one began.
         let before = good_ends.partition_point(|&end| end < read.invoke);
         let window_start = before.checked_sub(1).map_or(0, |i| good_ends[i]);
-        for (kind, what) in problems {
+        for (kind, what, badness) in problems {
             let mut ops = vec![read.invoke];
-            if kind != AnomalyKind::WrongAccounts {
+            if kind != AnomalyKind::WrongAccounts && result.keeps(kind, badness) {
                 ops.extend(suspects(transfers, window_start, Some(read.completion)));
             }
-            anomalies.push(Anomaly {
+            result.push_anomaly(Anomaly {
                 kind,
                 ops,
                 key: None,
@@ -364,34 +401,41 @@ fn check_reads(
                     "read #{} (completed #{}): {what}; the other ops are the transfers in flight since op #{window_start}",
                     read.invoke, read.completion
                 ),
+                badness,
             });
         }
     }
     good_ends
 }
 
-/// Compares the history's outcomes with the server's records.
+/// Compares the history's outcomes with the server's records; adds the acknowledged transfers
+/// found lost to `lost`.
 fn check_outcomes(
     transfers: &[TransferOp<'_>],
     outcomes: &BTreeMap<String, TransferOutcome>,
     details: &mut BankDetails,
-    anomalies: &mut Vec<Anomaly>,
+    result: &mut CheckerResult,
+    lost: &mut BTreeSet<u64>,
 ) {
     for t in transfers {
         let recorded = outcomes.get(&t.transfer.id).copied();
         match (t.outcome, recorded) {
             (OpType::Ok, None) => details.ok_outcome_missing += 1,
             (OpType::Ok, Some(TransferOutcome::Committed)) => {}
-            (OpType::Ok, Some(other)) => anomalies.push(Anomaly {
-                kind: AnomalyKind::LostTransfer,
-                ops: vec![t.invoke],
-                key: None,
-                message: format!(
-                    "transfer {} (op #{}) was acknowledged ok, but the server records it as {other:?}",
-                    t.transfer.id, t.invoke
-                ),
-            }),
-            (OpType::Fail, Some(TransferOutcome::Committed)) => anomalies.push(Anomaly {
+            (OpType::Ok, Some(other)) => {
+                lost.insert(t.invoke);
+                result.push_anomaly(Anomaly {
+                    kind: AnomalyKind::LostTransfer,
+                    ops: vec![t.invoke],
+                    key: None,
+                    message: format!(
+                        "transfer {} (op #{}) was acknowledged ok, but the server records it as {other:?}",
+                        t.transfer.id, t.invoke
+                    ),
+                    badness: t.transfer.amount,
+                })
+            }
+            (OpType::Fail, Some(TransferOutcome::Committed)) => result.push_anomaly(Anomaly {
                 kind: AnomalyKind::FailedTransferApplied,
                 ops: vec![t.invoke],
                 key: None,
@@ -399,6 +443,7 @@ fn check_outcomes(
                     "transfer {} (op #{}) failed definitely, but the server records it as committed",
                     t.transfer.id, t.invoke
                 ),
+                badness: t.transfer.amount,
             }),
             (OpType::Fail, _) => {}
             (_, Some(TransferOutcome::Committed)) => details.info_committed += 1,
@@ -552,6 +597,7 @@ fn unexplained(
         };
         return Anomaly {
             kind,
+            badness: t.transfer.amount,
             ops: vec![t.invoke],
             key: None,
             message: format!(
@@ -574,6 +620,7 @@ fn unexplained(
         .collect();
     Anomaly {
         kind: AnomalyKind::UnexplainedFinalBalances,
+        badness: saturating_u64(diff.iter().map(|d| d.unsigned_abs()).sum()),
         ops: touched,
         key: None,
         message: format!(
@@ -687,7 +734,7 @@ mod tests {
     }
 
     fn kinds(result: &CheckerResult) -> Vec<AnomalyKind> {
-        result.anomalies.iter().map(|a| a.kind).collect()
+        result.emitted.iter().map(|a| a.kind).collect()
     }
 
     /// Concurrent transfers and reads, an info transfer the server committed, one with no
@@ -726,6 +773,8 @@ mod tests {
             panic!("bank details")
         };
         assert_eq!(details.unknown_transfers_applied, vec![2]);
+        assert!(details.final_explained);
+        assert_eq!(details.acknowledged_lost, 0);
         assert_eq!(details.info_committed, 1);
         assert_eq!(details.info_outcome_unknown, 1);
 
@@ -754,7 +803,7 @@ mod tests {
         let fin = final_read(&[("a", -10), ("b", 10), ("c", 10)]);
         let result = run(&history, BankMode::Transfers, &init, Some(&fin), &recorded);
         assert_eq!(result.valid, Validity::Invalid);
-        let read_anomaly = &result.anomalies[0];
+        let read_anomaly = &result.emitted[0];
         assert_eq!(read_anomaly.kind, AnomalyKind::NegativeBalance);
         assert_eq!(
             read_anomaly.ops,
@@ -792,9 +841,9 @@ mod tests {
             kinds(&result),
             vec![AnomalyKind::WrongTotal, AnomalyKind::WrongTotal]
         );
-        assert_eq!(result.anomalies[0].ops, vec![6, 2, 3]);
+        assert_eq!(result.emitted[0].ops, vec![6, 2, 3]);
         assert_eq!(
-            result.anomalies[1].ops,
+            result.emitted[1].ops,
             vec![2, 3],
             "final read names the suspects"
         );
@@ -814,7 +863,15 @@ mod tests {
             kinds(&result),
             vec![AnomalyKind::LostTransfer, AnomalyKind::LostTransfer]
         );
-        assert!(result.anomalies.iter().all(|a| a.ops == vec![0]));
+        assert!(result.emitted.iter().all(|a| a.ops == vec![0]));
+        let Details::Bank(details) = &result.details else {
+            panic!("bank details")
+        };
+        assert_eq!(
+            details.acknowledged_lost, 1,
+            "one transfer, found lost twice"
+        );
+        assert!(!details.final_explained);
 
         // Even without the outcome lookup, the final balances give it away.
         let result = run(
@@ -853,7 +910,7 @@ mod tests {
         let recorded = outcomes(&[("t1", TransferOutcome::Committed)]);
         let result = run(&history, BankMode::Transfers, &init, Some(&fin), &recorded);
         assert_eq!(kinds(&result), vec![AnomalyKind::DuplicateTransfer]);
-        assert_eq!(result.anomalies[0].ops, vec![0]);
+        assert_eq!(result.emitted[0].ops, vec![0]);
     }
 
     #[test]
@@ -870,7 +927,7 @@ mod tests {
         let none = BTreeMap::new();
         let result = run(&history, BankMode::Transfers, &init, Some(&fin), &none);
         assert_eq!(kinds(&result), vec![AnomalyKind::UnexplainedFinalBalances]);
-        assert_eq!(result.anomalies[0].ops, vec![0, 2, 4, 6]);
+        assert_eq!(result.emitted[0].ops, vec![0, 2, 4, 6]);
 
         // Moving 4: two of them.
         let fin = final_read(&[("a", 6), ("b", 14)]);
@@ -924,7 +981,7 @@ mod tests {
         let none = BTreeMap::new();
         let result = run(&history, BankMode::Transfers, &init, Some(&fin), &none);
         assert_eq!(kinds(&result), vec![AnomalyKind::WrongAccounts]);
-        assert_eq!(result.anomalies[0].ops, vec![0]);
+        assert_eq!(result.emitted[0].ops, vec![0]);
     }
 
     #[test]

@@ -16,6 +16,11 @@
 //!   (Porcupine's convention): linearizing them last is the same as their never happening.
 //! - Before the search, a cheap sanity check flags reads of values that no ok or info write or
 //!   cas ever wrote (and that are not the initial value).
+//! - Acknowledged writes lost: each key's final read (taken after the run, named by
+//!   `test.json`) must show the value of every ok write or cas of the key, unless some other
+//!   write or cas of the value read could have taken effect after it (it did not complete
+//!   before the ok one was invoked). Sound, linear, and it names the lost write; the search
+//!   would also reject such a history, but this says what happened.
 //!
 //! Search (Lowe, "Testing for linearizability", 2017): entries are call and return events in a
 //! doubly linked list; repeatedly linearize the first call whose step is legal and whose
@@ -35,6 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checker::{Anomaly, AnomalyKind, CheckerResult, Details, Validity};
 use crate::history::{Call, History, OpType};
+use crate::record::RegisterFinalRead;
 
 /// Default search steps per key before giving up with Unknown.
 pub const KEY_STEPS_MAX_DEFAULT: u64 = 20_000_000;
@@ -94,6 +100,12 @@ pub struct KeyDetails {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinearDetails {
     pub keys: BTreeMap<String, KeyDetails>,
+    /// Keys whose final read was checked for lost acknowledged writes.
+    #[serde(default)]
+    pub final_reads_checked: u64,
+    /// Acknowledged writes and cas that the final reads lost.
+    #[serde(default)]
+    pub acknowledged_lost: u64,
 }
 
 /// What an op did to the register.
@@ -227,6 +239,7 @@ fn never_written(
                     ops: ids,
                     key: Some(key.to_owned()),
                     message,
+                    badness: 0,
                 })
             }
             _ => None,
@@ -456,6 +469,7 @@ fn check_key(
                 let show = state.map_or("nil".to_owned(), |v| v.to_string());
                 anomalies.push(Anomaly {
                     kind: AnomalyKind::NotLinearizable,
+                    badness: 0,
                     ops: named,
                     key: Some(key.to_owned()),
                     message: format!(
@@ -482,19 +496,89 @@ fn check_key(
     (details, anomalies)
 }
 
-/// Checks every key of the register ops in `history`; `initial` is every key's starting value.
-pub fn check(history: &History, initial: Option<u64>, options: &LinearOptions) -> CheckerResult {
+/// Acknowledged writes of `key` that its final read lost (see the module doc): for each ok
+/// write or cas whose value differs from the final one, some other non-failed write or cas of
+/// the final value must not have completed before the ok one was invoked.
+fn lost_writes(key: &str, ops: &[KeyOp], final_read: &RegisterFinalRead) -> Vec<Anomaly> {
+    let written = |op: &KeyOp| match op.action {
+        Action::Write(v) => Some(v),
+        Action::Cas { to, .. } => Some(to),
+        Action::Read(_) => None,
+    };
+    // The latest completion (None = open forever) of a write of the final value, excluding
+    // the final read itself (it is a read and writes nothing).
+    let mut latest_final_writer: Option<Option<u64>> = None;
+    for op in ops {
+        if written(op).is_some() && written(op) == final_read.value {
+            latest_final_writer = Some(match (latest_final_writer, op.complete) {
+                (Some(None), _) | (_, None) => None,
+                (Some(Some(a)), Some(b)) => Some(a.max(b)),
+                (None, Some(b)) => Some(b),
+            });
+        }
+    }
+    let show = |v: Option<u64>| v.map_or("nothing (absent)".to_owned(), |v| v.to_string());
+    ops.iter()
+        .filter(|op| op.complete.is_some() && !matches!(op.action, Action::Cas { ok: false, .. }))
+        .filter_map(|op| {
+            let value = written(op)?;
+            if Some(value) == final_read.value {
+                return None;
+            }
+            let explained = match latest_final_writer {
+                Some(None) => true,
+                Some(Some(complete)) => complete > op.invoke,
+                None => false,
+            };
+            (!explained).then(|| Anomaly {
+                kind: AnomalyKind::LostWrite,
+                ops: vec![op.invoke, final_read.op],
+                key: Some(key.to_owned()),
+                message: format!(
+                    "key {key}: {} (op #{}) was acknowledged, but the final read (op #{}) saw {} \
+                     and no write of that value could have come after it",
+                    describe(op.action),
+                    op.invoke,
+                    final_read.op,
+                    show(final_read.value)
+                ),
+                badness: 0,
+            })
+        })
+        .collect()
+}
+
+/// Checks every key of the register ops in `history`; `initial` is every key's starting value,
+/// `final_reads` the reads taken after the run (by key), checked for lost acknowledged writes.
+pub fn check(
+    history: &History,
+    initial: Option<u64>,
+    final_reads: &BTreeMap<String, RegisterFinalRead>,
+    options: &LinearOptions,
+) -> CheckerResult {
     let mut keys = BTreeMap::new();
     let mut anomalies = Vec::new();
     let mut unknown = Vec::new();
     let failed = failed_writes(history);
+    let mut final_reads_checked = 0;
+    let mut acknowledged_lost = 0;
     for (key, ops) in ops_by_key(history) {
+        if let Some(final_read) = final_reads.get(&key) {
+            final_reads_checked += 1;
+            let lost = lost_writes(&key, &ops, final_read);
+            acknowledged_lost += lost.len() as u64;
+            anomalies.extend(lost);
+        }
         let (details, found) = check_key(&key, &ops, initial, options, &failed);
         anomalies.extend(found);
         unknown.extend(details.unknown_reason.clone());
         keys.insert(key, details);
     }
-    let mut result = CheckerResult::new(Details::Linear(LinearDetails { keys }));
+    let mut result = CheckerResult::new(Details::Linear(LinearDetails {
+        keys,
+        final_reads_checked,
+        acknowledged_lost,
+    }));
     for anomaly in anomalies {
         result.push_anomaly(anomaly);
     }
@@ -515,11 +599,11 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     fn run(history: &History) -> CheckerResult {
-        check(history, None, &LinearOptions::default())
+        check(history, None, &BTreeMap::new(), &LinearOptions::default())
     }
 
     fn kinds(result: &CheckerResult) -> Vec<AnomalyKind> {
-        result.anomalies.iter().map(|a| a.kind).collect()
+        result.emitted.iter().map(|a| a.kind).collect()
     }
 
     #[test]
@@ -561,7 +645,7 @@ mod tests {
         b.complete(1, OpType::Ok, read("x", Some(1)));
         let result = run(&b.history());
         assert_eq!(kinds(&result), vec![AnomalyKind::NotLinearizable]);
-        let anomaly = &result.anomalies[0];
+        let anomaly = &result.emitted[0];
         assert_eq!(anomaly.key.as_deref(), Some("x"));
         assert_eq!(
             anomaly.ops,
@@ -584,7 +668,69 @@ mod tests {
         b.complete(1, OpType::Ok, read("x", None));
         let result = run(&b.history());
         assert_eq!(kinds(&result), vec![AnomalyKind::NotLinearizable]);
-        assert_eq!(result.anomalies[0].ops, vec![2, 0]);
+        assert_eq!(result.emitted[0].ops, vec![2, 0]);
+    }
+
+    #[test]
+    fn final_reads_name_lost_acknowledged_writes() {
+        let final_read =
+            |op, value| BTreeMap::from([("x".to_owned(), RegisterFinalRead { op, value })]);
+        let check_with =
+            |history: &History, finals| check(history, None, &finals, &LinearOptions::default());
+        // write 1 ok, then write 2 ok, then the final read sees 1: write 2 is lost.
+        let mut b = Builder::default();
+        b.invoke(0, write("x", 1));
+        b.complete(0, OpType::Ok, write("x", 1));
+        b.invoke(0, write("x", 2));
+        b.complete(0, OpType::Ok, write("x", 2));
+        b.invoke(1, read("x", None));
+        b.complete(1, OpType::Ok, read("x", Some(1)));
+        let history = b.history();
+        let result = check_with(&history, final_read(4, Some(1)));
+        assert!(
+            kinds(&result).contains(&AnomalyKind::LostWrite),
+            "{result:?}"
+        );
+        let lost: Vec<&Anomaly> = result
+            .emitted
+            .iter()
+            .filter(|a| a.kind == AnomalyKind::LostWrite)
+            .collect();
+        assert_eq!(lost.len(), 1);
+        assert_eq!(
+            lost[0].ops,
+            vec![2, 4],
+            "the lost write, then the final read"
+        );
+        let Details::Linear(details) = &result.details else {
+            panic!("linear details")
+        };
+        assert_eq!(
+            (details.final_reads_checked, details.acknowledged_lost),
+            (1, 1)
+        );
+
+        // The same final value is fine when a write of 1 overlaps write 2 (it may come last).
+        let mut b = Builder::default();
+        b.invoke(0, write("x", 2));
+        b.invoke(1, write("x", 1));
+        b.complete(0, OpType::Ok, write("x", 2));
+        b.complete(1, Info, write("x", 1));
+        b.invoke(2, read("x", None));
+        b.complete(2, OpType::Ok, read("x", Some(1)));
+        let result = check_with(&b.history(), final_read(4, Some(1)));
+        assert_eq!(result.valid, Validity::Valid, "{result:?}");
+
+        // An acknowledged write and an absent key at the end: lost (nothing deletes).
+        let mut b = Builder::default();
+        b.invoke(0, cas("x", 0, 3));
+        b.complete(0, Fail, cas("x", 0, 3));
+        b.invoke(0, write("x", 3));
+        b.complete(0, OpType::Ok, write("x", 3));
+        b.invoke(1, read("x", None));
+        b.complete(1, OpType::Ok, read("x", None));
+        let result = check_with(&b.history(), final_read(4, None));
+        assert_eq!(result.count_of(AnomalyKind::LostWrite), 1);
     }
 
     #[test]
@@ -604,18 +750,20 @@ mod tests {
                 AnomalyKind::ValueNeverWritten
             ]
         );
-        assert_eq!(
-            result.anomalies[0].ops,
-            vec![2, 0],
-            "names the failed write"
-        );
-        assert_eq!(result.anomalies[1].ops, vec![4]);
+        assert_eq!(result.emitted[0].ops, vec![2, 0], "names the failed write");
+        assert_eq!(result.emitted[1].ops, vec![4]);
         // The initial value counts as written.
         let mut b = Builder::default();
         b.invoke(0, read("x", None));
         b.complete(0, OpType::Ok, read("x", Some(4)));
         assert_eq!(
-            check(&b.history(), Some(4), &LinearOptions::default()).valid,
+            check(
+                &b.history(),
+                Some(4),
+                &BTreeMap::new(),
+                &LinearOptions::default()
+            )
+            .valid,
             Validity::Valid
         );
     }
@@ -657,14 +805,17 @@ mod tests {
             key_steps_max: 5,
             ..LinearOptions::default()
         };
-        let result = check(&history, None, &tiny);
+        let result = check(&history, None, &BTreeMap::new(), &tiny);
         assert_eq!(result.valid, Validity::Unknown);
         assert_eq!(result.unknown_reasons.len(), 1);
         let no_memory = LinearOptions {
             cache_bytes_max: 1,
             ..LinearOptions::default()
         };
-        assert_eq!(check(&history, None, &no_memory).valid, Validity::Unknown);
+        assert_eq!(
+            check(&history, None, &BTreeMap::new(), &no_memory).valid,
+            Validity::Unknown
+        );
         assert_eq!(run(&history).valid, Validity::Valid);
     }
 
@@ -782,7 +933,7 @@ mod tests {
                 result.valid,
                 Validity::Valid,
                 "seed {seed}: {:?}",
-                result.anomalies
+                result.emitted
             );
             let pairs: Vec<_> = history.pair_refs().collect();
             open_ops += pairs.iter().filter(|p| p.outcome() == Info).count();
@@ -870,7 +1021,7 @@ mod tests {
         ) {
             let history = simulated_history(seed, len, 1, &["k"], false);
             let result = run(&history);
-            prop_assert_eq!(result.valid, Validity::Valid, "{:?}", result.anomalies);
+            prop_assert_eq!(result.valid, Validity::Valid, "{:?}", result.emitted);
 
             let mut ops = history.ops().to_vec();
             let reads: Vec<usize> = ops.iter().enumerate()
