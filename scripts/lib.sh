@@ -37,6 +37,20 @@ ensure_build_deps() {
   fi
 }
 
+# The partition harness's netns mode (root only) needs nft and ip; without them its netns tests
+# say SKIPPED and pass without running, so install them when we can.
+ensure_test_deps() {
+  [ "$(id -u)" -eq 0 ] || return 0
+  local missing=()
+  command -v nft >/dev/null 2>&1 || missing+=(nftables)
+  command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+  if ((${#missing[@]})); then
+    say "installing test dependencies: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
 # Build every binary of the workspace in release mode (the profile the tests use too).
 build_release() {
   say "building metrokv (release; the first build compiles RocksDB and takes a while) into $CARGO_TARGET_DIR"

@@ -11,6 +11,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ensure_build_deps
+ensure_test_deps
 cd "$METROKV_ROOT"
 cargo fmt --all -- --check || { say "code is not formatted: run cargo fmt --all"; exit 1; }
 build_release
