@@ -10,6 +10,7 @@
 mod incoming;
 mod peer;
 mod route;
+pub mod zones;
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
