@@ -82,8 +82,7 @@ const TOOL_TC: &str = "tc";
 
 /// Whether this process runs as root.
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 fn on_path(tool: &str) -> bool {

@@ -704,11 +704,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutcome> {
 async fn build_network(config: &RunConfig) -> anyhow::Result<(Cluster, TestNet)> {
     match config.net {
         NetMode::Proxy => {
-            let mut cluster = Cluster::prepare(
+            let mut cluster = crate::cluster::prepare(
                 config.node_bin.clone(),
                 &config.topology,
                 &config.out,
                 config.node_args(),
+                None,
             )?;
             let network = Network::start_for(
                 &mut cluster,
@@ -729,7 +730,7 @@ async fn build_network(config: &RunConfig) -> anyhow::Result<(Cluster, TestNet)>
                 network.layout().subnet.1,
                 network.layout().host_if
             );
-            let cluster = Cluster::prepare_in(
+            let cluster = crate::cluster::prepare(
                 config.node_bin.clone(),
                 &config.topology,
                 &config.out,

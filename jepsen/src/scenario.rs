@@ -713,8 +713,13 @@ pub async fn double_spend(config: ScenarioConfig) -> anyhow::Result<u8> {
     println!("out: {}", config.out.display());
     prepare_out_dir(&config.out)?;
     let topology = Topology::default_for(3)?;
-    let mut cluster =
-        Cluster::prepare(config.node_bin.clone(), &topology, &config.out, Vec::new())?;
+    let mut cluster = crate::cluster::prepare(
+        config.node_bin.clone(),
+        &topology,
+        &config.out,
+        Vec::new(),
+        None,
+    )?;
     let network = Network::start_for(
         &mut cluster,
         &topology,

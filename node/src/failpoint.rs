@@ -4,8 +4,9 @@
 //!
 //! Failpoints are off unless the node is started with `METROKV_FAILPOINTS` (a list) or
 //! `METROKV_FAILPOINTS_FILE` (a file holding the list, re-read within 100 ms of a change, so a
-//! test can inject a fault into a running node, or jump its clock). The list is
-//! `name=value;name=value`. A node with any failpoint configured logs a warning at startup.
+//! test can inject a fault into a running node, or jump its clock); with both, the file's
+//! values override the list's, name by name. The list is `name=value;name=value`. A node with
+//! any failpoint configured logs a warning at startup.
 //!
 //! | name | value | effect |
 //! |---|---|---|
@@ -62,7 +63,10 @@ struct Registry {
 }
 
 struct State {
+    /// In effect: the environment's list, overlaid by the file's (the file wins on a name).
     values: HashMap<String, i64>,
+    /// The environment's list (or what `install` was given).
+    base: HashMap<String, i64>,
     hits: HashMap<String, u64>,
     checked: Instant,
     file_modified: Option<SystemTime>,
@@ -122,13 +126,15 @@ pub fn install(values: HashMap<String, i64>, file: Option<PathBuf>) {
         file: file.clone(),
         state: Mutex::new(State {
             values: HashMap::new(),
+            base: HashMap::new(),
             hits: HashMap::new(),
             checked: Instant::now() - FILE_POLL,
             file_modified: None,
         }),
     });
     let mut state = lock(&registry.state);
-    state.values = values;
+    state.values = values.clone();
+    state.base = values;
     state.hits.clear();
     drop(state);
     ENABLED.store(true, Ordering::Release);
@@ -156,7 +162,9 @@ fn with_state<T>(f: impl FnOnce(&mut State) -> T) -> Option<T> {
                 {
                     Ok(values) => {
                         tracing::warn!(file = %path.display(), ?values, "failpoints changed");
-                        state.values = values;
+                        let mut merged = state.base.clone();
+                        merged.extend(values);
+                        state.values = merged;
                     }
                     // A file that is missing or half-written keeps the previous values.
                     Err(e) if modified.is_some() => {

@@ -698,7 +698,7 @@ async fn bad_input_gets_the_documented_error_and_changes_nothing() {
 async fn malformed_peer_traffic_never_crashes_a_node() {
     use tokio::io::AsyncReadExt;
     use tokio::io::AsyncWriteExt;
-    let c = Cluster::start(Options::default()).await.unwrap();
+    let mut c = Cluster::start(Options::default()).await.unwrap();
     let target = c.node(1).peer_addr.clone();
     let garbage: Vec<Vec<u8>> = vec![
         vec![0xff; 4096],                   // a huge length prefix

@@ -61,15 +61,18 @@ mod tests {
         // 2+2+1: the second-best zone decides.
         assert_eq!(
             zone_safe_index(
-                [(1, Some(50)), (2, Some(40)), (3, Some(45)), (4, Some(10)), (5, Some(48))],
+                [
+                    (1, Some(50)),
+                    (2, Some(40)),
+                    (3, Some(45)),
+                    (4, Some(10)),
+                    (5, Some(48))
+                ],
                 zones
             ),
             Some(48)
         );
         // Nodes without a zone (not voters) do not count.
-        assert_eq!(
-            zone_safe_index([(1, Some(90)), (9, Some(90))], zones),
-            None
-        );
+        assert_eq!(zone_safe_index([(1, Some(90)), (9, Some(90))], zones), None);
     }
 }

@@ -193,7 +193,7 @@ async fn failover(trials: usize, interval: Duration) -> anyhow::Result<()> {
     for trial in 1..=trials {
         let leader = cluster.leader().await.context("no leader")?;
         let survivors: Vec<String> = cluster
-            .nodes
+            .nodes()
             .iter()
             .filter(|n| n.id != leader)
             .map(|n| n.url())
