@@ -20,6 +20,7 @@
 //! - `scenario`: `scenario double-spend` — the motivating story, scripted.
 //!
 
+pub mod balance_keys;
 pub mod checker;
 pub mod cluster;
 pub mod faults;

@@ -27,11 +27,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use metrokv_client::{
-    AccountListOptions, Client, Consistency, Error, ListOptions, PutOptions, TransferRequest,
-};
+use metrokv_client::{AccountListOptions, Client, Consistency, Error, TransferRequest};
 use tokio::time::Instant;
 
+use crate::balance_keys;
 use crate::cluster::{eventually, Cluster};
 use crate::nemesis::{self, CutMode, Topology, ZONE_A, ZONE_B};
 use crate::net::{Network, Shape};
@@ -363,7 +362,6 @@ impl Balances {
     }
 }
 
-const UNSAFE_PREFIX: &str = "unsafe/";
 /// Page size of the story's reads: it has three accounts (and three keys).
 const STORY_PAGE_LIMIT: u32 = 16;
 
@@ -391,26 +389,17 @@ async fn read_accounts(client: &Client) -> anyhow::Result<Balances> {
 }
 
 async fn read_keys(client: &Client, consistency: Consistency) -> Result<Balances, String> {
-    let page = client
-        .list(ListOptions {
-            prefix: UNSAFE_PREFIX.to_owned(),
-            limit: Some(STORY_PAGE_LIMIT),
-            after: None,
-            consistency,
-        })
+    let read = balance_keys::read(client, STORY_PAGE_LIMIT, consistency)
         .await
-        .map_err(|e| error_text(&e))?;
+        .map_err(|e| match e {
+            balance_keys::ReadError::Client(e) => error_text(&e),
+            balance_keys::ReadError::Harness(why) => why,
+        })?;
     let get = |name: &str| -> Result<i64, String> {
-        let key = format!("{UNSAFE_PREFIX}{name}");
-        let item = page
-            .items
-            .iter()
-            .find(|i| i.key == key)
-            .ok_or_else(|| format!("{key} is missing"))?;
-        std::str::from_utf8(&item.value)
-            .ok()
-            .and_then(|t| t.parse().ok())
-            .ok_or_else(|| format!("{key} is not a number"))
+        read.balances
+            .get(name)
+            .copied()
+            .ok_or_else(|| format!("{} is missing", balance_keys::key(name)))
     };
     Ok(Balances {
         acct: get("acct")?,
@@ -533,8 +522,8 @@ async fn safe_story(stage: &mut Stage, timeline: &mut Timeline) -> anyhow::Resul
     Ok(kept)
 }
 
-/// The dc-b client's pending blind writes: computed once from its stale read, retried until
-/// they go through.
+/// The dc-b client's pending blind writes (account, new balance, idempotency key): computed once
+/// from its stale read, retried until they go through.
 struct PendingWrites {
     writes: Vec<(String, i64, String)>,
 }
@@ -569,12 +558,12 @@ async fn blind_spend(
     };
     let mut writes = vec![
         (
-            format!("{UNSAFE_PREFIX}acct"),
+            "acct".to_string(),
             seen.acct - amount,
             format!("{key_prefix}-acct"),
         ),
         (
-            format!("{UNSAFE_PREFIX}{sink}"),
+            sink.to_string(),
             sink_before + amount,
             format!("{key_prefix}-{sink}"),
         ),
@@ -590,16 +579,16 @@ async fn blind_spend(
         ),
         "",
     );
-    while let Some((key, value, idempotency_key)) = writes.first().cloned() {
-        let options = PutOptions {
-            idempotency_key: Some(idempotency_key),
-            ..PutOptions::default()
-        };
-        let result = client.put_with(&key, value.to_string(), options).await;
+    while let Some((account, value, idempotency_key)) = writes.first().cloned() {
+        let result = balance_keys::write(client, &account, value, Some(idempotency_key)).await;
         let failed = result.is_err();
         timeline.note(
             side,
-            format!("blind PUT {key} = {}", money(value)),
+            format!(
+                "blind PUT {} = {}",
+                balance_keys::key(&account),
+                money(value)
+            ),
             outcome_of(&result, |_| "ok".to_owned()),
         );
         if failed {
@@ -614,16 +603,14 @@ async fn blind_spend(
 async fn unsafe_story(stage: &mut Stage, timeline: &mut Timeline) -> anyhow::Result<bool> {
     timeline.heading("unsafe: stale reads, client-side arithmetic, blind PUTs");
     for (name, value) in [("acct", OPENING_BALANCE), ("sink-a", 0), ("sink-b", 0)] {
-        stage
-            .admin
-            .put(&format!("{UNSAFE_PREFIX}{name}"), value.to_string())
+        balance_keys::write(&stage.admin, name, i64::try_from(value)?, None)
             .await
-            .with_context(|| format!("writing {UNSAFE_PREFIX}{name}"))?;
+            .with_context(|| format!("writing {}", balance_keys::key(name)))?;
     }
     stage.wait_dc_b_sees(KeysOpened).await?;
     timeline.note(
         "setup",
-        "unsafe/acct = 10,000; unsafe/sink-a = unsafe/sink-b = 0",
+        "bank/acct = 10,000; bank/sink-a = bank/sink-b = 0",
         "n3 (dc-b) has it too",
     );
     let leader = stage.cut_zones_and_find_leader(timeline).await?;
@@ -671,17 +658,16 @@ async fn unsafe_story(stage: &mut Stage, timeline: &mut Timeline) -> anyhow::Res
         format!("all nodes ready, all follow {leader}"),
     );
     let dc_b = stage.pinned(ZONE_B, "n3", CALL_DEADLINE_MS)?;
-    for (key, value, idempotency_key) in &pending.writes {
-        let options = PutOptions {
-            idempotency_key: Some(idempotency_key.clone()),
-            ..PutOptions::default()
-        };
-        let (result, tries) =
-            keep_trying(|| dc_b.put_with(key, value.to_string(), options.clone())).await;
+    for (account, value, idempotency_key) in &pending.writes {
+        let (result, tries) = keep_trying(|| {
+            balance_keys::write(&dc_b, account, *value, Some(idempotency_key.clone()))
+        })
+        .await;
         timeline.note(
             "dc-b",
             format!(
-                "keeps trying its pending write: blind PUT {key} = {} (attempts: {tries})",
+                "keeps trying its pending write: blind PUT {} = {} (attempts: {tries})",
+                balance_keys::key(account),
                 money(*value)
             ),
             outcome_of(&result, |_| "ok (nothing checks the version)".to_owned()),

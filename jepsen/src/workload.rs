@@ -25,18 +25,17 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use metrokv_client::{
-    AccountListOptions, Client, Compare, CompareOp, Consistency, Error, ListOptions, Op,
+    AccountListOptions, Client, Compare, CompareOp, Consistency, Error, Op,
     TransferOutcome as ClientOutcome, TransferRequest, TxnRequest,
 };
 use rand::Rng;
 
+use crate::balance_keys;
 use crate::checker::bank::{BankMode, FinalRead, TransferOutcome};
 use crate::history::{Balances, Call, OpType, RegisterCas, RegisterRead, RegisterWrite, Transfer};
 
 /// Prefix of the bank's account ids (safe mode).
 pub const ACCOUNT_PREFIX: &str = "acct-";
-/// Prefix of the bank's balance keys (unsafe mode): `bank/<account>`.
-pub const UNSAFE_PREFIX: &str = "bank/";
 /// Prefix of the register keys: `reg/<generation>/<k>`.
 pub const REGISTER_PREFIX: &str = "reg/";
 /// Default length of one register key generation: every this many ms of the run, the register
@@ -251,11 +250,8 @@ impl WorkloadSpec {
                     }
                 }
                 BankMode::BlindWrites => {
-                    client
-                        .put(
-                            &format!("{UNSAFE_PREFIX}{account}"),
-                            initial_balance.to_string(),
-                        )
+                    let balance = i64::try_from(*initial_balance).unwrap_or(i64::MAX);
+                    balance_keys::write(client, account, balance, None)
                         .await
                         .map_err(|e| {
                             anyhow::Error::from(e)
@@ -429,44 +425,21 @@ async fn read_balance_keys(client: &Client, count: usize) -> Completion {
     read_balance_keys_with(client, count, Consistency::Stale).await
 }
 
-/// Reads `bank/*` as balances. A value that is not a decimal number is a harness error
-/// (nothing but this workload writes these keys).
+/// Reads `bank/*` as balances.
 async fn read_balance_keys_with(
     client: &Client,
     count: usize,
     consistency: Consistency,
 ) -> Completion {
-    let options = ListOptions {
-        prefix: UNSAFE_PREFIX.to_owned(),
-        limit: Some(page_limit(count)),
-        after: None,
-        consistency,
-    };
     let invoke = Call::ReadAll(None);
-    let page = match client.list(options).await {
-        Ok(page) => page,
-        Err(e) => return Completion::failed(OpType::Fail, invoke, &e),
-    };
-    let endpoint = Some(page.served_by.endpoint.clone());
-    if page.more {
-        return Completion::refused(invoke, endpoint, "harness: the balances did not fit a page");
+    match balance_keys::read(client, page_limit(count), consistency).await {
+        Ok(read) => {
+            let balances: Balances = read.balances.into_iter().collect();
+            Completion::ok(Call::ReadAll(Some(balances)), Some(read.endpoint))
+        }
+        Err(balance_keys::ReadError::Client(e)) => Completion::failed(OpType::Fail, invoke, &e),
+        Err(balance_keys::ReadError::Harness(why)) => Completion::refused(invoke, None, &why),
     }
-    let mut balances = Balances::new();
-    for item in page.items {
-        let account = item
-            .key
-            .strip_prefix(UNSAFE_PREFIX)
-            .unwrap_or(&item.key)
-            .to_owned();
-        let parsed = std::str::from_utf8(&item.value)
-            .ok()
-            .and_then(|text| text.parse::<i64>().ok());
-        let Some(balance) = parsed else {
-            return Completion::refused(invoke, endpoint, "harness: a balance is not a number");
-        };
-        balances.insert(account, balance);
-    }
-    Completion::ok(Call::ReadAll(Some(balances)), endpoint)
 }
 
 async fn transfer_safely(client: &Client, transfer: &Transfer) -> Completion {
@@ -505,12 +478,10 @@ async fn transfer_blindly(client: &Client, transfer: &Transfer, accounts: usize)
             "insufficient-funds (client-side check on a stale read)",
         );
     }
-    let from_key = format!("{UNSAFE_PREFIX}{}", transfer.from);
-    let to_key = format!("{UNSAFE_PREFIX}{}", transfer.to);
-    if let Err(e) = client.put(&from_key, (from - amount).to_string()).await {
+    if let Err(e) = balance_keys::write(client, &transfer.from, from - amount, None).await {
         return Completion::failed(write_outcome(&e), call, &e);
     }
-    match client.put(&to_key, (to + amount).to_string()).await {
+    match balance_keys::write(client, &transfer.to, to + amount, None).await {
         Ok(result) => Completion::ok(call, Some(result.served_by.endpoint)),
         // The debit is written already: whatever happened to the credit, the transfer is
         // half-done, so its effect is unknown.
