@@ -12,6 +12,7 @@ use std::time::Duration;
 use std::time::Instant;
 
 use bytes::Bytes;
+use metrokv_api as api;
 use rand::rngs::StdRng;
 use rand::Rng as _;
 use rand::SeedableRng as _;
@@ -303,12 +304,12 @@ impl Client {
         call.headers
             .extend(condition_headers(options.if_version, options.create_only));
         call.body = Some((value, OCTETS));
-        self.send_json(&call)
-            .await
-            .map(|(mut result, served_by): (PutResult, _)| {
-                result.served_by = served_by;
-                result
-            })
+        let (answer, served_by) = self.send_json::<api::kv::PutAnswer>(&call).await?;
+        Ok(PutResult {
+            version: answer.version,
+            revision: answer.revision,
+            served_by,
+        })
     }
 
     /// Deletes a key unconditionally.
@@ -326,12 +327,12 @@ impl Client {
         )?;
         call.headers
             .extend(condition_headers(options.if_version, false));
-        self.send_json(&call)
-            .await
-            .map(|(mut result, served_by): (DeleteResult, _)| {
-                result.served_by = served_by;
-                result
-            })
+        let (answer, served_by) = self.send_json::<api::kv::DeleteAnswer>(&call).await?;
+        Ok(DeleteResult {
+            deleted: answer.deleted,
+            revision: answer.revision,
+            served_by,
+        })
     }
 
     /// Lists one page of keys, from one consistent snapshot.
@@ -346,29 +347,20 @@ impl Client {
             )
         );
         let call = Call::read(path, Subject::Other);
-        let (body, served_by) = self.send_json::<serde_json::Value>(&call).await?;
-        let bad = |message: String| Error::Protocol {
-            node: served_by.endpoint.clone(),
-            message,
-        };
-        let number = |name: &str| body.get(name).and_then(serde_json::Value::as_u64);
-        let revision = number("revision").ok_or_else(|| bad("the list has no revision".into()))?;
-        let items = body
-            .get("items")
-            .and_then(serde_json::Value::as_array)
-            .ok_or_else(|| bad("the list has no items".into()))?
-            .iter()
-            .map(kv_item_from_json)
+        let (page, served_by) = self.send_json::<api::kv::KvPage>(&call).await?;
+        let items = page
+            .items
+            .into_iter()
+            .map(KvItem::from_api)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(bad)?;
-        let more = body
-            .get("more")
-            .and_then(serde_json::Value::as_bool)
-            .unwrap_or(false);
+            .map_err(|message| Error::Protocol {
+                node: served_by.endpoint.clone(),
+                message,
+            })?;
         Ok(ListPage {
-            revision,
+            revision: page.revision,
             items,
-            more,
+            more: page.more,
             served_by,
         })
     }
@@ -386,10 +378,10 @@ impl Client {
             Subject::Other,
             idempotency_key,
         )?;
-        call.body = Some((json_bytes(&request.to_json()), JSON));
-        let (body, served_by) = self.send_json::<serde_json::Value>(&call).await?;
+        call.body = Some((json_bytes(&request.to_api()), JSON));
+        let (answer, served_by) = self.send_json::<api::txn::TxnAnswer>(&call).await?;
         let node = served_by.endpoint.clone();
-        TxnResponse::from_json(&body, served_by)
+        TxnResponse::from_api(answer, served_by)
             .map_err(|message| Error::Protocol { node, message })
     }
 
@@ -413,14 +405,13 @@ impl Client {
             subject,
             idempotency_key,
         )?;
-        let body = serde_json::json!({ "id": id, "balance": balance });
+        let body = api::ledger::CreateAccount {
+            id: id.to_string(),
+            balance,
+        };
         call.body = Some((json_bytes(&body), JSON));
-        self.send_json(&call)
-            .await
-            .map(|(mut account, served_by): (Account, _)| {
-                account.served_by = served_by;
-                account
-            })
+        let (account, served_by) = self.send_json::<api::ledger::Account>(&call).await?;
+        Ok(Account::from_api(account, served_by))
     }
 
     /// Reads an account (linearizable). `None` when it does not exist.
@@ -439,11 +430,8 @@ impl Client {
             encoding::query(&[("consistency", consistency.query_value())])
         );
         let call = Call::read(path, Subject::Account(id.to_string()));
-        match self.send_json::<Account>(&call).await {
-            Ok((mut account, served_by)) => {
-                account.served_by = served_by;
-                Ok(Some(account))
-            }
+        match self.send_json::<api::ledger::Account>(&call).await {
+            Ok((account, served_by)) => Ok(Some(Account::from_api(account, served_by))),
             Err(Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
@@ -461,12 +449,8 @@ impl Client {
             )
         );
         let call = Call::read(path, Subject::Other);
-        self.send_json(&call)
-            .await
-            .map(|(mut page, served_by): (AccountPage, _)| {
-                page.served_by = served_by;
-                page
-            })
+        let (page, served_by) = self.send_json::<api::ledger::AccountsPage>(&call).await?;
+        Ok(AccountPage::from_api(page, served_by))
     }
 
     /// Moves money exactly once. Resending the same request (same id) returns the first outcome,
@@ -491,12 +475,15 @@ impl Client {
                 amount: request.amount,
             },
         };
-        self.send_json(&call)
-            .await
-            .map(|(mut receipt, served_by): (TransferReceipt, _)| {
-                receipt.served_by = served_by;
-                receipt
-            })
+        match self.send_json::<api::ledger::TransferRecord>(&call).await? {
+            (api::ledger::TransferRecord::Committed(receipt), served_by) => {
+                Ok(TransferReceipt::from_api(receipt, served_by))
+            }
+            (api::ledger::TransferRecord::Rejected(r), served_by) => Err(Error::Protocol {
+                node: served_by.endpoint,
+                message: format!("a transfer answered 200 with a refusal: {}", r.message),
+            }),
+        }
     }
 
     /// The recorded outcome of a transfer, read linearizably; `None` when no outcome is
@@ -508,21 +495,18 @@ impl Client {
             encoding::id_path_segment("transfer id", id)?
         );
         let call = Call::read(path, Subject::TransferRecord(id.to_string()));
-        let (body, served_by) = match self.send_json::<serde_json::Value>(&call).await {
-            Err(Error::NotFound { .. }) => return Ok(None),
-            other => other?,
-        };
-        let node = served_by.endpoint.clone();
-        TransferRecord::from_json(body, served_by)
-            .map(Some)
-            .map_err(|message| Error::Protocol { node, message })
+        match self.send_json::<api::ledger::TransferRecord>(&call).await {
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+            Ok((record, served_by)) => Ok(Some(TransferRecord::from_api(record, served_by))),
+        }
     }
 
     /// The cluster as one node sees it. Also teaches the client the nodes' zones.
     pub async fn cluster_status(&self) -> Result<ClusterStatus> {
         let call = Call::read("/v1/cluster".into(), Subject::Other);
-        let (mut status, served_by) = self.send_json::<ClusterStatus>(&call).await?;
-        status.served_by = served_by;
+        let (view, served_by) = self.send_json::<api::cluster::ClusterView>(&call).await?;
+        let status = ClusterStatus::from_api(view, served_by);
         self.transport.endpoints.learn_zones(
             status
                 .members
@@ -546,7 +530,9 @@ impl Client {
         };
         let call = Call::read("/v1/cluster".into(), Subject::Other);
         let status = match self.transport.execute(&call, budget).await {
-            Ok(reply) => serde_json::from_slice::<ClusterStatus>(&reply.body).ok(),
+            Ok(reply) => serde_json::from_slice::<api::cluster::ClusterView>(&reply.body)
+                .ok()
+                .map(|view| ClusterStatus::from_api(view, reply.served_by)),
             Err(e) => {
                 tracing::debug!(error = %e, "could not learn zones");
                 None
@@ -590,7 +576,7 @@ impl Client {
     ) -> Result<Call> {
         let idempotency_key = match idempotency_key {
             Some(given) => {
-                encoding::check_id("idempotency key", &given)?;
+                encoding::check_idempotency_key(&given)?;
                 given
             }
             // From the OS RNG, never the seed: a repeated key would be deduplicated against an
@@ -644,17 +630,17 @@ fn page_query(
     ])
 }
 
-fn transfer_body(request: &TransferRequest) -> serde_json::Value {
-    serde_json::json!({
-        "id": request.id,
-        "from": request.from,
-        "to": request.to,
-        "amount": request.amount,
-    })
+fn transfer_body(request: &TransferRequest) -> api::ledger::TransferRequest {
+    api::ledger::TransferRequest {
+        id: request.id.clone(),
+        from: request.from.clone(),
+        to: request.to.clone(),
+        amount: request.amount,
+    }
 }
 
-fn json_bytes(value: &serde_json::Value) -> Bytes {
-    Bytes::from(value.to_string().into_bytes())
+fn json_bytes<T: serde::Serialize>(value: &T) -> Bytes {
+    Bytes::from(serde_json::to_vec(value).expect("an API body always encodes"))
 }
 
 #[cfg(test)]
@@ -1064,9 +1050,9 @@ mod tests {
     async fn zones_are_learned_before_the_first_call() {
         let cluster = |a: &str, b: &str| {
             format!(
-                r#"{{"cluster_id":"c","leader":"n1","term":2,"commit_index":5,"members":[
-                    {{"id":"n1","zone":"dc-a","client_addr":"{a}","role":"leader","applied_index":5,"reachable":true}},
-                    {{"id":"n2","zone":"dc-b","client_addr":"{b}","role":"follower","applied_index":5,"reachable":true}}]}}"#
+                r#"{{"cluster_id":"c","node":1,"leader":1,"term":2,"commit_index":5,"members":[
+                    {{"id":1,"zone":"dc-a","client_addr":"{a}","peer_addr":"","role":"leader","term":2,"applied_index":5,"reachable":true}},
+                    {{"id":2,"zone":"dc-b","client_addr":"{b}","peer_addr":"","role":"follower","term":2,"applied_index":5,"reachable":true}}]}}"#
             )
         };
         let addresses = Arc::new(std::sync::OnceLock::<(String, String)>::new());

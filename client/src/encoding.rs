@@ -6,22 +6,19 @@
 //! - The segments `.` and `..` are refused: URL parsers resolve them (even as `%2E`) before the
 //!   request leaves, so such a key would silently address another resource. Those keys are still
 //!   reachable through `POST /v1/txn`, which carries keys in the body.
-//! - JSON values use `value` when the bytes are UTF-8 and `value_base64` otherwise; decoding
-//!   prefers `value_base64` when both are present.
+//! - JSON values use `value` when the bytes are UTF-8 and `value_base64` otherwise
+//!   (`metrokv_api::value`).
 //!
 //! Left out: the HTTP calls themselves (see `transport.rs`).
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine as _;
-use bytes::Bytes;
 use percent_encoding::utf8_percent_encode;
 use percent_encoding::AsciiSet;
 use percent_encoding::NON_ALPHANUMERIC;
-use serde_json::Map;
-use serde_json::Value;
 
 use crate::error::Error;
+#[cfg(test)]
 use crate::limits::ID_BYTES_MAX;
+#[cfg(test)]
 use crate::limits::KEY_BYTES_MAX;
 
 /// Everything but RFC 3986 unreserved characters (`A-Z a-z 0-9 - . _ ~`) is encoded.
@@ -43,7 +40,7 @@ pub(crate) fn key_path_segment(key: &str) -> Result<String, Error> {
 }
 
 /// Checks an account or transfer id (1..=128 bytes) and returns it encoded for a path.
-pub(crate) fn id_path_segment(what: &str, id: &str) -> Result<String, Error> {
+pub(crate) fn id_path_segment(what: &'static str, id: &str) -> Result<String, Error> {
     check_id(what, id)?;
     path_segment(what, id)
 }
@@ -60,30 +57,27 @@ fn path_segment(what: &str, raw: &str) -> Result<String, Error> {
     Ok(encode_component(raw))
 }
 
-/// Checks a key's length against docs/api.md; keys inside a txn body are checked here too.
+/// Checks a key against docs/api.md (`metrokv_api::validate`, as the node does); keys inside a
+/// txn body are checked here too.
 pub(crate) fn check_key(key: &str) -> Result<(), Error> {
-    if key.is_empty() || key.len() > KEY_BYTES_MAX {
-        return Err(Error::InvalidRequest {
-            message: format!(
-                "a key must be 1 to {KEY_BYTES_MAX} bytes of UTF-8, this one has {} bytes",
-                key.len()
-            ),
-        });
-    }
-    Ok(())
+    metrokv_api::validate::key(key).map_err(|e| Error::InvalidRequest {
+        message: e.to_string(),
+    })
 }
 
-/// Checks an account id, transfer id or idempotency key (1..=128 bytes).
-pub(crate) fn check_id(what: &str, id: &str) -> Result<(), Error> {
-    if id.is_empty() || id.len() > ID_BYTES_MAX {
-        return Err(Error::InvalidRequest {
-            message: format!(
-                "a {what} must be 1 to {ID_BYTES_MAX} bytes, this one has {} bytes",
-                id.len()
-            ),
-        });
-    }
-    Ok(())
+/// Checks an account or transfer id as the node does (1..=128 characters of
+/// `A-Z a-z 0-9 . _ : -`).
+pub(crate) fn check_id(what: &'static str, id: &str) -> Result<(), Error> {
+    metrokv_api::validate::id(what, id).map_err(|e| Error::InvalidRequest {
+        message: e.to_string(),
+    })
+}
+
+/// Checks an `Idempotency-Key` as the node does.
+pub(crate) fn check_idempotency_key(key: &str) -> Result<(), Error> {
+    metrokv_api::validate::idempotency_key(key).map_err(|e| Error::InvalidRequest {
+        message: e.to_string(),
+    })
 }
 
 /// Builds `?a=1&b=2` from the pairs whose value is present; empty when none is.
@@ -99,45 +93,15 @@ pub(crate) fn query(pairs: &[(&str, Option<String>)]) -> String {
     out
 }
 
-/// Puts `value` (UTF-8) or `value_base64` (anything else) into a JSON object.
-pub(crate) fn put_value(object: &mut Map<String, Value>, value: &[u8]) {
-    match std::str::from_utf8(value) {
-        Ok(text) => object.insert("value".to_string(), Value::String(text.to_string())),
-        Err(_) => object.insert(
-            "value_base64".to_string(),
-            Value::String(BASE64.encode(value)),
-        ),
-    };
-}
-
-/// Reads a value from `value_base64` or `value`. `Ok(None)` when neither field is present;
-/// `Err` (a description) when a field has the wrong type or is not valid base64.
-pub(crate) fn take_value(object: &Map<String, Value>) -> Result<Option<Bytes>, String> {
-    if let Some(encoded) = object.get("value_base64") {
-        let Value::String(encoded) = encoded else {
-            return Err("value_base64 is not a string".to_string());
-        };
-        return BASE64
-            .decode(encoded)
-            .map(|raw| Some(Bytes::from(raw)))
-            .map_err(|e| format!("value_base64 is not valid base64: {e}"));
-    }
-    match object.get("value") {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) => Ok(Some(Bytes::from(text.clone().into_bytes()))),
-        Some(_) => Err("value is not a string".to_string()),
-    }
-}
-
 /// Serde helper: serializes a value as docs/api.md does, `value` or `value_base64`, into a map that
 /// is being built (used by the manual `Serialize` impls of result types).
 pub(crate) fn serialize_value_field<M: serde::ser::SerializeMap>(
     map: &mut M,
     value: &[u8],
 ) -> Result<(), M::Error> {
-    match std::str::from_utf8(value) {
-        Ok(text) => map.serialize_entry("value", text),
-        Err(_) => map.serialize_entry("value_base64", &BASE64.encode(value)),
+    match metrokv_api::value::fields(value) {
+        (Some(text), _) => map.serialize_entry("value", &text),
+        (None, encoded) => map.serialize_entry("value_base64", &encoded),
     }
 }
 
@@ -208,36 +172,6 @@ mod tests {
             ("after", Some("a&b".to_string())),
         ]);
         assert_eq!(q, "?prefix=a%2Fb%20c&after=a%26b");
-    }
-
-    #[test]
-    fn values_round_trip_as_utf8_or_base64() {
-        for value in [
-            &b"hello"[..],
-            &[0xff, 0x00, 0xfe][..],
-            &b""[..],
-            "é".as_bytes(),
-        ] {
-            let mut object = Map::new();
-            put_value(&mut object, value);
-            let is_utf8 = std::str::from_utf8(value).is_ok();
-            assert_eq!(object.contains_key("value"), is_utf8);
-            assert_eq!(object.contains_key("value_base64"), !is_utf8);
-            assert_eq!(take_value(&object), Ok(Some(Bytes::copy_from_slice(value))));
-        }
-    }
-
-    #[test]
-    fn base64_wins_and_bad_values_are_reported() {
-        let object: Map<String, Value> =
-            serde_json::from_str(r#"{"value": "text", "value_base64": "AAE="}"#).expect("json");
-        assert_eq!(take_value(&object), Ok(Some(Bytes::from_static(&[0, 1]))));
-        let object: Map<String, Value> =
-            serde_json::from_str(r#"{"value_base64": "not base64!"}"#).expect("json");
-        assert!(take_value(&object).is_err());
-        let object: Map<String, Value> = serde_json::from_str(r#"{"value": 3}"#).expect("json");
-        assert!(take_value(&object).is_err());
-        assert_eq!(take_value(&Map::new()), Ok(None));
     }
 
     #[test]

@@ -11,7 +11,8 @@
 
 use std::fmt;
 
-use serde::Deserialize;
+use metrokv_api::ErrorBody;
+use metrokv_api::ErrorCode;
 
 use crate::retry::FailureKind;
 
@@ -278,33 +279,21 @@ impl fmt::Display for Subject {
     }
 }
 
-/// An API.md error body; the extra fields are the ones the node adds to some codes.
-#[derive(Debug, Default, Deserialize)]
-struct ErrorBody {
-    error: String,
-    #[serde(default)]
-    message: String,
-    #[serde(default)]
-    key: Option<String>,
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    account: Option<String>,
-    #[serde(default)]
-    current_version: Option<u64>,
-    #[serde(default)]
-    balance: Option<u64>,
-    #[serde(default)]
-    amount: Option<u64>,
-}
-
 /// A non-2xx answer, parsed: its code (when the body is the API.md shape) and what kind of
 /// failure it is for the retry policy.
 #[derive(Debug)]
 pub(crate) struct ErrorAnswer {
     status: u16,
     body: Option<ErrorBody>,
+    /// The code as sent, for codes this version does not know.
+    raw_code: Option<String>,
     raw_text: String,
+}
+
+/// Just the code of an error body, as a string.
+#[derive(serde::Deserialize)]
+struct RawCode {
+    error: String,
 }
 
 /// Bytes of a non-JSON error body quoted in messages.
@@ -313,6 +302,9 @@ const RAW_ERROR_QUOTE_BYTES_MAX: usize = 200;
 impl ErrorAnswer {
     pub(crate) fn parse(status: u16, body: &[u8]) -> Self {
         let parsed = serde_json::from_slice::<ErrorBody>(body).ok();
+        let raw_code = serde_json::from_slice::<RawCode>(body)
+            .ok()
+            .map(|c| c.error);
         let mut raw_text = String::from_utf8_lossy(body).trim().to_string();
         if raw_text.len() > RAW_ERROR_QUOTE_BYTES_MAX {
             let mut end = RAW_ERROR_QUOTE_BYTES_MAX;
@@ -325,21 +317,25 @@ impl ErrorAnswer {
         ErrorAnswer {
             status,
             body: parsed,
+            raw_code,
             raw_text,
         }
     }
 
-    fn code(&self) -> Option<&str> {
-        self.body.as_ref().map(|b| b.error.as_str())
+    fn code(&self) -> Option<ErrorCode> {
+        self.body.as_ref().map(|b| b.error)
     }
 
     /// How the retry policy sees this answer. The code wins over the status, except that a body
-    /// we cannot read is judged by the status alone.
+    /// we cannot read (or a code we do not know) is judged by the status alone.
     pub(crate) fn failure_kind(&self) -> FailureKind {
-        match (self.code(), self.status) {
+        let code = self.code().filter(|c| *c != ErrorCode::Unknown);
+        match (code, self.status) {
             // Both 503 codes mean nothing was done: `overloaded` is a node at its load limits.
-            (Some("unavailable" | "overloaded"), _) | (None, 503) => FailureKind::Unavailable,
-            (Some("indeterminate"), _) | (None, 504) => FailureKind::Indeterminate,
+            (Some(ErrorCode::Unavailable | ErrorCode::Overloaded), _) | (None, 503) => {
+                FailureKind::Unavailable
+            }
+            (Some(ErrorCode::Indeterminate), _) | (None, 504) => FailureKind::Indeterminate,
             (_, 400..=499) => FailureKind::Refused,
             _ => FailureKind::ServerError,
         }
@@ -377,13 +373,14 @@ impl ErrorAnswer {
                 ),
             };
         };
-        map_code(self.status, body, subject, idempotency, node)
+        map_code(self.status, body, self.raw_code, subject, idempotency, node)
     }
 }
 
 fn map_code(
     status: u16,
     body: ErrorBody,
+    raw_code: Option<String>,
     subject: &Subject,
     idempotency: Option<&str>,
     node: &str,
@@ -399,33 +396,29 @@ fn map_code(
         Subject::Transfer { id, .. } => Some(id.clone()),
         Subject::Other => None,
     };
-    match body.error.as_str() {
+    match body.error {
         // The caller's own key first: it is exactly what they passed, whatever the server echoes.
-        "precondition_failed" => Error::PreconditionFailed {
+        ErrorCode::PreconditionFailed => Error::PreconditionFailed {
             key: subject_name.or(body.key).unwrap_or_default(),
             current_version: body.current_version,
         },
-        "not_found" => Error::NotFound {
+        ErrorCode::NotFound => Error::NotFound {
             what: subject.to_string(),
         },
-        "account_not_found" => Error::AccountNotFound {
-            account: body.account.or(body.id.filter(|_| transfer_id.is_none())),
+        ErrorCode::AccountNotFound => Error::AccountNotFound {
+            account: body.account,
             transfer_id,
         },
-        "account_exists" => Error::AccountExists {
-            id: body
-                .id
-                .or(body.account)
-                .or(subject_name)
-                .unwrap_or_default(),
+        ErrorCode::AccountExists => Error::AccountExists {
+            id: body.account.or(subject_name).unwrap_or_default(),
         },
-        "insufficient_funds" => Error::InsufficientFunds {
+        ErrorCode::InsufficientFunds => Error::InsufficientFunds {
             account: body.account.or(transfer_from).unwrap_or_default(),
             balance: body.balance,
             amount: body.amount.unwrap_or(transfer_amount),
             transfer_id,
         },
-        "idempotency_conflict" => Error::IdempotencyConflict {
+        ErrorCode::IdempotencyConflict => Error::IdempotencyConflict {
             key: body
                 .key
                 .or(transfer_id)
@@ -433,16 +426,16 @@ fn map_code(
                 .unwrap_or_default(),
             message: body.message,
         },
-        "invalid_request" => Error::InvalidRequest {
+        ErrorCode::InvalidRequest => Error::InvalidRequest {
             message: body.message,
         },
-        "too_large" => Error::TooLarge {
+        ErrorCode::TooLarge => Error::TooLarge {
             message: body.message,
         },
-        _ => Error::Server {
+        code => Error::Server {
             node: node.to_string(),
             status,
-            code: body.error,
+            code: raw_code.unwrap_or_else(|| code.as_str().to_string()),
             message: body.message,
         },
     }

@@ -1,9 +1,9 @@
 //! Every bound and default the client uses, in one place.
 //!
-//! Limits that mirror `API.md` (key and value sizes, id lengths) are checked before a request is
-//! sent, so a bad argument fails fast with a typed error instead of a round trip; the server
-//! checks them again and stays the authority. The rest bound the client's own work: how long it
-//! waits, how often it retries, how much of an answer it reads.
+//! The API's own limits (key and value sizes, id lengths) come from `metrokv_api::limits` and
+//! are checked before a request is sent, so a bad argument fails fast with a typed error instead
+//! of a round trip; the server checks them again and stays the authority. The rest bound the
+//! client's own work: how long it waits, how often it retries, how much of an answer it reads.
 
 use std::time::Duration;
 
@@ -14,17 +14,9 @@ pub const LOCAL_ENDPOINTS: [&str; 3] = [
     "http://127.0.0.1:7003",
 ];
 
-/// Largest key, in bytes of UTF-8 (API.md). A longer key is refused locally with
-/// [`crate::Error::InvalidRequest`].
-pub const KEY_BYTES_MAX: usize = 1024;
-
-/// Largest value, in bytes (API.md). A larger value is refused locally with
-/// [`crate::Error::TooLarge`] rather than uploaded only to be refused with 413.
-pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
-
-/// Longest account id, transfer id or idempotency key, in bytes (API.md: 1..=128). Longer ones
-/// are refused locally with [`crate::Error::InvalidRequest`].
-pub const ID_BYTES_MAX: usize = 128;
+/// The limits the API states (key, value and id sizes, ...), from the one place they are
+/// defined; the client checks them before sending, and the node again.
+pub use metrokv_api::limits::*;
 
 /// Largest answer body the client reads, in bytes. A list page carries at most 4 MiB of values,
 /// which base64 and JSON framing grow by about a half; past this cap the answer is treated as a

@@ -1,21 +1,18 @@
-//! Transactions (`POST /v1/txn`): typed compares and ops, and their docs/api.md JSON form.
+//! Transactions (`POST /v1/txn`): typed compares and ops with bytes for values.
 //!
-//! Build one with [`TxnRequest::new`] and `when` / `then` / `otherwise`, or read the docs/api.md JSON
-//! with [`TxnRequest::from_json`] (the CLI does). Encoding and decoding are written side by side
-//! and tested as a round trip.
+//! Build one with [`TxnRequest::new`] and `when` / `then` / `otherwise`, or read the
+//! docs/api.md JSON with [`TxnRequest::from_json`] (the CLI does). The JSON shapes themselves
+//! are `metrokv_api::txn`'s; this module only converts between them and the typed form.
 //!
 //! Left out: the API's limits on compares and ops per branch and on duplicate writes; the server
 //! checks those and answers 400 `invalid_request`.
 
 use bytes::Bytes;
+use metrokv_api::txn as wire;
 use serde::Serialize;
-use serde_json::json;
-use serde_json::Map;
 use serde_json::Value;
 
-use crate::encoding;
 use crate::error::Error;
-use crate::types::kv_item_from_json;
 use crate::types::KvItem;
 use crate::types::ServedBy;
 
@@ -29,22 +26,21 @@ pub enum CompareOp {
 }
 
 impl CompareOp {
-    fn as_str(self) -> &'static str {
+    fn to_wire(self) -> wire::CompareOp {
         match self {
-            CompareOp::Eq => "==",
-            CompareOp::Ne => "!=",
-            CompareOp::Lt => "<",
-            CompareOp::Gt => ">",
+            CompareOp::Eq => wire::CompareOp::Eq,
+            CompareOp::Ne => wire::CompareOp::Ne,
+            CompareOp::Lt => wire::CompareOp::Lt,
+            CompareOp::Gt => wire::CompareOp::Gt,
         }
     }
 
-    fn parse(raw: &str) -> Option<Self> {
-        match raw {
-            "==" => Some(CompareOp::Eq),
-            "!=" => Some(CompareOp::Ne),
-            "<" => Some(CompareOp::Lt),
-            ">" => Some(CompareOp::Gt),
-            _ => None,
+    fn from_wire(op: wire::CompareOp) -> Self {
+        match op {
+            wire::CompareOp::Eq => CompareOp::Eq,
+            wire::CompareOp::Ne => CompareOp::Ne,
+            wire::CompareOp::Lt => CompareOp::Lt,
+            wire::CompareOp::Gt => CompareOp::Gt,
         }
     }
 }
@@ -115,58 +111,52 @@ impl Compare {
         }
     }
 
-    fn to_json(&self) -> Value {
-        let mut object = Map::new();
-        object.insert("key".into(), Value::String(self.key().to_string()));
+    fn to_wire(&self) -> wire::Compare {
         match self {
-            Compare::Version { op, version, .. } => {
-                object.insert("target".into(), json!("version"));
-                object.insert("op".into(), json!(op.as_str()));
-                object.insert("version".into(), json!(version));
+            Compare::Version { key, op, version } => {
+                wire::Compare::version(key.clone(), op.to_wire(), *version)
             }
-            Compare::Value { op, value, .. } => {
-                object.insert("target".into(), json!("value"));
-                object.insert("op".into(), json!(op.as_str()));
-                encoding::put_value(&mut object, value);
+            Compare::Value { key, op, value } => {
+                wire::Compare::value(key.clone(), op.to_wire(), value)
             }
-            Compare::Exists { op, exists, .. } => {
-                object.insert("target".into(), json!("exists"));
-                object.insert("op".into(), json!(op.as_str()));
-                object.insert("exists".into(), json!(exists));
+            Compare::Exists { key, op, exists } => {
+                wire::Compare::exists(key.clone(), op.to_wire(), *exists)
             }
         }
-        Value::Object(object)
     }
 
-    fn from_json(value: &Value) -> Result<Self, String> {
-        let object = value.as_object().ok_or("a compare is not an object")?;
-        let key = string_field(object, "key", "a compare")?;
-        let op_text = string_field(object, "op", "a compare")?;
-        let op = CompareOp::parse(&op_text)
-            .ok_or_else(|| format!("compare op {op_text:?} is not one of == != < >"))?;
-        match string_field(object, "target", "a compare")?.as_str() {
-            "version" => {
-                let version = object
-                    .get("version")
-                    .and_then(Value::as_u64)
-                    .ok_or("a version compare needs a numeric \"version\"")?;
-                Ok(Compare::Version { key, op, version })
+    fn from_wire(c: wire::Compare) -> Result<Self, String> {
+        let op = CompareOp::from_wire(c.op);
+        let what = || format!("compare on {:?}", c.key);
+        match c.target {
+            wire::CompareTarget::Version => {
+                let version = c
+                    .version
+                    .ok_or_else(|| format!("{}: a version compare needs \"version\"", what()))?;
+                Ok(Compare::Version {
+                    key: c.key,
+                    op,
+                    version,
+                })
             }
-            "value" => {
-                let value = encoding::take_value(object)?
-                    .ok_or("a value compare needs \"value\" or \"value_base64\"")?;
-                Ok(Compare::Value { key, op, value })
+            wire::CompareTarget::Value => {
+                let value = c.value_bytes().map_err(|e| format!("{}: {e}", what()))?;
+                Ok(Compare::Value {
+                    key: c.key,
+                    op,
+                    value: Bytes::from(value),
+                })
             }
-            "exists" => {
-                let exists = object
-                    .get("exists")
-                    .and_then(Value::as_bool)
-                    .ok_or("an exists compare needs a boolean \"exists\"")?;
-                Ok(Compare::Exists { key, op, exists })
+            wire::CompareTarget::Exists => {
+                let exists = c
+                    .exists
+                    .ok_or_else(|| format!("{}: an exists compare needs \"exists\"", what()))?;
+                Ok(Compare::Exists {
+                    key: c.key,
+                    op,
+                    exists,
+                })
             }
-            other => Err(format!(
-                "compare target {other:?} is not version, value or exists"
-            )),
         }
     }
 }
@@ -201,48 +191,27 @@ impl Op {
         }
     }
 
-    fn to_json(&self) -> Value {
+    fn to_wire(&self) -> wire::Op {
         match self {
-            Op::Put { key, value } => {
-                let mut inner = Map::new();
-                inner.insert("key".into(), Value::String(key.clone()));
-                encoding::put_value(&mut inner, value);
-                json!({ "put": inner })
-            }
-            Op::Delete { key } => json!({ "delete": { "key": key } }),
-            Op::Get { key } => json!({ "get": { "key": key } }),
+            Op::Put { key, value } => wire::Op::put(key.clone(), value),
+            Op::Delete { key } => wire::Op::delete(key.clone()),
+            Op::Get { key } => wire::Op::get(key.clone()),
         }
     }
 
-    fn from_json(value: &Value) -> Result<Self, String> {
-        let object = value
-            .as_object()
-            .filter(|o| o.len() == 1)
-            .ok_or("an op must be an object with one field: put, delete or get")?;
-        let (name, inner) = object.iter().next().ok_or("an op is empty")?;
-        let inner = inner
-            .as_object()
-            .ok_or_else(|| format!("the {name} op is not an object"))?;
-        let key = string_field(inner, "key", "an op")?;
-        match name.as_str() {
-            "put" => {
-                let value = encoding::take_value(inner)?
-                    .ok_or("a put op needs \"value\" or \"value_base64\"")?;
-                Ok(Op::Put { key, value })
+    fn from_wire(op: wire::Op) -> Result<Self, String> {
+        Ok(match op {
+            wire::Op::Put(p) => {
+                let value = p.bytes().map_err(|e| format!("put of {:?}: {e}", p.key))?;
+                Op::Put {
+                    key: p.key,
+                    value: Bytes::from(value),
+                }
             }
-            "delete" => Ok(Op::Delete { key }),
-            "get" => Ok(Op::Get { key }),
-            other => Err(format!("op {other:?} is not put, delete or get")),
-        }
+            wire::Op::Delete(k) => Op::Delete { key: k.key },
+            wire::Op::Get(k) => Op::Get { key: k.key },
+        })
     }
-}
-
-fn string_field(object: &Map<String, Value>, name: &str, what: &str) -> Result<String, String> {
-    object
-        .get(name)
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .ok_or_else(|| format!("{what} needs a string {name:?}"))
 }
 
 /// An atomic compare-then-ops request: if every compare holds, `success` runs, else `failure`.
@@ -284,46 +253,40 @@ impl TxnRequest {
     }
 
     /// The docs/api.md request body.
+    pub fn to_api(&self) -> wire::TxnRequest {
+        wire::TxnRequest {
+            compare: self.compare.iter().map(Compare::to_wire).collect(),
+            success: self.success.iter().map(Op::to_wire).collect(),
+            failure: self.failure.iter().map(Op::to_wire).collect(),
+        }
+    }
+
+    /// The request body as JSON.
     pub fn to_json(&self) -> Value {
-        json!({
-            "compare": self.compare.iter().map(Compare::to_json).collect::<Vec<_>>(),
-            "success": self.success.iter().map(Op::to_json).collect::<Vec<_>>(),
-            "failure": self.failure.iter().map(Op::to_json).collect::<Vec<_>>(),
-        })
+        serde_json::to_value(self.to_api()).expect("a txn always encodes")
     }
 
     /// Reads a docs/api.md request body; missing lists are empty. Errors are `InvalidRequest`.
     pub fn from_json(body: &Value) -> Result<Self, Error> {
         let invalid = |message: String| Error::InvalidRequest { message };
-        let object = body
-            .as_object()
-            .ok_or_else(|| invalid("a txn must be a JSON object".to_string()))?;
-        if let Some(unknown) = object
-            .keys()
-            .find(|k| !matches!(k.as_str(), "compare" | "success" | "failure"))
-        {
-            return Err(invalid(format!("unknown txn field {unknown:?}")));
+        if !body.is_object() {
+            return Err(invalid("a txn must be a JSON object".to_string()));
         }
-        let list = |name: &str| -> Result<&[Value], Error> {
-            match object.get(name) {
-                None => Ok(&[]),
-                Some(Value::Array(items)) => Ok(items),
-                Some(_) => Err(invalid(format!("txn field {name:?} must be a list"))),
-            }
-        };
-        let ops = |name: &str| -> Result<Vec<Op>, Error> {
-            list(name)?
-                .iter()
-                .map(|v| Op::from_json(v).map_err(invalid))
+        let txn: wire::TxnRequest = serde_json::from_value(body.clone())
+            .map_err(|e| invalid(format!("malformed txn: {e}")))?;
+        let ops = |ops: Vec<wire::Op>| -> Result<Vec<Op>, Error> {
+            ops.into_iter()
+                .map(|op| Op::from_wire(op).map_err(invalid))
                 .collect()
         };
         Ok(TxnRequest {
-            compare: list("compare")?
-                .iter()
-                .map(|v| Compare::from_json(v).map_err(invalid))
+            compare: txn
+                .compare
+                .into_iter()
+                .map(|c| Compare::from_wire(c).map_err(invalid))
                 .collect::<Result<_, _>>()?,
-            success: ops("success")?,
-            failure: ops("failure")?,
+            success: ops(txn.success)?,
+            failure: ops(txn.failure)?,
             idempotency_key: None,
         })
     }
@@ -353,32 +316,22 @@ pub enum OpResult {
 }
 
 impl OpResult {
-    fn from_json(value: &Value) -> Result<Self, String> {
-        let object = value
-            .as_object()
-            .filter(|o| o.len() == 1)
-            .ok_or("a result is not {op: ...}")?;
-        let (name, inner) = object.iter().next().ok_or("a result is empty")?;
-        let field = |field: &str| {
-            inner
-                .get(field)
-                .ok_or_else(|| format!("{name} result has no {field}"))
-        };
-        match name.as_str() {
-            "put" => Ok(OpResult::Put {
-                version: field("version")?
-                    .as_u64()
-                    .ok_or("put version is not a number")?,
-            }),
-            "delete" => Ok(OpResult::Delete {
-                deleted: field("deleted")?
-                    .as_bool()
-                    .ok_or("deleted is not a boolean")?,
-            }),
-            "get" if inner.is_null() => Ok(OpResult::Get(None)),
-            "get" => Ok(OpResult::Get(Some(kv_item_from_json(inner)?))),
-            other => Err(format!("unknown op result {other:?}")),
-        }
+    fn from_wire(result: wire::OpResult) -> Result<Self, String> {
+        Ok(match result {
+            wire::OpResult::Put(p) => OpResult::Put { version: p.version },
+            wire::OpResult::Delete(d) => OpResult::Delete { deleted: d.deleted },
+            wire::OpResult::Get(None) => OpResult::Get(None),
+            wire::OpResult::Get(Some(got)) => {
+                let value = got
+                    .bytes()
+                    .map_err(|e| format!("get of {:?}: {e}", got.key))?;
+                OpResult::Get(Some(KvItem {
+                    key: got.key,
+                    value: Bytes::from(value),
+                    version: got.version,
+                }))
+            }
+        })
     }
 }
 
@@ -393,27 +346,15 @@ pub struct TxnResponse {
 }
 
 impl TxnResponse {
-    pub(crate) fn from_json(body: &Value, served_by: ServedBy) -> Result<Self, String> {
-        let succeeded = body
-            .get("succeeded")
-            .and_then(Value::as_bool)
-            .ok_or("no succeeded")?;
-        let revision = body
-            .get("revision")
-            .and_then(Value::as_u64)
-            .ok_or("no revision")?;
-        let results = match body.get("results") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(OpResult::from_json)
-                .collect::<Result<_, _>>()?,
-            Some(_) => return Err("results is not a list".to_string()),
-        };
+    pub(crate) fn from_api(answer: wire::TxnAnswer, served_by: ServedBy) -> Result<Self, String> {
         Ok(TxnResponse {
-            succeeded,
-            revision,
-            results,
+            succeeded: answer.succeeded,
+            revision: answer.revision,
+            results: answer
+                .results
+                .into_iter()
+                .map(OpResult::from_wire)
+                .collect::<Result<_, _>>()?,
             served_by,
         })
     }
@@ -436,6 +377,7 @@ mod tests {
 
     #[test]
     fn requests_encode_the_api_shape() {
+        use serde_json::json;
         let body = sample().to_json();
         assert_eq!(
             body["compare"][0],
@@ -463,6 +405,7 @@ mod tests {
 
     #[test]
     fn requests_round_trip_through_json() {
+        use serde_json::json;
         let request = sample();
         assert_eq!(TxnRequest::from_json(&request.to_json()), Ok(request));
         assert_eq!(TxnRequest::from_json(&json!({})), Ok(TxnRequest::new()));
@@ -470,6 +413,7 @@ mod tests {
 
     #[test]
     fn malformed_requests_say_what_is_wrong() {
+        use serde_json::json;
         let cases = [
             json!([]),
             json!({"compare": {}}),
@@ -494,10 +438,12 @@ mod tests {
 
     #[test]
     fn responses_decode_every_result_shape() {
+        use serde_json::json;
         let body = json!({"succeeded": true, "revision": 12, "results": [
             {"put": {"version": 12}}, {"delete": {"deleted": false}},
             {"get": {"key": "a", "value": "x", "version": 4}}, {"get": null}]});
-        let response = TxnResponse::from_json(&body, ServedBy::default()).expect("ok");
+        let answer = serde_json::from_value(body.clone()).expect("shape");
+        let response = TxnResponse::from_api(answer, ServedBy::default()).expect("ok");
         assert!(response.succeeded);
         assert_eq!(
             response.results,
@@ -515,6 +461,6 @@ mod tests {
         // And they serialize back to the same shape for the CLI.
         let results = serde_json::to_value(&response.results).expect("json");
         assert_eq!(results, body["results"]);
-        assert!(TxnResponse::from_json(&json!({"succeeded": true}), ServedBy::default()).is_err());
+        assert!(serde_json::from_value::<wire::TxnAnswer>(json!({"succeeded": true})).is_err());
     }
 }

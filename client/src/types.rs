@@ -7,9 +7,8 @@
 //! Left out: the transaction types (`txn.rs`) and the calls (`client.rs`).
 
 use bytes::Bytes;
+use metrokv_api as api;
 use serde::ser::SerializeMap as _;
-use serde::Deserialize;
-use serde::Deserializer;
 use serde::Serialize;
 use serde::Serializer;
 
@@ -88,23 +87,21 @@ pub struct DeleteOptions {
 }
 
 /// The answer to a put.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PutResult {
     /// The key's new version.
     pub version: u64,
     /// The cluster revision after the write.
     pub revision: u64,
-    #[serde(default, skip_deserializing)]
     pub served_by: ServedBy,
 }
 
 /// The answer to a delete.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DeleteResult {
     /// False when the key did not exist.
     pub deleted: bool,
     pub revision: u64,
-    #[serde(default, skip_deserializing)]
     pub served_by: ServedBy,
 }
 
@@ -138,23 +135,18 @@ impl Serialize for KvItem {
     }
 }
 
-/// Reads a [`KvItem`] from its JSON object; `Err` says what is wrong with it.
-pub(crate) fn kv_item_from_json(value: &serde_json::Value) -> Result<KvItem, String> {
-    let object = value.as_object().ok_or("an item is not an object")?;
-    let key = object
-        .get("key")
-        .and_then(|k| k.as_str())
-        .ok_or("an item has no key")?;
-    let version = object
-        .get("version")
-        .and_then(|v| v.as_u64())
-        .ok_or("an item has no version")?;
-    let value = encoding::take_value(object)?.ok_or("an item has no value")?;
-    Ok(KvItem {
-        key: key.to_string(),
-        value,
-        version,
-    })
+impl KvItem {
+    /// From the wire form; `Err` says what is wrong with its value.
+    pub(crate) fn from_api(item: api::kv::KvItem) -> Result<Self, String> {
+        let value = item
+            .bytes()
+            .map_err(|e| format!("item {:?}: {e}", item.key))?;
+        Ok(KvItem {
+            key: item.key,
+            value: Bytes::from(value),
+            version: item.version,
+        })
+    }
 }
 
 /// One page of `GET /v1/kv`, from one consistent snapshot.
@@ -179,15 +171,24 @@ impl ListPage {
 }
 
 /// An account and its balance in minor units.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Account {
     pub id: String,
     pub balance: u64,
     /// The revision that last changed the account, when the server said it.
-    #[serde(default)]
     pub version: Option<u64>,
-    #[serde(default, skip_deserializing)]
     pub served_by: ServedBy,
+}
+
+impl Account {
+    pub(crate) fn from_api(account: api::ledger::Account, served_by: ServedBy) -> Self {
+        Account {
+            id: account.id,
+            balance: account.balance,
+            version: Some(account.version),
+            served_by,
+        }
+    }
 }
 
 /// Which page of accounts to list.
@@ -200,23 +201,41 @@ pub struct AccountListOptions {
 }
 
 /// One account in a list page.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct AccountBalance {
     pub id: String,
     pub balance: u64,
 }
 
 /// One page of `GET /v1/accounts`, from one consistent snapshot.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct AccountPage {
     pub revision: u64,
     pub accounts: Vec<AccountBalance>,
     /// The sum of the balances in this page (exact: the page is one snapshot). With all accounts
     /// in one page it is the ledger total a bank check watches.
-    pub total: u64,
+    pub total: u128,
     pub more: bool,
-    #[serde(default, skip_deserializing)]
     pub served_by: ServedBy,
+}
+
+impl AccountPage {
+    pub(crate) fn from_api(page: api::ledger::AccountsPage, served_by: ServedBy) -> Self {
+        AccountPage {
+            revision: page.revision,
+            accounts: page
+                .accounts
+                .into_iter()
+                .map(|a| AccountBalance {
+                    id: a.id,
+                    balance: a.balance,
+                })
+                .collect(),
+            total: page.total,
+            more: page.more,
+            served_by,
+        }
+    }
 }
 
 impl AccountPage {
@@ -259,7 +278,7 @@ impl TransferRequest {
 }
 
 /// The answer to a committed transfer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TransferReceipt {
     pub id: String,
     /// `committed`.
@@ -267,8 +286,20 @@ pub struct TransferReceipt {
     pub from_balance: u64,
     pub to_balance: u64,
     pub revision: u64,
-    #[serde(default, skip_deserializing)]
     pub served_by: ServedBy,
+}
+
+impl TransferReceipt {
+    pub(crate) fn from_api(receipt: api::ledger::TransferReceipt, served_by: ServedBy) -> Self {
+        TransferReceipt {
+            id: receipt.id,
+            status: "committed".to_string(),
+            from_balance: receipt.from_balance,
+            to_balance: receipt.to_balance,
+            revision: receipt.revision,
+            served_by,
+        }
+    }
 }
 
 /// Why a recorded transfer was refused.
@@ -324,104 +355,99 @@ pub struct TransferRecord {
 }
 
 impl TransferRecord {
-    /// Reads a record from its JSON answer; `Err` says what is missing.
-    pub(crate) fn from_json(raw: serde_json::Value, served_by: ServedBy) -> Result<Self, String> {
-        let text = |name: &str| raw.get(name).and_then(|v| v.as_str()).map(str::to_string);
-        let number = |name: &str| raw.get(name).and_then(|v| v.as_u64());
-        let id = text("id").ok_or("the record has no id")?;
-        let status = text("status").ok_or("the record has no status")?;
-        let outcome = match status.as_str() {
-            "committed" => TransferOutcome::Committed {
-                from_balance: number("from_balance").ok_or("no from_balance")?,
-                to_balance: number("to_balance").ok_or("no to_balance")?,
-            },
-            "rejected" => TransferOutcome::Rejected {
-                reason: match text("error").as_deref() {
-                    Some("insufficient_funds") => RejectReason::InsufficientFunds,
-                    Some("account_not_found") => RejectReason::AccountNotFound,
-                    other => RejectReason::Other(other.unwrap_or_default().to_string()),
+    /// From the wire form.
+    pub(crate) fn from_api(record: api::ledger::TransferRecord, served_by: ServedBy) -> Self {
+        let raw = serde_json::to_value(&record).unwrap_or_default();
+        match record {
+            api::ledger::TransferRecord::Committed(r) => TransferRecord {
+                id: r.id,
+                outcome: TransferOutcome::Committed {
+                    from_balance: r.from_balance,
+                    to_balance: r.to_balance,
                 },
-                message: text("message"),
+                from: Some(r.from),
+                to: Some(r.to),
+                amount: Some(r.amount),
+                revision: Some(r.revision),
+                raw,
+                served_by,
             },
-            _ => TransferOutcome::Unknown { reported: status },
-        };
-        Ok(TransferRecord {
-            id,
-            outcome,
-            from: text("from"),
-            to: text("to"),
-            amount: number("amount"),
-            revision: number("revision"),
-            raw,
-            served_by,
-        })
+            api::ledger::TransferRecord::Rejected(r) => TransferRecord {
+                id: r.id,
+                outcome: TransferOutcome::Rejected {
+                    reason: match r.error {
+                        api::ErrorCode::InsufficientFunds => RejectReason::InsufficientFunds,
+                        api::ErrorCode::AccountNotFound => RejectReason::AccountNotFound,
+                        other => RejectReason::Other(other.as_str().to_string()),
+                    },
+                    message: Some(r.message),
+                },
+                from: r.from,
+                to: r.to,
+                amount: r.amount,
+                revision: None,
+                raw,
+                served_by,
+            },
+        }
     }
 }
 
 /// `GET /v1/cluster`: the cluster as the answering node sees it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ClusterStatus {
-    #[serde(deserialize_with = "string_or_number")]
     pub cluster_id: String,
     /// The leader's id, when one is known.
-    #[serde(default, deserialize_with = "optional_string_or_number")]
     pub leader: Option<String>,
     pub term: u64,
     pub commit_index: u64,
     pub members: Vec<Member>,
-    #[serde(default, skip_deserializing)]
     pub served_by: ServedBy,
 }
 
 /// One node of the cluster.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Member {
-    #[serde(deserialize_with = "string_or_number")]
     pub id: String,
-    #[serde(default)]
     pub zone: String,
     /// `host:port` of its client API (no scheme).
-    #[serde(default)]
     pub client_addr: String,
-    #[serde(default)]
     pub peer_addr: String,
     /// `leader`, `follower`, `candidate`, `learner`, ...
-    #[serde(default)]
     pub role: String,
-    #[serde(default)]
     pub applied_index: u64,
-    #[serde(default)]
     pub reachable: bool,
+}
+
+impl ClusterStatus {
+    pub(crate) fn from_api(view: api::cluster::ClusterView, served_by: ServedBy) -> Self {
+        ClusterStatus {
+            cluster_id: view.cluster_id,
+            leader: view.leader.map(|l| l.to_string()),
+            term: view.term,
+            commit_index: view.commit_index,
+            members: view
+                .members
+                .into_iter()
+                .map(|m| Member {
+                    id: m.id.to_string(),
+                    zone: m.zone,
+                    client_addr: m.client_addr,
+                    peer_addr: m.peer_addr,
+                    role: m.role,
+                    applied_index: m.applied_index.unwrap_or(0),
+                    reachable: m.reachable,
+                })
+                .collect(),
+            served_by,
+        }
+    }
 }
 
 impl Member {
     /// How many committed entries this member has not applied yet.
     pub fn lag(&self, commit_index: u64) -> u64 {
         commit_index.saturating_sub(self.applied_index)
-    }
-}
-
-/// Ids may be JSON strings or numbers (openraft node ids are often numbers); we keep strings.
-fn string_or_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
-    match serde_json::Value::deserialize(deserializer)? {
-        serde_json::Value::String(s) => Ok(s),
-        serde_json::Value::Number(n) => Ok(n.to_string()),
-        other => Err(serde::de::Error::custom(format!(
-            "expected an id, got {other}"
-        ))),
-    }
-}
-
-fn optional_string_or_number<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<String>, D::Error> {
-    match serde_json::Value::deserialize(deserializer)? {
-        serde_json::Value::Null => Ok(None),
-        serde_json::Value::String(s) => Ok(Some(s)),
-        serde_json::Value::Number(n) => Ok(Some(n.to_string())),
-        other => Err(serde::de::Error::custom(format!(
-            "expected an id, got {other}"
-        ))),
     }
 }
 
@@ -433,7 +459,7 @@ mod tests {
 
     #[test]
     fn list_items_decode_both_value_forms() {
-        let item = kv_item_from_json(&json!({"key": "a", "value": "x", "version": 3})).expect("ok");
+        let item = KvItem::from_api(api::kv::KvItem::new("a", b"x", 3)).expect("ok");
         assert_eq!(
             item,
             KvItem {
@@ -442,11 +468,11 @@ mod tests {
                 version: 3
             }
         );
-        let item = kv_item_from_json(&json!({"key": "b", "value_base64": "/wA=", "version": 4}))
-            .expect("ok");
+        let item = KvItem::from_api(api::kv::KvItem::new("b", &[0xff, 0], 4)).expect("ok");
         assert_eq!(item.value, Bytes::from_static(&[0xff, 0]));
-        assert!(kv_item_from_json(&json!({"key": "c", "version": 1})).is_err());
-        assert!(kv_item_from_json(&json!({"value": "x", "version": 1})).is_err());
+        let no_value: api::kv::KvItem =
+            serde_json::from_value(json!({"key": "c", "version": 1})).expect("shape");
+        assert!(KvItem::from_api(no_value).is_err());
     }
 
     #[test]
@@ -478,9 +504,11 @@ mod tests {
     #[test]
     fn transfer_records_read_both_outcomes() {
         let served = ServedBy::default();
-        let committed = json!({"id": "t1", "status": "committed", "from": "a", "to": "b",
-                               "amount": 5, "from_balance": 10, "to_balance": 20, "revision": 9});
-        let record = TransferRecord::from_json(committed, served.clone()).expect("ok");
+        let committed = serde_json::from_value(json!({"id": "t1", "status": "committed",
+            "from": "a", "to": "b", "amount": 5, "from_balance": 10, "to_balance": 20,
+            "revision": 9}))
+        .expect("shape");
+        let record = TransferRecord::from_api(committed, served.clone());
         assert_eq!(
             record.outcome,
             TransferOutcome::Committed {
@@ -489,9 +517,10 @@ mod tests {
             }
         );
         assert_eq!(record.amount, Some(5));
-        let rejected = json!({"id": "t2", "status": "rejected", "error": "insufficient_funds",
-                              "message": "a holds 1"});
-        let record = TransferRecord::from_json(rejected, served.clone()).expect("ok");
+        let rejected = serde_json::from_value(json!({"id": "t2", "status": "rejected",
+            "error": "insufficient_funds", "message": "a holds 1"}))
+        .expect("shape");
+        let record = TransferRecord::from_api(rejected, served);
         assert_eq!(
             record.outcome,
             TransferOutcome::Rejected {
@@ -500,29 +529,28 @@ mod tests {
             }
         );
         assert_eq!(record.revision, None);
-        assert!(TransferRecord::from_json(json!({"status": "committed"}), served).is_err());
+        assert!(serde_json::from_value::<api::ledger::TransferRecord>(
+            json!({"status": "committed"})
+        )
+        .is_err());
     }
 
     #[test]
-    fn cluster_status_accepts_numeric_ids_and_missing_fields() {
-        let status: ClusterStatus = serde_json::from_value(json!({
-            "cluster_id": 7, "leader": 1, "term": 3, "commit_index": 10,
+    fn cluster_status_reads_the_view() {
+        let view = serde_json::from_value(json!({
+            "cluster_id": "c", "node": 1, "leader": 1, "term": 3, "commit_index": 10,
             "members": [
                 {"id": 1, "zone": "dc-a", "client_addr": "127.0.0.1:7001", "peer_addr": "x",
-                 "role": "leader", "applied_index": 10, "reachable": true},
-                {"id": "n3", "zone": "dc-b", "role": "follower", "applied_index": 4}
+                 "role": "leader", "term": 3, "applied_index": 10, "reachable": true},
+                {"id": 3, "zone": "dc-b", "client_addr": "", "peer_addr": "", "role": "unknown",
+                 "term": null, "applied_index": null, "reachable": false}
             ]
         }))
-        .expect("ok");
-        assert_eq!(status.cluster_id, "7");
+        .expect("shape");
+        let status = ClusterStatus::from_api(view, ServedBy::default());
         assert_eq!(status.leader.as_deref(), Some("1"));
-        assert_eq!(status.members[1].lag(status.commit_index), 6);
+        assert_eq!(status.members[1].lag(status.commit_index), 10);
         assert!(!status.members[1].reachable);
-        let no_leader: ClusterStatus = serde_json::from_value(json!({
-            "cluster_id": "c", "leader": null, "term": 1, "commit_index": 0, "members": []
-        }))
-        .expect("ok");
-        assert_eq!(no_leader.leader, None);
     }
 
     #[test]
