@@ -2,23 +2,32 @@
 //! self-contained `report.html` (`test.json` is written by `record.rs`).
 //!
 //! Owns: file names, writing them, and rendering the report: verdict, op counts, checker
-//! results, anomalies, the fault schedule, and two hand-written SVG plots (latency of every op
-//! over time coloured ok/fail/info, and throughput per second), both with fault intervals
-//! shaded.
+//! results, anomalies, the fault schedule, and two SVG plots (latency of every op over time
+//! coloured ok/fail/info, and throughput per second), both with fault intervals shaded.
+//!
+//! The page is built with `maud` templates: every value spliced into it (names, messages,
+//! fault labels, numbers) is escaped by the template, in text and in attribute values alike.
+//! The only markup not written by a template is a few constants that hold no data
+//! (`STYLE`, and the two void elements in `META_UTF8` and `BR`).
 //!
 //! Invariants: the HTML needs nothing from the network (no JS, no external CSS) and is
-//! well-formed XML (every element closed, all text escaped), which the tests check. Plots are
-//! bounded: at most [`PLOT_POINTS_MAX`] points (an even sample beyond that).
+//! well-formed XML (every element closed, all text escaped), which the tests check with an XML
+//! parser. Plots are bounded: at most [`PLOT_POINTS_MAX`] points (an even sample beyond that);
+//! tables of faults at most [`FAULT_ROWS_MAX`] rows.
 //!
 //! Leaves out: node logs (the runner copies them) and the linearization visualizer.
 
-use std::fmt::Write as _;
+use std::collections::BTreeSet;
+use std::fmt::{self, Write as _};
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::Path;
 
+use maud::{html, Markup, PreEscaped, DOCTYPE};
+
 use crate::checker::{Anomaly, BankAccounting, Results, Summary};
-use crate::history::{Call, History, OpType, Process};
+use crate::history::{Call, History, Op, OpType, Process};
+use crate::nemesis::FaultEvent;
 use crate::record::{TestRecord, Workload};
 
 pub const HISTORY_FILE: &str = "history.jsonl";
@@ -48,6 +57,25 @@ const COLOR_FAIL: &str = "#d1495b";
 const COLOR_INFO: &str = "#e09f3e";
 /// Jepsen's nemesis shading.
 const COLOR_FAULT: &str = "#cccccc";
+/// Axes and ticks.
+const COLOR_AXIS: &str = "#444";
+
+const XHTML_NAMESPACE: &str = "http://www.w3.org/1999/xhtml";
+const SVG_NAMESPACE: &str = "http://www.w3.org/2000/svg";
+
+/// The page's CSS, spliced as is: a `<style>` element's text is not unescaped by HTML
+/// parsers, so it must not be escaped either. A test checks it needs no escaping in XML.
+const STYLE: &str = "body{font-family:sans-serif;margin:2em;color:#222}\
+table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}\
+.valid{color:#2a9d4a}.invalid{color:#d1495b}.unknown{color:#e09f3e}code{font-size:90%}";
+
+// maud writes a void element (`meta;`, `br;`) in HTML syntax, `<br>`, which is not
+// well-formed XML; and `br {}` would give `<br></br>`, which HTML parsers read as two breaks.
+// The page uses only these two void elements, written once here as XML empty elements.
+/// `<meta charset="utf-8"/>`: fault labels contain `✗` and `↛`.
+const META_UTF8: PreEscaped<&str> = PreEscaped(r#"<meta charset="utf-8"/>"#);
+/// `<br/>`.
+const BR: PreEscaped<&str> = PreEscaped("<br/>");
 
 /// Why an output file could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -110,22 +138,6 @@ pub fn write_report(
 ) -> Result<(), ReportError> {
     let path = dir.join(REPORT_FILE);
     std::fs::write(&path, render_html(record, history, results)).map_err(io_error(&path))
-}
-
-/// Escapes text for HTML/XML content and attribute values.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// A fault as shaded in the plots: seconds since the start.
@@ -192,6 +204,16 @@ fn color(outcome: OpType) -> &'static str {
     }
 }
 
+/// A number with a fixed count of decimals (plot coordinates have one, so the file stays
+/// small).
+struct Fixed(f64, usize);
+
+impl fmt::Display for Fixed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:.*}", self.1, self.0)
+    }
+}
+
 /// Maps data to the plot area.
 struct Axes {
     x_max: f64,
@@ -225,55 +247,49 @@ impl Axes {
         PLOT_HEIGHT - MARGIN_BOTTOM - height * fraction
     }
 
-    /// The frame, axis labels, ticks and fault shading.
-    fn frame(&self, svg: &mut String, y_label: &str, y_ticks: &[f64], shades: &[Shade]) {
-        for shade in shades {
-            let (x0, x1) = (self.x(shade.start_s), self.x(shade.stop_s));
-            let _ = write!(
-                svg,
-                r#"<rect x="{x0:.1}" y="{MARGIN_TOP}" width="{:.1}" height="{:.1}" fill="{COLOR_FAULT}" fill-opacity="0.6"><title>{}</title></rect>"#,
-                (x1 - x0).max(1.0),
-                PLOT_HEIGHT - MARGIN_TOP - MARGIN_BOTTOM,
-                escape(&shade.label)
-            );
-        }
-        let bottom = PLOT_HEIGHT - MARGIN_BOTTOM;
-        let _ = write!(
-            svg,
-            r##"<path d="M{MARGIN_LEFT} {MARGIN_TOP} V{bottom} H{}" fill="none" stroke="#444"/>"##,
-            PLOT_WIDTH - MARGIN_RIGHT
-        );
-        for &tick in y_ticks {
-            let y = self.y(tick);
-            let _ = write!(
-                svg,
-                r##"<text x="{:.1}" y="{:.1}" font-size="10" text-anchor="end">{}</text><path d="M{MARGIN_LEFT} {y:.1} h-4" stroke="#444"/>"##,
-                MARGIN_LEFT - 6.0,
-                y + 3.0,
-                format_tick(tick)
-            );
-        }
+    /// Time ticks: 0, then every nice step up to `x_max` (at most about 9).
+    fn x_ticks(&self) -> Vec<f64> {
         let step = nice_step(self.x_max / 8.0);
+        let mut ticks = Vec::new();
         let mut t = 0.0;
         while t <= self.x_max + 1e-9 {
-            let x = self.x(t);
-            let _ = write!(
-                svg,
-                r##"<text x="{x:.1}" y="{:.1}" font-size="10" text-anchor="middle">{}</text>"##,
-                bottom + 14.0,
-                format_tick(t)
-            );
+            ticks.push(t);
             t += step;
         }
-        let _ = write!(
-            svg,
-            r#"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="middle">time (s)</text><text x="12" y="{:.1}" font-size="11" transform="rotate(-90 12 {:.1})" text-anchor="middle">{}</text>"#,
-            (MARGIN_LEFT + PLOT_WIDTH - MARGIN_RIGHT) / 2.0,
-            PLOT_HEIGHT - 4.0,
-            PLOT_HEIGHT / 2.0,
-            PLOT_HEIGHT / 2.0,
-            escape(y_label)
-        );
+        ticks
+    }
+
+    /// The fault shading, the frame, axis labels and ticks.
+    fn frame(&self, y_label: &str, y_ticks: &[f64], shades: &[Shade]) -> Markup {
+        let bottom = PLOT_HEIGHT - MARGIN_BOTTOM;
+        let middle = PLOT_HEIGHT / 2.0;
+        html! {
+            @for shade in shades {
+                @let (x0, x1) = (self.x(shade.start_s), self.x(shade.stop_s));
+                rect x=(Fixed(x0, 1)) y=(MARGIN_TOP) width=(Fixed((x1 - x0).max(1.0), 1))
+                    height=(Fixed(bottom - MARGIN_TOP, 1)) fill=(COLOR_FAULT) fill-opacity="0.6" {
+                    title { (shade.label) }
+                }
+            }
+            path d={ "M" (MARGIN_LEFT) " " (MARGIN_TOP) " V" (bottom) " H" (PLOT_WIDTH - MARGIN_RIGHT) }
+                fill="none" stroke=(COLOR_AXIS) {}
+            @for &tick in y_ticks {
+                @let y = self.y(tick);
+                text x=(Fixed(MARGIN_LEFT - 6.0, 1)) y=(Fixed(y + 3.0, 1)) font-size="10"
+                    text-anchor="end" { (format_tick(tick)) }
+                path d={ "M" (MARGIN_LEFT) " " (Fixed(y, 1)) " h-4" } stroke=(COLOR_AXIS) {}
+            }
+            @for t in self.x_ticks() {
+                text x=(Fixed(self.x(t), 1)) y=(Fixed(bottom + 14.0, 1)) font-size="10"
+                    text-anchor="middle" { (format_tick(t)) }
+            }
+            text x=(Fixed((MARGIN_LEFT + PLOT_WIDTH - MARGIN_RIGHT) / 2.0, 1))
+                y=(Fixed(PLOT_HEIGHT - 4.0, 1)) font-size="11" text-anchor="middle" { "time (s)" }
+            text x="12" y=(Fixed(middle, 1)) font-size="11"
+                transform={ "rotate(-90 12 " (Fixed(middle, 1)) ")" } text-anchor="middle" {
+                (y_label)
+            }
+        }
     }
 }
 
@@ -298,31 +314,50 @@ fn format_tick(value: f64) -> String {
     }
 }
 
-fn svg_open(title: &str) -> String {
-    format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{PLOT_WIDTH}" height="{PLOT_HEIGHT}" viewBox="0 0 {PLOT_WIDTH} {PLOT_HEIGHT}" role="img"><title>{}</title>"#,
-        escape(title)
-    )
+/// One plot: `marks` drawn over the frame of `axes`.
+fn plot(
+    title: &str,
+    axes: &Axes,
+    y_label: &str,
+    y_ticks: &[f64],
+    shades: &[Shade],
+    marks: Markup,
+) -> Markup {
+    html! {
+        svg xmlns=(SVG_NAMESPACE) width=(PLOT_WIDTH) height=(PLOT_HEIGHT)
+            viewBox={ "0 0 " (PLOT_WIDTH) " " (PLOT_HEIGHT) } role="img" {
+            title { (title) }
+            (axes.frame(y_label, y_ticks, shades))
+            (marks)
+        }
+    }
+}
+
+/// One op in the latency plot.
+struct LatencyPoint {
+    time_s: f64,
+    latency_ms: f64,
+    outcome: OpType,
+    index: u64,
 }
 
 /// Every op's latency (invoke to completion; info ops until their info or the end) over time.
-fn latency_svg(history: &History, shades: &[Shade]) -> String {
+fn latency_svg(history: &History, shades: &[Shade]) -> Markup {
     let end_ns = history.end_ns();
-    let points: Vec<(f64, f64, OpType, u64)> = history
+    let points: Vec<LatencyPoint> = history
         .pair_refs()
         .map(|p| {
             let done_ns = p.completion.map_or(end_ns, |c| c.time_ns);
-            let latency_ms = done_ns.saturating_sub(p.invoke.time_ns) as f64 / 1e6;
-            (
-                seconds(p.invoke.time_ns),
-                latency_ms,
-                p.outcome(),
-                p.invoke.index,
-            )
+            LatencyPoint {
+                time_s: seconds(p.invoke.time_ns),
+                latency_ms: done_ns.saturating_sub(p.invoke.time_ns) as f64 / 1e6,
+                outcome: p.outcome(),
+                index: p.invoke.index,
+            }
         })
         .collect();
     let stride = points.len().div_ceil(PLOT_POINTS_MAX).max(1);
-    let latency_max = points.iter().map(|p| p.1).fold(1.0f64, f64::max);
+    let latency_max = points.iter().map(|p| p.latency_ms).fold(1.0f64, f64::max);
     let y_max = 10f64.powf(latency_max.log10().ceil());
     let axes = Axes {
         x_max: seconds(end_ns).max(1.0),
@@ -336,23 +371,26 @@ fn latency_svg(history: &History, shades: &[Shade]) -> String {
         ticks.push(tick);
         tick *= 10.0;
     }
-    let mut svg = svg_open("latency of every op");
-    axes.frame(&mut svg, "latency (ms)", &ticks, shades);
-    for (time_s, latency_ms, outcome, index) in points.iter().step_by(stride) {
-        let _ = write!(
-            svg,
-            r#"<circle cx="{:.1}" cy="{:.1}" r="2" fill="{}"><title>op {index}: {latency_ms:.2} ms</title></circle>"#,
-            axes.x(*time_s),
-            axes.y(*latency_ms),
-            color(*outcome)
-        );
-    }
-    svg.push_str("</svg>");
-    svg
+    let marks = html! {
+        @for point in points.iter().step_by(stride) {
+            circle cx=(Fixed(axes.x(point.time_s), 1)) cy=(Fixed(axes.y(point.latency_ms), 1)) r="2"
+                fill=(color(point.outcome)) {
+                title { "op " (point.index) ": " (Fixed(point.latency_ms, 2)) " ms" }
+            }
+        }
+    };
+    plot(
+        "latency of every op",
+        &axes,
+        "latency (ms)",
+        &ticks,
+        shades,
+        marks,
+    )
 }
 
 /// Completions per second, one line per outcome.
-fn throughput_svg(history: &History, shades: &[Shade]) -> String {
+fn throughput_svg(history: &History, shades: &[Shade]) -> Markup {
     let end_s = seconds(history.end_ns());
     let buckets = (end_s.ceil() as usize).max(1);
     let mut counts = vec![[0u64; 3]; buckets];
@@ -380,131 +418,139 @@ fn throughput_svg(history: &History, shades: &[Shade]) -> String {
         .map(|i| i as f64 * step)
         .filter(|t| *t <= rate_max)
         .collect();
-    let mut svg = svg_open("throughput");
-    axes.frame(&mut svg, "ops/s", &ticks, shades);
-    for (lane, outcome) in [OpType::Ok, OpType::Fail, OpType::Info]
+    let lines = [OpType::Ok, OpType::Fail, OpType::Info]
         .into_iter()
         .enumerate()
-    {
-        let mut path = String::new();
-        for (second, row) in counts.iter().enumerate() {
-            let command = if second == 0 { 'M' } else { 'L' };
-            let _ = write!(
-                path,
-                "{command}{:.1} {:.1} ",
-                axes.x(second as f64 + 0.5),
-                axes.y(row[lane] as f64)
-            );
+        .map(|(lane, outcome)| (line_path(&axes, &counts, lane), color(outcome)));
+    let marks = html! {
+        @for (d, stroke) in lines {
+            path d=(d) fill="none" stroke=(stroke) stroke-width="1.5" {}
         }
-        let _ = write!(
-            svg,
-            r#"<path d="{}" fill="none" stroke="{}" stroke-width="1.5"/>"#,
-            path.trim_end(),
-            color(outcome)
-        );
-    }
-    svg.push_str("</svg>");
-    svg
+    };
+    plot("throughput", &axes, "ops/s", &ticks, shades, marks)
 }
 
-const STYLE: &str = "body{font-family:sans-serif;margin:2em;color:#222}\
-table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}\
-.valid{color:#2a9d4a}.invalid{color:#d1495b}.unknown{color:#e09f3e}code{font-size:90%}";
+/// SVG path data through one lane of per-second counts, at the middle of each second.
+fn line_path(axes: &Axes, counts: &[[u64; 3]], lane: usize) -> String {
+    let mut path = String::new();
+    for (second, row) in counts.iter().enumerate() {
+        let command = if second == 0 { 'M' } else { 'L' };
+        if second > 0 {
+            path.push(' ');
+        }
+        let _ = write!(
+            path,
+            "{command}{:.1} {:.1}",
+            axes.x(second as f64 + 0.5),
+            axes.y(row[lane] as f64)
+        );
+    }
+    path
+}
 
 /// The whole report page.
 pub fn render_html(record: &TestRecord, history: &History, results: &Results) -> String {
     let shades = shades(record, history);
     let verdict = results.valid.as_str();
-    let mut html = String::new();
-    let _ = write!(
-        html,
-        r#"<!DOCTYPE html><html xmlns="http://www.w3.org/1999/xhtml"><head><meta charset="utf-8"/><title>metrokv-jepsen {workload} seed {seed}</title><style>{STYLE}</style></head><body><h1>metrokv-jepsen: {workload}, seed {seed}: <span class="{verdict}">{verdict}</span></h1>"#,
-        workload = escape(&Workload::list(&record.workloads)),
-        seed = record.seed,
-    );
-    let nemeses: Vec<&str> = record.options.nemeses.iter().map(|n| n.as_str()).collect();
-    let _ = write!(
-        html,
-        "<p>{} nodes, {} s, rate {} ops/s, concurrency {}, nemeses: {}{}</p>",
-        record.options.nodes,
-        record.options.time_limit_s,
-        record.options.rate,
-        record.options.concurrency,
-        escape(&nemeses.join(", ")),
-        record
-            .git_sha
-            .as_deref()
-            .map_or(String::new(), |sha| format!(", git {}", escape(sha)))
-    );
-    summary_section(&mut html, results);
-    counts_section(&mut html, results);
-    checkers_section(&mut html, results);
-    anomalies_section(&mut html, results);
-    html.push_str("<h2>Latency</h2><p>Each op at its invoke time; green ok, red fail, orange info. Grey: faults.</p>");
-    html.push_str(&latency_svg(history, &shades));
-    html.push_str("<h2>Throughput</h2><p>Completions per second by outcome.</p>");
-    html.push_str(&throughput_svg(history, &shades));
-    schedule_section(&mut html, record, history);
-    html.push_str("</body></html>\n");
+    let workload = Workload::list(&record.workloads);
+    let options = &record.options;
+    let nemeses: Vec<&str> = options.nemeses.iter().map(|n| n.as_str()).collect();
+    let page = html! {
+        (DOCTYPE)
+        html xmlns=(XHTML_NAMESPACE) {
+            head {
+                (META_UTF8)
+                title { "metrokv-jepsen " (workload) " seed " (record.seed) }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                h1 {
+                    "metrokv-jepsen: " (workload) ", seed " (record.seed) ": "
+                    span class=(verdict) { (verdict) }
+                }
+                p {
+                    (options.nodes) " nodes, " (options.time_limit_s) " s, rate " (options.rate)
+                    " ops/s, concurrency " (options.concurrency) ", nemeses: " (nemeses.join(", "))
+                    @if let Some(sha) = &record.git_sha { ", git " (sha) }
+                }
+                (summary_section(&results.summary))
+                (counts_section(results))
+                (checkers_section(results))
+                (anomalies_section(results))
+                h2 { "Latency" }
+                p { "Each op at its invoke time; green ok, red fail, orange info. Grey: faults." }
+                (latency_svg(history, &shades))
+                h2 { "Throughput" }
+                p { "Completions per second by outcome." }
+                (throughput_svg(history, &shades))
+                (schedule_section(record, history))
+            }
+        }
+    };
+    let mut html = page.into_string();
+    html.push('\n');
     html
 }
 
-fn counts_section(html: &mut String, results: &Results) {
-    html.push_str("<h2>Ops</h2><table><tr><th>f</th><th>ok</th><th>fail</th><th>info</th></tr>");
-    for (f, counts) in &results.counts {
-        let _ = write!(
-            html,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            escape(f),
-            counts.ok,
-            counts.fail,
-            counts.info
-        );
+/// A table's first row.
+fn header_row(names: &[&str]) -> Markup {
+    html! {
+        tr { @for name in names { th { (name) } } }
     }
-    html.push_str("</table>");
 }
 
-fn checkers_section(html: &mut String, results: &Results) {
-    html.push_str("<h2>Checkers</h2><table><tr><th>checker</th><th>result</th><th>anomalies</th><th>undecided because</th></tr>");
-    for (name, checker) in &results.checkers {
-        let verdict = checker.valid.as_str();
-        let _ = write!(
-            html,
-            r#"<tr><td>{}</td><td class="{verdict}">{verdict}</td><td>{}</td><td>{}</td></tr>"#,
-            escape(name),
-            checker.anomaly_count,
-            escape(&checker.unknown_reasons.join("; "))
-        );
+fn counts_section(results: &Results) -> Markup {
+    html! {
+        h2 { "Ops" }
+        table {
+            (header_row(&["f", "ok", "fail", "info"]))
+            @for (f, counts) in &results.counts {
+                tr { td { (f) } td { (counts.ok) } td { (counts.fail) } td { (counts.info) } }
+            }
+        }
     }
-    html.push_str("</table>");
+}
+
+fn checkers_section(results: &Results) -> Markup {
+    html! {
+        h2 { "Checkers" }
+        table {
+            (header_row(&["checker", "result", "anomalies", "undecided because"]))
+            @for (name, checker) in &results.checkers {
+                @let verdict = checker.valid.as_str();
+                tr {
+                    td { (name) }
+                    td class=(verdict) { (verdict) }
+                    td { (checker.anomaly_count) }
+                    td { (checker.unknown_reasons.join("; ")) }
+                }
+            }
+        }
+    }
 }
 
 /// The figures of [`Summary`]: ops, faults, writes lost, the bank's books.
-fn summary_section(html: &mut String, results: &Results) {
-    let summary = &results.summary;
-    let _ = write!(
-        html,
-        "<h2>Summary</h2><table><tr><td>client ops</td><td>{} (ok {}, fail {}, info {})</td></tr>\
-         <tr><td>history events</td><td>{}</td></tr><tr><td>faults applied</td><td>{}</td></tr>\
-         <tr><td>faults skipped</td><td>{}</td></tr>\
-         <tr><td>acknowledged writes lost</td><td>{}</td></tr>",
-        summary.client_ops,
-        summary.outcomes.ok,
-        summary.outcomes.fail,
-        summary.outcomes.info,
-        summary.history_events,
-        escape(&faults_text(summary)),
-        summary.faults_skipped,
-        summary.acknowledged_writes_lost,
-    );
-    if let Some(bank) = &summary.bank {
-        let _ = write!(
-            html,
-            "<tr><td>bank</td><td>{}</td></tr>",
-            escape(&bank_text(bank))
-        );
+fn summary_section(summary: &Summary) -> Markup {
+    let outcomes = &summary.outcomes;
+    html! {
+        h2 { "Summary" }
+        table {
+            tr {
+                td { "client ops" }
+                td {
+                    (summary.client_ops) " (ok " (outcomes.ok) ", fail " (outcomes.fail)
+                    ", info " (outcomes.info) ")"
+                }
+            }
+            tr { td { "history events" } td { (summary.history_events) } }
+            tr { td { "faults applied" } td { (faults_text(summary)) } }
+            tr { td { "faults skipped" } td { (summary.faults_skipped) } }
+            tr { td { "acknowledged writes lost" } td { (summary.acknowledged_writes_lost) } }
+            @if let Some(bank) = &summary.bank {
+                tr { td { "bank" } td { (bank_text(bank)) } }
+            }
+        }
     }
-    html.push_str("</table>");
 }
 
 /// `kill 100, pause 3` (or `none`).
@@ -546,123 +592,124 @@ fn bank_text(bank: &BankAccounting) -> String {
     )
 }
 
-/// One row per kind of anomaly and checker: how many, the first, the worst.
-fn anomalies_section(html: &mut String, results: &Results) {
-    html.push_str("<h2>Anomalies</h2>");
-    let mut any = false;
-    let cell = |anomaly: &Anomaly| {
-        let ops: Vec<String> = anomaly.ops.iter().map(u64::to_string).collect();
-        format!(
-            "{}{}<br/><code>ops {}</code>",
-            anomaly
-                .key
-                .as_deref()
-                .map_or(String::new(), |k| format!("[{}] ", escape(k))),
-            escape(&anomaly.message),
-            escape(&ops.join(" "))
-        )
-    };
-    for (checker, result) in &results.checkers {
-        for group in &result.anomalies {
-            if !any {
-                html.push_str("<table><tr><th>checker</th><th>kind</th><th>count</th><th>first</th><th>worst</th></tr>");
-                any = true;
-            }
-            let worst = if group.worst == group.first {
-                "(the first)".to_owned()
-            } else {
-                cell(&group.worst)
-            };
-            let _ = write!(
-                html,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{worst}</td></tr>",
-                escape(checker),
-                group.kind.as_str(),
-                group.count,
-                cell(&group.first),
-            );
-        }
-    }
-    if any {
-        html.push_str("</table>");
-    } else {
-        html.push_str("<p>None.</p>");
+/// One anomaly in a table cell: key, message, and the ops involved.
+fn anomaly_cell(anomaly: &Anomaly) -> Markup {
+    let ops: Vec<String> = anomaly.ops.iter().map(u64::to_string).collect();
+    html! {
+        @if let Some(key) = &anomaly.key { "[" (key) "] " }
+        (anomaly.message)
+        (BR)
+        code { "ops " (ops.join(" ")) }
     }
 }
 
-fn schedule_section(html: &mut String, record: &TestRecord, history: &History) {
-    html.push_str("<h2>Faults</h2><table><tr><th>#</th><th>start (s)</th><th>stop (s)</th><th>fault</th></tr>");
-    for (i, interval) in record.schedule.iter().enumerate().take(FAULT_ROWS_MAX) {
-        let _ = write!(
-            html,
-            "<tr><td>{i}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td></tr>",
-            interval.start_ms as f64 / 1000.0,
-            interval.stop_ms as f64 / 1000.0,
-            escape(&interval.fault.describe())
-        );
+/// One row per kind of anomaly and checker: how many, the first, the worst.
+fn anomalies_section(results: &Results) -> Markup {
+    let rows: Vec<_> = results
+        .checkers
+        .iter()
+        .flat_map(|(checker, result)| result.anomalies.iter().map(move |group| (checker, group)))
+        .collect();
+    html! {
+        h2 { "Anomalies" }
+        @if rows.is_empty() {
+            p { "None." }
+        } @else {
+            table {
+                (header_row(&["checker", "kind", "count", "first", "worst"]))
+                @for (checker, group) in rows {
+                    tr {
+                        td { (checker) }
+                        td { (group.kind.as_str()) }
+                        td { (group.count) }
+                        td { (anomaly_cell(&group.first)) }
+                        td {
+                            @if group.worst == group.first {
+                                "(the first)"
+                            } @else {
+                                (anomaly_cell(&group.worst))
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
-    html.push_str("</table>");
-    more_rows(html, record.schedule.len());
-    if !record.kill_loop.is_empty() {
-        let _ = write!(
-            html,
-            "<p>Kill loop: {} kills planned, one node at a time, each restarted and ready before the next.</p>",
-            record.kill_loop.len()
-        );
+}
+
+/// The fault event of a nemesis op, and whether it starts or stops the fault.
+fn fault_event(op: &Op) -> Option<(&'static str, &FaultEvent)> {
+    match &op.call {
+        Call::StartFault(event) => Some(("start", event)),
+        Call::StopFault(event) => Some(("stop", event)),
+        _ => None,
     }
-    html.push_str(
-        "<h3>Applied</h3><table><tr><th>op</th><th>time (s)</th><th>event</th><th>detail</th></tr>",
-    );
-    for op in history.nemesis_ops().take(2 * FAULT_ROWS_MAX) {
-        let (what, event) = match &op.call {
-            Call::StartFault(event) => ("start", event),
-            Call::StopFault(event) => ("stop", event),
-            _ => continue,
-        };
-        let _ = write!(
-            html,
-            "<tr><td>{}</td><td>{:.3}</td><td>{what} #{}: {}</td><td>{}</td></tr>",
-            op.index,
-            seconds(op.time_ns),
-            event.interval,
-            escape(&event.fault.describe()),
-            escape(event.detail.as_deref().unwrap_or(""))
-        );
-    }
-    html.push_str("</table>");
-    more_rows(html, history.nemesis_ops().count() / 2);
-    html.push_str("<h3>Topology</h3><table><tr><th>node</th><th>zone</th></tr>");
-    for node in &record.topology.nodes {
-        let _ = write!(
-            html,
-            "<tr><td>{}</td><td>{}</td></tr>",
-            escape(&node.name),
-            escape(&node.zone)
-        );
-    }
-    html.push_str("</table>");
+}
+
+/// The planned schedule, the faults applied, the topology and the clients.
+fn schedule_section(record: &TestRecord, history: &History) -> Markup {
     let processes = history
         .ops()
         .iter()
         .filter(|op| matches!(op.process, Process::Client(_)))
         .map(|op| op.process)
-        .collect::<std::collections::BTreeSet<_>>()
+        .collect::<BTreeSet<_>>()
         .len();
-    let _ = write!(
-        html,
-        "<p>{} ops from {processes} client processes.</p>",
-        history.ops().len()
-    );
+    html! {
+        h2 { "Faults" }
+        table {
+            (header_row(&["#", "start (s)", "stop (s)", "fault"]))
+            @for (i, interval) in record.schedule.iter().enumerate().take(FAULT_ROWS_MAX) {
+                tr {
+                    td { (i) }
+                    td { (Fixed(interval.start_ms as f64 / 1000.0, 1)) }
+                    td { (Fixed(interval.stop_ms as f64 / 1000.0, 1)) }
+                    td { (interval.fault.describe()) }
+                }
+            }
+        }
+        (more_rows(record.schedule.len()))
+        @if !record.kill_loop.is_empty() {
+            p {
+                "Kill loop: " (record.kill_loop.len())
+                " kills planned, one node at a time, each restarted and ready before the next."
+            }
+        }
+        h3 { "Applied" }
+        table {
+            (header_row(&["op", "time (s)", "event", "detail"]))
+            @for op in history.nemesis_ops().take(2 * FAULT_ROWS_MAX) {
+                @if let Some((what, event)) = fault_event(op) {
+                    tr {
+                        td { (op.index) }
+                        td { (Fixed(seconds(op.time_ns), 3)) }
+                        td { (what) " #" (event.interval) ": " (event.fault.describe()) }
+                        td { (event.detail.as_deref().unwrap_or("")) }
+                    }
+                }
+            }
+        }
+        (more_rows(history.nemesis_ops().count() / 2))
+        h3 { "Topology" }
+        table {
+            (header_row(&["node", "zone"]))
+            @for node in &record.topology.nodes {
+                tr { td { (node.name) } td { (node.zone) } }
+            }
+        }
+        p { (history.ops().len()) " ops from " (processes) " client processes." }
+    }
 }
 
 /// Says how many rows a capped table left out.
-fn more_rows(html: &mut String, rows: usize) {
-    if rows > FAULT_ROWS_MAX {
-        let _ = write!(
-            html,
-            "<p>... and {} more (history.jsonl and test.json have them all).</p>",
-            rows - FAULT_ROWS_MAX
-        );
+fn more_rows(rows: usize) -> Markup {
+    html! {
+        @if rows > FAULT_ROWS_MAX {
+            p {
+                "... and " (rows - FAULT_ROWS_MAX)
+                " more (history.jsonl and test.json have them all)."
+            }
+        }
     }
 }
 
@@ -735,54 +782,60 @@ pub fn summary(results: &Results) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checker::{check, CheckOptions, Validity};
+    use crate::checker::{check, AnomalyGroup, CheckOptions, Validity};
     use crate::history::build::*;
     use crate::nemesis::{Fault, FaultEvent, Target};
     use crate::record::tests::bank_record;
 
-    /// Checks that every tag is closed in order (XHTML well-formedness, without a parser).
-    fn assert_well_formed(text: &str) {
-        let mut stack: Vec<String> = Vec::new();
-        let mut rest = text;
-        while let Some(open) = rest.find('<') {
-            let after = &rest[open + 1..];
-            let close = after.find('>').expect("every tag ends");
-            let tag = &after[..close];
-            rest = &after[close + 1..];
-            if tag.starts_with('!') {
-                continue;
-            }
-            assert!(!tag.contains('<'), "stray < in tag {tag:?}");
-            if let Some(name) = tag.strip_prefix('/') {
-                let top = stack.pop().expect("closing tag has an opener");
-                assert_eq!(top, name.trim(), "tags close in order");
-            } else if !tag.ends_with('/') {
-                let name = tag.split_whitespace().next().expect("tag name");
-                stack.push(name.to_owned());
-            }
+    /// Text that breaks a page unless escaped, in content and in attribute values.
+    const HOSTILE: &str = r#"<b class="x">Tom & "Jerry"</b>"#;
+
+    /// Parses the page as XML (the report's invariant) and checks its namespaces.
+    fn parse(html: &str) -> roxmltree::Document<'_> {
+        let options = roxmltree::ParsingOptions {
+            // `<!DOCTYPE html>` is a DTD without declarations.
+            allow_dtd: true,
+            ..roxmltree::ParsingOptions::default()
+        };
+        let document = roxmltree::Document::parse_with_options(html, options)
+            .unwrap_or_else(|e| panic!("report is not well-formed XML: {e}"));
+        let root = document.root_element();
+        assert_eq!(root.tag_name().name(), "html");
+        assert_eq!(root.tag_name().namespace(), Some(XHTML_NAMESPACE));
+        for svg in root.descendants().filter(|n| n.has_tag_name("svg")) {
+            assert_eq!(svg.tag_name().namespace(), Some(SVG_NAMESPACE));
         }
-        assert!(stack.is_empty(), "unclosed tags: {stack:?}");
-        // Every & starts an entity.
-        for (i, _) in text.match_indices('&') {
-            let entity = &text[i..text.len().min(i + 6)];
-            assert!(
-                ["&amp;", "&lt;", "&gt;", "&quot;", "&#39;"]
-                    .iter()
-                    .any(|e| entity.starts_with(e)),
-                "bare & at {entity:?}"
-            );
+        document
+    }
+
+    /// The text of `node` and everything inside it.
+    fn text_of(node: roxmltree::Node<'_, '_>) -> String {
+        node.descendants()
+            .filter(|n| n.is_text())
+            .filter_map(|n| n.text())
+            .collect()
+    }
+
+    /// Elements named `tag` whose text contains `needle`.
+    fn count_with_text(document: &roxmltree::Document<'_>, tag: &str, needle: &str) -> usize {
+        document
+            .descendants()
+            .filter(|n| n.has_tag_name(tag) && text_of(*n).contains(needle))
+            .count()
+    }
+
+    fn kill_event(node: &str, detail: &str) -> FaultEvent {
+        FaultEvent {
+            interval: 0,
+            fault: Fault::Kill {
+                target: Target::Nodes(vec![node.to_owned()]),
+            },
+            detail: Some(detail.to_owned()),
+            skipped: false,
         }
     }
 
-    fn small_history() -> History {
-        let event = FaultEvent {
-            interval: 0,
-            fault: Fault::Kill {
-                target: Target::Nodes(vec!["n<3>".to_owned()]),
-            },
-            detail: Some("restarted & healthy".to_owned()),
-            skipped: false,
-        };
+    fn small_history_with(event: FaultEvent) -> History {
         let mut b = Builder::default();
         b.invoke(0, transfer("t1", "a", "b", 5));
         b.push(
@@ -806,6 +859,10 @@ mod tests {
         History::new(ops).expect("valid")
     }
 
+    fn small_history() -> History {
+        small_history_with(kill_event("n<3>", "restarted & healthy"))
+    }
+
     #[test]
     fn writes_well_formed_outputs() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -827,12 +884,84 @@ mod tests {
         assert_eq!(back, results);
 
         let html = std::fs::read_to_string(dir.path().join(REPORT_FILE)).expect("read");
-        assert_well_formed(&html);
+        let document = parse(&html);
         assert!(html.contains("wrong-total"), "anomaly listed");
         assert!(html.contains("n&lt;3&gt;"), "fault text escaped");
         assert!(html.contains(COLOR_FAULT), "fault shaded");
-        assert!(html.contains("<circle"), "latency points drawn");
         assert!(!html.contains("<script"), "no scripts");
+        let count = |tag: &str| {
+            document
+                .descendants()
+                .filter(|n| n.has_tag_name(tag))
+                .count()
+        };
+        assert_eq!(count("svg"), 2, "two plots");
+        // One point per op pair: 4 client ops.
+        assert_eq!(count("circle"), 4, "latency points drawn");
+        // One fault, shaded in both plots.
+        assert_eq!(count("rect"), 2);
+        // Summary, ops, checkers, anomalies, planned faults, applied faults, topology.
+        assert_eq!(count("table"), 7);
+        assert_eq!(count("h2"), 7);
+        assert!(html.ends_with("</html>\n"));
+    }
+
+    #[test]
+    fn escapes_every_text_from_the_run() {
+        let mut record = bank_record();
+        record.git_sha = Some(HOSTILE.to_owned());
+        record.topology.nodes[0].zone = HOSTILE.to_owned();
+        let history = small_history_with(kill_event(HOSTILE, HOSTILE));
+        let mut results = check(&record, &history, &CheckOptions::default()).expect("check");
+        let (_, bank) = results.checkers.iter_mut().next().expect("a checker");
+        bank.unknown_reasons.push(HOSTILE.to_owned());
+        let anomaly = Anomaly {
+            kind: bank.anomalies[0].kind,
+            ops: vec![1, 2],
+            key: Some(HOSTILE.to_owned()),
+            message: HOSTILE.to_owned(),
+            badness: 1,
+        };
+        bank.anomalies.push(AnomalyGroup {
+            kind: anomaly.kind,
+            count: 1,
+            first: anomaly.clone(),
+            worst: anomaly,
+        });
+        let counts = *results.counts.values().next().expect("counts");
+        results.counts.insert(HOSTILE.to_owned(), counts);
+
+        let html = render_html(&record, &history, &results);
+        assert!(!html.contains(HOSTILE), "raw text reached the page");
+        assert!(html.contains("&lt;b class=&quot;x&quot;&gt;Tom &amp; &quot;Jerry&quot;&lt;/b&gt;"));
+        // The parser gives the text back exactly, wherever it went.
+        let document = parse(&html);
+        assert_eq!(
+            count_with_text(&document, "b", "Tom"),
+            0,
+            "no element injected"
+        );
+        // The fault label, shaded in both plots.
+        assert_eq!(count_with_text(&document, "title", HOSTILE), 2);
+        // The git sha, in the line under the heading.
+        assert_eq!(count_with_text(&document, "p", HOSTILE), 1);
+        // Ops table, undecided reason, anomaly (its worst is "(the first)"), applied fault and
+        // its detail (start and stop), zone.
+        assert_eq!(count_with_text(&document, "td", HOSTILE), 1 + 1 + 1 + 4 + 1);
+        let anomaly_cell = document
+            .descendants()
+            .find(|n| n.has_tag_name("td") && text_of(*n).starts_with('['))
+            .expect("anomaly with a key");
+        assert_eq!(
+            text_of(anomaly_cell),
+            format!("[{HOSTILE}] {HOSTILE}ops 1 2")
+        );
+    }
+
+    #[test]
+    fn style_needs_no_escaping() {
+        // STYLE is spliced unescaped: in XML it must have no markup characters.
+        assert!(!STYLE.contains(['<', '&']), "{STYLE}");
     }
 
     #[test]
@@ -841,9 +970,35 @@ mod tests {
         let history = History::default();
         let results = check(&record, &history, &CheckOptions::default()).expect("check");
         let html = render_html(&record, &history, &results);
-        assert_well_formed(&html);
+        let document = parse(&html);
         // With no nemesis ops, the planned schedule is shaded.
         assert_eq!(shades(&record, &history).len(), record.schedule.len());
+        let rects = document.descendants().filter(|n| n.has_tag_name("rect"));
+        assert_eq!(rects.count(), 2 * record.schedule.len());
+    }
+
+    #[test]
+    fn caps_points_and_rows() {
+        let mut record = bank_record();
+        let planned = record.schedule[0].clone();
+        record.schedule = vec![planned; FAULT_ROWS_MAX + 7];
+        let mut b = Builder::default();
+        let pairs = 2 * PLOT_POINTS_MAX + 10;
+        for _ in 0..pairs {
+            b.invoke(0, Call::ReadAll(None));
+            b.complete(0, OpType::Fail, Call::ReadAll(None));
+        }
+        let history = b.history();
+        let results = check(&record, &history, &CheckOptions::default()).expect("check");
+        let html = render_html(&record, &history, &results);
+        let document = parse(&html);
+        let circles = document.descendants().filter(|n| n.has_tag_name("circle"));
+        // Every third op: an even sample within the cap.
+        assert_eq!(circles.count(), pairs.div_ceil(3));
+        // No nemesis ops: the plan is shaded, capped, in both plots.
+        let rects = document.descendants().filter(|n| n.has_tag_name("rect"));
+        assert_eq!(rects.count(), 2 * FAULT_ROWS_MAX);
+        assert!(html.contains("<p>... and 7 more (history.jsonl and test.json have them all).</p>"));
     }
 
     #[test]
