@@ -10,7 +10,7 @@
 //!   bridge. It holds the harness's addresses: `10.A.B.254` (primary: the control plane, never
 //!   filtered) and `10.A.B.(200 + z)` for the clients of zone z.
 //!
-//! The /24 is one that no address or route of the root namespace touches ([`choose_subnet`]).
+//! The /24 is one that no address or route of the root namespace touches (`choose_subnet`).
 //! Nothing else in the root namespace is changed: no firewall rule, no sysctl.
 //!
 //! Node processes run as `ip netns exec <ns> metrokv-node ...` (`ip` execs the node, so the pid
