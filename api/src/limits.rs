@@ -8,6 +8,10 @@ pub const KEY_BYTES_MAX: usize = 1024;
 /// Largest value, in bytes. A larger one is refused with 413 `too_large`.
 pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
 
+/// Largest request body the API reads (a txn carries up to 4 MiB of values, base64 in JSON);
+/// a larger body is refused with 413 `too_large` before it is read in full.
+pub const REQUEST_BODY_BYTES_MAX: usize = 8 * 1024 * 1024;
+
 /// Largest sum of value bytes inside one txn, compare values and put values together (413
 /// `too_large` past it).
 pub const TXN_VALUE_BYTES_MAX: usize = 4 * 1024 * 1024;
@@ -45,5 +49,7 @@ const _: () = {
     assert!(LIST_LIMIT_DEFAULT <= LIST_LIMIT_MAX);
     assert!(LIST_PAGE_BYTES_MAX >= VALUE_BYTES_MAX);
     assert!(TXN_VALUE_BYTES_MAX >= VALUE_BYTES_MAX);
+    // A txn's values arrive base64 in JSON (4/3 growth).
+    assert!(REQUEST_BODY_BYTES_MAX >= TXN_VALUE_BYTES_MAX * 4 / 3 + 64 * 1024);
     assert!(TXN_ANSWER_BYTES_MAX >= KEY_BYTES_MAX + VALUE_BYTES_MAX);
 };

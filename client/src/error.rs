@@ -28,13 +28,13 @@ pub struct NodeFailure {
     pub error: String,
 }
 
-/// Everything a call can fail with. Variants map API.md error codes one to one.
+/// Everything a call can fail with. Variants map docs/api.md error codes one to one.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// 412 `precondition_failed`: `If-Match` or `If-None-Match: *` did not hold.
     #[error(
         "the condition on key {key:?} failed: its current version is {}; read it again and \
-         decide whether to retry with --if-version set to that version",
+         decide whether to write again expecting that version",
         version_text(*current_version)
     )]
     PreconditionFailed {

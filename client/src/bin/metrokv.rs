@@ -18,13 +18,11 @@ use std::time::Duration;
 use clap::Parser;
 use clap::Subcommand;
 use metrokv_client::limits::LOCAL_ENDPOINTS;
+use metrokv_client::limits::REQUEST_BODY_BYTES_MAX;
 use metrokv_client::limits::VALUE_BYTES_MAX;
 use metrokv_client::*;
 use serde_json::json;
 use serde_json::Value;
-
-/// Largest txn body read from an argument, file or stdin (the server refuses more with 413).
-const TXN_BODY_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 /// Exit code for usage errors (bad flags, unreadable input), as clap uses.
 const EXIT_USAGE: u8 = 2;
@@ -271,7 +269,7 @@ async fn run(client: &Client, command: Command, json: bool) -> Outcome {
             file,
             idempotency_key,
         } => {
-            let body = read_input(body, file, TXN_BODY_BYTES_MAX, "txn")?;
+            let body = read_input(body, file, REQUEST_BODY_BYTES_MAX, "txn")?;
             txn(client, &body, idempotency_key, json).await
         }
         Command::Account(command) => account(client, command, json).await,
