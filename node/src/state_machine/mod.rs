@@ -24,7 +24,10 @@
 //! Left out on purpose: validation of request sizes and formats (the API does it before
 //! proposing, and sizes do not change the outcome), and reads, which storage serves directly; a
 //! read-only txn is evaluated here ([`query`]) against a consistent view, without the log.
+//!
+//! `mem` is an in-memory [`StateView`] for tests and fuzzing.
 
+pub mod mem;
 pub mod types;
 
 use std::collections::BTreeMap;
