@@ -189,7 +189,10 @@ fn expire_dedup<V: StateView>(
 ) -> Result<Vec<DedupKey>, V::Error> {
     let mut expired = Vec::new();
     for (recorded_ms, key) in view.oldest_dedup(limits::DEDUP_EXPIRE_PER_ENTRY_MAX)? {
-        if recorded_ms.saturating_add(limits::DEDUP_RETENTION_MS) > clock_ms {
+        // The record's age, not its expiry time: `recorded_ms + retention` saturates at the end
+        // of the clock's range, where it would expire a record the moment it was written.
+        // (The clock never goes back, so the age is never negative.)
+        if clock_ms.saturating_sub(recorded_ms) < limits::DEDUP_RETENTION_MS {
             break;
         }
         assert!(

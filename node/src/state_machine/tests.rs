@@ -310,6 +310,20 @@ fn dedup_records_expire_after_retention_and_clock_never_goes_back() {
     assert!(s.dedup.is_empty());
 }
 
+/// Found by the `state_machine` fuzz target (fuzz/regressions/state_machine/crash-92ff…): a
+/// first stamp at the end of the clock's range made every idempotency record expire at the next
+/// entry, so a retry applied twice.
+#[test]
+fn a_record_made_at_the_end_of_the_clock_range_is_kept_for_the_retention_period() {
+    let mut s = MemState::default();
+    let first = s.run(&req(u64::MAX, Some("k1"), put("a", "1", Condition::Always)));
+    assert_eq!(s.meta.clock_ms, u64::MAX);
+    let retry = s.run(&req(u64::MAX, Some("k1"), put("a", "1", Condition::Always)));
+    assert_eq!(retry, first, "the retry must be answered from the record");
+    assert_eq!(s.meta.revision, 1, "the retry applied again");
+    assert_eq!(s.dedup.len(), 1);
+}
+
 #[test]
 fn one_stamp_moves_the_clock_by_a_bounded_step_and_never_back() {
     assert_eq!(
