@@ -797,10 +797,11 @@ struct Decoder<'a> {
     requests: usize,
 }
 
-/// Most values of (nearly) [`limits::VALUE_BYTES_MAX`] one input decodes to.
-const BIG_VALUES_MAX: usize = 8;
-/// Most requests one input decodes to (a tick makes many).
-const REQUESTS_MAX: usize = 4096;
+/// Most values of (nearly) [`limits::VALUE_BYTES_MAX`] one input decodes to: enough for gets of
+/// five of them to pass the txn answer budget, few enough to keep a run in milliseconds.
+const BIG_VALUES_MAX: usize = 5;
+/// Most requests one input decodes to (a tick makes many); a day of ticks and then some.
+const REQUESTS_MAX: usize = 1024;
 /// Most requests one tick makes.
 const TICK_REQUESTS_MAX: u8 = 160;
 
