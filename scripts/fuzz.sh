@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzz metrokv-node's input parsers and state machine (node/src/fuzzing.rs), each target for
+# Fuzz metrokv-node's input parsers and state machine (node/src/fuzzing/), each target for
 # SECONDS_PER_TARGET. Not part of scripts/test.sh: CI does not fuzz, it replays fuzz/corpus and
 # fuzz/regressions through node/tests/fuzz_corpus.rs.
 #

@@ -1,5 +1,5 @@
 //! The ledger: `/v1/accounts` and `/v1/transfers`. The bodies of the two writes are checked in
-//! [`create_command`] and [`transfer_command`], which the handlers and the fuzz targets share.
+//! `create_command` and `transfer_command`, which the handlers and the fuzz targets share.
 
 use axum::body::Body;
 use axum::extract::RawQuery;
