@@ -1,4 +1,5 @@
-//! The ledger: `/v1/accounts` and `/v1/transfers`.
+//! The ledger: `/v1/accounts` and `/v1/transfers`. The bodies of the two writes are checked in
+//! `create_command` and `transfer_command`, which the handlers and the fuzz targets share.
 
 use axum::body::Body;
 use axum::extract::RawQuery;
@@ -29,20 +30,60 @@ use crate::state_machine::Success;
 use crate::state_machine::Transfer;
 use crate::state_machine::TransferReceipt;
 
+/// The body of `POST /v1/accounts`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateAccount {
+pub(crate) struct CreateAccount {
     id: String,
     balance: u64,
 }
 
+/// The body of `POST /v1/transfers`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TransferJson {
+pub(crate) struct TransferJson {
     id: String,
     from: String,
     to: String,
     amount: u64,
+}
+
+/// The command a create-account body asks for, once its id is checked.
+pub(crate) fn create_command(body: CreateAccount) -> Result<Command, ApiError> {
+    let CreateAccount { id, balance } = body;
+    check_id("account id", &id)?;
+    Ok(Command::CreateAccount { id, balance })
+}
+
+/// The command a transfer body asks for, once its ids and amount are checked. The state machine
+/// would refuse a zero amount or a transfer to the same account too, but as an answer stored
+/// under the transfer id; refusing here keeps the id free for a corrected request.
+pub(crate) fn transfer_command(body: TransferJson) -> Result<Command, ApiError> {
+    let TransferJson {
+        id,
+        from,
+        to,
+        amount,
+    } = body;
+    check_id("transfer id", &id)?;
+    check_id("account id", &from)?;
+    check_id("account id", &to)?;
+    if amount == 0 {
+        return Err(ApiError::InvalidRequest(
+            "amount must be greater than zero".into(),
+        ));
+    }
+    if from == to {
+        return Err(ApiError::InvalidRequest(
+            "from and to must be different accounts".into(),
+        ));
+    }
+    Ok(Command::Transfer(Transfer {
+        id,
+        from,
+        to,
+        amount,
+    }))
 }
 
 pub async fn create(
@@ -53,14 +94,8 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     Query::parse(raw.as_deref(), &[])?;
     let idempotency_key = idempotency_key(&headers)?;
-    let CreateAccount { id, balance } = read_json(body).await?;
-    check_id("account id", &id)?;
-    let served = write(
-        &state.service,
-        Command::CreateAccount { id, balance },
-        idempotency_key,
-    )
-    .await?;
+    let command = create_command(read_json(body).await?)?;
+    let served = write(&state.service, command, idempotency_key).await?;
     let Success::AccountCreated {
         id,
         balance,
@@ -149,37 +184,9 @@ pub async fn transfer(
     body: Body,
 ) -> Result<Response, ApiError> {
     Query::parse(raw.as_deref(), &[])?;
-    let TransferJson {
-        id,
-        from,
-        to,
-        amount,
-    } = read_json(body).await?;
-    check_id("transfer id", &id)?;
-    check_id("account id", &from)?;
-    check_id("account id", &to)?;
-    if amount == 0 {
-        return Err(ApiError::InvalidRequest(
-            "amount must be greater than zero".into(),
-        ));
-    }
-    if from == to {
-        return Err(ApiError::InvalidRequest(
-            "from and to must be different accounts".into(),
-        ));
-    }
+    let command = transfer_command(read_json(body).await?)?;
     // The transfer id is the idempotency key; an Idempotency-Key header is not needed.
-    let served = write(
-        &state.service,
-        Command::Transfer(Transfer {
-            id,
-            from,
-            to,
-            amount,
-        }),
-        None,
-    )
-    .await?;
+    let served = write(&state.service, command, None).await?;
     let Success::Transfer(receipt) = &served.value else {
         return Err(unexpected(served.value));
     };

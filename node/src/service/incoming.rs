@@ -49,7 +49,7 @@ impl Service {
         chunk: SnapshotChunk,
     ) -> Result<Option<SnapshotResponse>, Failure> {
         let refuse = |msg: String| Failure::SnapshotChunk(msg);
-        if let Err(e) = chunk_vote_ok(&chunk, from, self.id()) {
+        if let Err(e) = validate::snapshot_chunk(&chunk.vote, from, self.id()) {
             return Err(Failure::Invalid(e.0));
         }
         let previous = lock(&self.incoming).remove(&from);
@@ -135,19 +135,4 @@ impl Service {
             .await
             .map_err(|e| Failure::Raft(e.to_string()))
     }
-}
-
-/// Every chunk carries the sender's vote; check it early, before writing anything.
-fn chunk_vote_ok(chunk: &SnapshotChunk, from: NodeId, me: NodeId) -> Result<(), validate::Invalid> {
-    let v = &chunk.vote;
-    if v.leader_id.node_id != from
-        || from == me
-        || !v.committed
-        || v.leader_id.term >= validate::BOUND
-    {
-        return Err(validate::Invalid(format!(
-            "a snapshot chunk from node {from} under vote {v}"
-        )));
-    }
-    Ok(())
 }

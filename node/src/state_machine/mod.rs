@@ -24,7 +24,10 @@
 //! Left out on purpose: validation of request sizes and formats (the API does it before
 //! proposing, and sizes do not change the outcome), and reads, which storage serves directly; a
 //! read-only txn is evaluated here ([`query`]) against a consistent view, without the log.
+//!
+//! `mem` is an in-memory [`StateView`] for tests and fuzzing.
 
+pub mod mem;
 pub mod types;
 
 use std::collections::BTreeMap;
@@ -186,7 +189,10 @@ fn expire_dedup<V: StateView>(
 ) -> Result<Vec<DedupKey>, V::Error> {
     let mut expired = Vec::new();
     for (recorded_ms, key) in view.oldest_dedup(limits::DEDUP_EXPIRE_PER_ENTRY_MAX)? {
-        if recorded_ms.saturating_add(limits::DEDUP_RETENTION_MS) > clock_ms {
+        // The record's age, not its expiry time: `recorded_ms + retention` saturates at the end
+        // of the clock's range, where it would expire a record the moment it was written.
+        // (The clock never goes back, so the age is never negative.)
+        if clock_ms.saturating_sub(recorded_ms) < limits::DEDUP_RETENTION_MS {
             break;
         }
         assert!(

@@ -1,120 +1,26 @@
 //! Tests of the pure state machine: golden scripts (commands in, answers and a state dump out)
 //! and property tests of the ledger invariants over random command sequences.
 //!
-//! `MemState` is an in-memory [`StateView`] used only here: the state machine is pure, so its
-//! logic is tested without RocksDB. Storage has its own tests against real RocksDB.
+//! They run on `MemState` (`super::mem`), an in-memory [`StateView`]: the state machine is
+//! pure, so its logic is tested without RocksDB. Storage has its own tests against real RocksDB.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::fmt::Write as _;
 
 use proptest::prelude::*;
 
 use super::*;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct MemState {
-    meta: SmMeta,
-    kv: BTreeMap<String, KvRecord>,
-    accounts: BTreeMap<String, AccountRecord>,
-    dedup: BTreeMap<DedupKey, DedupRecord>,
-    storage: BTreeMap<u64, u64>,
-}
-
-impl StateView for MemState {
-    type Error = Infallible;
-    fn meta(&self) -> Result<SmMeta, Infallible> {
-        Ok(self.meta)
-    }
-    fn kv(&self, key: &str) -> Result<Option<KvRecord>, Infallible> {
-        Ok(self.kv.get(key).cloned())
-    }
-    fn account(&self, id: &str) -> Result<Option<AccountRecord>, Infallible> {
-        Ok(self.accounts.get(id).copied())
-    }
-    fn dedup(&self, key: &DedupKey) -> Result<Option<DedupRecord>, Infallible> {
-        Ok(self.dedup.get(key).cloned())
-    }
-    fn oldest_dedup(&self, limit: usize) -> Result<Vec<(u64, DedupKey)>, Infallible> {
-        let mut all: Vec<_> = self
-            .dedup
-            .iter()
-            .filter(|(k, _)| k.expires())
-            .map(|(k, r)| (r.recorded_ms, k.clone()))
-            .collect();
-        all.sort();
-        all.truncate(limit);
-        Ok(all)
-    }
-    fn storage_of(&self, node: u64) -> Result<Option<u64>, Infallible> {
-        Ok(self.storage.get(&node).copied())
-    }
-}
+pub(crate) use super::mem::MemState;
 
 impl MemState {
-    fn write(&mut self, changes: Vec<Change>) {
-        for change in changes {
-            match change {
-                Change::PutKv { key, record } => {
-                    self.kv.insert(key, record);
-                }
-                Change::DeleteKv { key } => {
-                    self.kv.remove(&key);
-                }
-                Change::PutAccount { id, record } => {
-                    self.accounts.insert(id, record);
-                }
-                Change::PutDedup { key, record } => {
-                    self.dedup.insert(key, record);
-                }
-                Change::DeleteDedup { key, .. } => {
-                    self.dedup.remove(&key);
-                }
-                Change::SetMeta(meta) => self.meta = meta,
-                Change::PutStorage { node, storage_id } => {
-                    self.storage.insert(node, storage_id);
-                }
-            }
-        }
-    }
-
     /// Apply `request`, keep its changes, and return them (for storage's record-size test).
     pub(crate) fn apply_for_test(&mut self, request: &Request) -> Vec<Change> {
-        let Ok(applied) = apply(self, request);
-        self.write(applied.changes.clone());
-        applied.changes
+        self.apply(request).changes
     }
 
     fn run(&mut self, request: &Request) -> Response {
-        let Ok(applied) = apply(self, request);
-        self.write(applied.changes);
-        applied.response
-    }
-
-    fn total(&self) -> u128 {
-        self.accounts.values().map(|a| u128::from(a.balance)).sum()
-    }
-
-    fn dump(&self) -> String {
-        let mut out = format!(
-            "revision={} clock_ms={}\n",
-            self.meta.revision, self.meta.clock_ms
-        );
-        for (k, r) in &self.kv {
-            let _ = writeln!(
-                out,
-                "kv {k} = {:?} @{}",
-                String::from_utf8_lossy(&r.value),
-                r.version
-            );
-        }
-        for (id, a) in &self.accounts {
-            let _ = writeln!(out, "account {id} = {} @{}", a.balance, a.version);
-        }
-        for (k, r) in &self.dedup {
-            let _ = writeln!(out, "dedup {k:?} recorded_ms={}", r.recorded_ms);
-        }
-        out
+        self.apply(request).response
     }
 }
 
@@ -402,6 +308,20 @@ fn dedup_records_expire_after_retention_and_clock_never_goes_back() {
     let after = 1_000 + limits::DEDUP_RETENTION_MS;
     let _ = s.run(&req(after, None, put("c", "1", Condition::Always)));
     assert!(s.dedup.is_empty());
+}
+
+/// Found by the `state_machine` fuzz target (fuzz/regressions/state_machine/crash-92ff…): a
+/// first stamp at the end of the clock's range made every idempotency record expire at the next
+/// entry, so a retry applied twice.
+#[test]
+fn a_record_made_at_the_end_of_the_clock_range_is_kept_for_the_retention_period() {
+    let mut s = MemState::default();
+    let first = s.run(&req(u64::MAX, Some("k1"), put("a", "1", Condition::Always)));
+    assert_eq!(s.meta.clock_ms, u64::MAX);
+    let retry = s.run(&req(u64::MAX, Some("k1"), put("a", "1", Condition::Always)));
+    assert_eq!(retry, first, "the retry must be answered from the record");
+    assert_eq!(s.meta.revision, 1, "the retry applied again");
+    assert_eq!(s.dedup.len(), 1);
 }
 
 #[test]

@@ -177,6 +177,8 @@ pub struct SnapshotReader<R> {
     input: R,
     crc: crc32fast::Hasher,
     remaining_check: bool,
+    /// Records read so far, checked against the trailer's count.
+    records: u64,
 }
 
 impl SnapshotReader<BufReader<File>> {
@@ -192,6 +194,7 @@ impl<R: Read> SnapshotReader<R> {
             input,
             crc: crc32fast::Hasher::new(),
             remaining_check: true,
+            records: 0,
         };
         let mut magic = [0u8; 8];
         r.read_exact(&mut magic)?;
@@ -240,6 +243,15 @@ impl<R: Read> SnapshotReader<R> {
             if u32::from_be_bytes(crc) != want {
                 return Err(bad("snapshot checksum mismatch"));
             }
+            // The checksum covers the count, so only a writer bug (or a forged file) gets here
+            // with a wrong one; either way the file does not hold what it says.
+            let count = u64::from_be_bytes(count);
+            if count != self.records {
+                return Err(bad(format!(
+                    "snapshot trailer counts {count} records, the file holds {}",
+                    self.records
+                )));
+            }
             self.remaining_check = false;
             return Ok(None);
         }
@@ -254,6 +266,7 @@ impl<R: Read> SnapshotReader<R> {
         self.read_exact(&mut key)?;
         let mut value = vec![0u8; value_len as usize];
         self.read_exact(&mut value)?;
+        self.records += 1;
         Ok(Some((key, value)))
     }
 }
@@ -342,6 +355,23 @@ mod tests {
         }
         std::fs::write(&path, &good).unwrap();
         assert!(verify(&path).is_ok());
+    }
+
+    /// A file whose trailer counts other records than it holds is refused, even with a valid
+    /// checksum (which covers the count, so it is recomputed here as a forger would).
+    #[test]
+    fn a_wrong_record_count_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), &[(b"a", b"1")]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let count_at = bytes.len() - 12;
+        bytes[count_at..count_at + 8].copy_from_slice(&2u64.to_be_bytes());
+        let crc = crc32fast::hash(&bytes[..bytes.len() - 4]);
+        let crc_at = bytes.len() - 4;
+        bytes[crc_at..].copy_from_slice(&crc.to_be_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let err = verify(&path).unwrap_err();
+        assert!(err.to_string().contains("counts 2 records"), "{err}");
     }
 
     #[test]

@@ -88,7 +88,7 @@ pub async fn serve<H: PeerHandler>(listener: TcpListener, identity: Identity, ha
 }
 
 /// Check the parts of a handshake that do not depend on the cluster's state.
-fn check_hello(hello: &Hello, identity: &Identity) -> Result<(), Refusal> {
+pub(crate) fn check_hello(hello: &Hello, identity: &Identity) -> Result<(), Refusal> {
     if hello.protocol_version != codec::PROTOCOL_VERSION {
         return Err(Refusal::Version {
             got: hello.protocol_version,

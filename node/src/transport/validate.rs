@@ -215,6 +215,22 @@ pub fn transfer_leader(
     Ok(())
 }
 
+/// A snapshot chunk's vote, checked on every chunk before anything is written: the sender's own,
+/// committed, with a term in range. The whole snapshot is checked by [`snapshot`] once it has
+/// arrived.
+pub fn snapshot_chunk(vote: &Vote, from: NodeId, me: NodeId) -> Result<(), Invalid> {
+    if vote.leader_id.node_id != from
+        || from == me
+        || !vote.committed
+        || !leader_ok(&vote.leader_id)
+    {
+        return Err(invalid(format!(
+            "a snapshot chunk from node {from} under vote {vote}"
+        )));
+    }
+    Ok(())
+}
+
 /// A complete snapshot sent under `vote`. `local_committed` is this node's committed log id.
 pub fn snapshot(
     vote: &Vote,
@@ -409,6 +425,16 @@ mod tests {
                 .unwrap()
                 .leadership_transfer
         );
+    }
+
+    #[test]
+    fn snapshot_chunk_votes_are_checked() {
+        assert!(snapshot_chunk(&Vote::new_committed(5, 1), 1, 2).is_ok());
+        // Not committed, someone else's, our own, or a term out of range.
+        assert!(snapshot_chunk(&Vote::new(5, 1), 1, 2).is_err());
+        assert!(snapshot_chunk(&Vote::new_committed(5, 3), 1, 2).is_err());
+        assert!(snapshot_chunk(&Vote::new_committed(5, 2), 2, 2).is_err());
+        assert!(snapshot_chunk(&Vote::new_committed(BOUND, 1), 1, 2).is_err());
     }
 
     #[test]

@@ -1,0 +1,7 @@
+//! Bytes as a `POST /v1/transfers` body, parsed and checked as the handler does it.
+//! See `metrokv_node::fuzzing::transfer_body` for what it asserts.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = metrokv_node::fuzzing::transfer_body(data);
+});
