@@ -139,7 +139,8 @@ enum AttemptError {
     Transport { kind: FailureKind, detail: String },
     /// A non-2xx answer.
     Answer {
-        answer: ErrorAnswer,
+        // Boxed: an error body is much larger than the other variants.
+        answer: Box<ErrorAnswer>,
         retry_after: Option<Duration>,
     },
     /// A 2xx answer we could not read.
@@ -362,7 +363,7 @@ async fn attempt(
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         return Err(AttemptError::Answer {
-            answer: ErrorAnswer::parse(status, &body),
+            answer: Box::new(ErrorAnswer::parse(status, &body)),
             retry_after,
         });
     }
