@@ -1,29 +1,20 @@
 //! Snapshots arriving from a leader: chunks are written in order to a file in the incoming
-//! directory; after the last one the file is verified in full (records and checksum) and its
+//! directory (`storage::snapshot::Incoming`); after the last one the file is verified in full (records and checksum) and its
 //! meta checked against Raft's rules (`transport::validate::snapshot`), and only then handed to
 //! openraft to install. A corrupt or invalid snapshot is refused and the leader tries again; it
 //! never reaches the install, which openraft would treat as fatal on failure.
-
-use std::path::PathBuf;
 
 use super::lock;
 use super::Service;
 use crate::raft::NodeId;
 use crate::raft::SnapshotResponse;
 use crate::storage::snapshot;
+use crate::storage::snapshot::Incoming;
 use crate::storage::SnapshotFile;
 use crate::transport::codec::Failure;
 use crate::transport::codec::PeerResponse;
 use crate::transport::codec::SnapshotChunk;
 use crate::transport::validate;
-
-/// A transfer being received.
-pub(super) struct Incoming {
-    transfer_id: u64,
-    path: PathBuf,
-    file: std::fs::File,
-    written: u64,
-}
 
 impl Service {
     pub(super) async fn receive_snapshot_chunk(
@@ -57,7 +48,7 @@ impl Service {
             Some(inc) if inc.transfer_id == chunk.transfer_id => inc,
             stale => {
                 if let Some(stale) = stale {
-                    let _ = std::fs::remove_file(&stale.path);
+                    stale.abandon();
                 }
                 if chunk.offset != 0 {
                     return Err(refuse(format!(
@@ -65,47 +56,28 @@ impl Service {
                         chunk.offset
                     )));
                 }
-                let path = self
-                    .incoming_dir
-                    .join(format!("from-{from}-{:016x}.snap", chunk.transfer_id));
-                let file = std::fs::File::create(&path)
-                    .map_err(|e| refuse(format!("cannot create {}: {e}", path.display())))?;
-                Incoming {
-                    transfer_id: chunk.transfer_id,
-                    path,
-                    file,
-                    written: 0,
-                }
+                Incoming::create(&self.incoming_dir, from, chunk.transfer_id)
+                    .map_err(|e| refuse(e.to_string()))?
             }
         };
-        if chunk.offset != incoming.written {
-            let _ = std::fs::remove_file(&incoming.path);
-            return Err(refuse(format!(
-                "chunk at offset {} but {} bytes were received; start over",
-                chunk.offset, incoming.written
-            )));
-        }
-        let done = chunk.done;
-        let vote = chunk.vote;
-        let data = chunk.data;
-        let mut incoming = tokio::task::spawn_blocking(move || {
-            use std::io::Write;
-            incoming.file.write_all(&data)?;
-            incoming.written += data.len() as u64;
-            if done {
-                incoming.file.sync_all()?;
-            }
-            Ok::<_, std::io::Error>(incoming)
+        let SnapshotChunk {
+            offset,
+            done,
+            vote,
+            data,
+            ..
+        } = chunk;
+        let incoming = tokio::task::spawn_blocking(move || {
+            incoming.append(offset, &data, done).map(|()| incoming)
         })
         .await
         .map_err(|e| refuse(e.to_string()))?
-        .map_err(|e| refuse(format!("cannot write the snapshot: {e}")))?;
+        .map_err(|e| refuse(e.to_string()))?;
         if !done {
             lock(&self.incoming).insert(from, incoming);
             return Ok(None);
         }
-        let path = std::mem::take(&mut incoming.path);
-        drop(incoming);
+        let path = incoming.into_path();
         let result = self.install_received(from, vote, &path).await;
         // Installed files are moved away; a refused one is not ours to keep.
         let _ = std::fs::remove_file(&path);

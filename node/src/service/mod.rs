@@ -73,7 +73,7 @@ pub struct Service {
     raft_open: AtomicBool,
     incoming_dir: PathBuf,
     /// Snapshot transfers being received, one per sending leader.
-    incoming: Mutex<HashMap<NodeId, incoming::Incoming>>,
+    incoming: Mutex<HashMap<NodeId, snapshot::Incoming>>,
     /// The last leader that replicated to this node, and when.
     leader_contact: Mutex<Option<(NodeId, Instant)>>,
     /// A leader transfer our leader asked for: the candidate, and when. A vote request from that

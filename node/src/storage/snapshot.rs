@@ -307,6 +307,87 @@ pub fn remove_all_but(dir: &Path, keep: Option<&Path>) -> io::Result<()> {
     Ok(())
 }
 
+/// A snapshot arriving in chunks from a leader, written in order to one file of the incoming
+/// directory. A chunk at any offset but the next one ends the transfer (the file is removed and
+/// the leader starts over); after the last chunk the file is fsync'd and ready to verify.
+/// Blocking: call from `spawn_blocking`.
+#[derive(Debug)]
+pub struct Incoming {
+    pub transfer_id: u64,
+    path: PathBuf,
+    file: File,
+    written: u64,
+}
+
+/// Why a chunk was refused; the transfer is over and its file removed.
+#[derive(Debug, thiserror::Error)]
+pub enum IncomingError {
+    #[error("chunk at offset {offset} but {written} bytes were received; start over")]
+    OutOfOrder { offset: u64, written: u64 },
+    #[error("cannot write the snapshot {}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+}
+
+impl Incoming {
+    /// Start receiving transfer `transfer_id` from `from` into `dir`.
+    pub fn create(dir: &Path, from: u64, transfer_id: u64) -> Result<Self, IncomingError> {
+        let path = dir.join(format!("from-{from}-{transfer_id:016x}.snap"));
+        let file = File::create(&path).map_err(|source| IncomingError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Self {
+            transfer_id,
+            path,
+            file,
+            written: 0,
+        })
+    }
+
+    /// Bytes received so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Append the chunk at `offset`; with `done`, fsync the file. On error the file is removed.
+    pub fn append(&mut self, offset: u64, data: &[u8], done: bool) -> Result<(), IncomingError> {
+        if offset != self.written {
+            let written = self.written;
+            self.abandon();
+            return Err(IncomingError::OutOfOrder { offset, written });
+        }
+        let result =
+            self.file.write_all(data).and_then(
+                |()| {
+                    if done {
+                        self.file.sync_all()
+                    } else {
+                        Ok(())
+                    }
+                },
+            );
+        if let Err(source) = result {
+            self.abandon();
+            return Err(IncomingError::Io {
+                path: self.path.clone(),
+                source,
+            });
+        }
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    /// The complete file, for verifying and installing; the caller removes it after.
+    pub fn into_path(self) -> PathBuf {
+        self.path
+    }
+
+    /// Give the transfer up and remove its file.
+    pub fn abandon(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,5 +466,39 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let err = verify(&path).unwrap_err();
         assert!(err.to_string().contains("over the limit"), "{err}");
+    }
+
+    #[test]
+    fn incoming_chunks_must_arrive_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut incoming = Incoming::create(dir.path(), 2, 7).unwrap();
+        incoming.append(0, b"abc", false).unwrap();
+        incoming.append(3, b"de", false).unwrap();
+        assert_eq!(incoming.written(), 5);
+        // A repeated chunk (a retry of one that arrived) ends the transfer: the leader restarts.
+        let err = incoming.append(3, b"de", false).unwrap_err();
+        assert!(matches!(
+            err,
+            IncomingError::OutOfOrder {
+                offset: 3,
+                written: 5
+            }
+        ));
+        assert!(
+            list_files(dir.path()).is_empty(),
+            "the partial file is removed"
+        );
+
+        let mut incoming = Incoming::create(dir.path(), 2, 8).unwrap();
+        incoming.append(0, b"whole", true).unwrap();
+        let path = incoming.into_path();
+        assert_eq!(std::fs::read(&path).unwrap(), b"whole");
+    }
+
+    fn list_files(dir: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
     }
 }
