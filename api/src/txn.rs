@@ -206,32 +206,8 @@ pub struct DeleteResult {
     pub deleted: bool,
 }
 
-/// A `get` that found its key.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Got {
-    pub key: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value_base64: Option<String>,
-    pub version: u64,
-}
-
-impl Got {
-    pub fn new(key: impl Into<String>, bytes: &[u8], version: u64) -> Self {
-        let (value, value_base64) = value::fields(bytes);
-        Self {
-            key: key.into(),
-            value,
-            value_base64,
-            version,
-        }
-    }
-
-    pub fn bytes(&self) -> Result<Vec<u8>, ValueError> {
-        value::bytes(self.value.as_deref(), self.value_base64.as_deref())
-    }
-}
+/// A `get` that found its key: the key, its value and version, as a listing shows a key.
+pub type Got = crate::kv::KvItem;
 
 #[cfg(test)]
 mod tests {

@@ -39,6 +39,8 @@ mod layering {
         &["service"],
         &["api"],
         &["node"],
+        // The fuzz targets drive the parsers of every layer below.
+        &["fuzzing"],
     ];
 
     fn layer(module: &str) -> usize {

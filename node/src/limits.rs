@@ -11,56 +11,25 @@
 //! `state_machine`'s and `storage`'s tests check the same relations on encoded values.
 
 // ---------------------------------------------------------------------------------------------
-// What a client may send (docs/api.md).
+// What a client may send and see: defined once, in `metrokv-api` (docs/api.md), and re-exported
+// here so that every relation below is checked against the numbers clients are told.
 
-/// Largest key, in bytes of UTF-8. A longer key is refused with 400 `invalid_request`.
-pub const KEY_BYTES_MAX: usize = 1024;
-
-/// Largest value, in bytes. A larger body is refused with 413 `too_large` before it is proposed.
-pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
-
-/// Largest HTTP request body the API reads (a txn may carry up to 4 MiB of values, base64 in
-/// JSON); a larger body is refused with 413 rather than buffered.
-pub const REQUEST_BODY_BYTES_MAX: usize = 8 * 1024 * 1024;
-
-/// Largest sum of value bytes inside one txn, compare values and put values together (413
-/// `too_large` past it). Keeps one log entry well under [`APPEND_ENTRIES_BYTES_MAX`].
-pub const TXN_VALUE_BYTES_MAX: usize = 4 * 1024 * 1024;
-
-/// Most key and value bytes the `get` ops of one txn may return: the txn's answer budget. A txn
-/// whose chosen branch would read more is refused whole, with 413 `too_large`, and changes
-/// nothing. It bounds the stored idempotent answer (a snapshot record), the answer a leader
-/// sends back to a follower (a peer frame) and the HTTP body.
-pub const TXN_ANSWER_BYTES_MAX: usize = 4 * 1024 * 1024;
-
-/// Most compares in a txn (400 `invalid_request` past it).
-pub const TXN_COMPARES_MAX: usize = 64;
-
-/// Most ops in one branch of a txn (400 `invalid_request` past it).
-pub const TXN_OPS_MAX: usize = 128;
-
-/// Longest `Idempotency-Key` header, in bytes (400 `invalid_request` past it).
-pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
-
-/// Longest account id or transfer id, in bytes (400 `invalid_request` past it).
-pub const ID_BYTES_MAX: usize = 128;
-
-/// Default and largest page size of `GET /v1/kv` and `GET /v1/accounts`. A larger `limit` is
-/// clamped to this; the answer says `more: true` when it stopped early.
-pub const LIST_LIMIT_DEFAULT: usize = 100;
-/// See [`LIST_LIMIT_DEFAULT`].
-pub const LIST_LIMIT_MAX: usize = 1000;
-
-/// Most bytes of values one list page returns; the page ends early (with `more: true`) rather
-/// than build a response of unbounded size.
-pub const LIST_PAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
+pub use metrokv_api::limits::DEDUP_RETENTION_MS;
+pub use metrokv_api::limits::IDEMPOTENCY_KEY_BYTES_MAX;
+pub use metrokv_api::limits::ID_BYTES_MAX;
+pub use metrokv_api::limits::KEY_BYTES_MAX;
+pub use metrokv_api::limits::LIST_LIMIT_DEFAULT;
+pub use metrokv_api::limits::LIST_LIMIT_MAX;
+pub use metrokv_api::limits::LIST_PAGE_BYTES_MAX;
+pub use metrokv_api::limits::REQUEST_BODY_BYTES_MAX;
+pub use metrokv_api::limits::TXN_ANSWER_BYTES_MAX;
+pub use metrokv_api::limits::TXN_COMPARES_MAX;
+pub use metrokv_api::limits::TXN_OPS_MAX;
+pub use metrokv_api::limits::TXN_VALUE_BYTES_MAX;
+pub use metrokv_api::limits::VALUE_BYTES_MAX;
 
 // ---------------------------------------------------------------------------------------------
-// The replicated clock and deduplication.
-
-/// How long idempotency keys are kept, in the replicated clock (see `state_machine`). docs/api.md
-/// promises at least 24 hours. Transfer ids are kept for ever: they are the ledger.
-pub const DEDUP_RETENTION_MS: u64 = 24 * 60 * 60 * 1000;
+// The replicated clock and deduplication (the retention period is above, with the API's limits).
 
 /// Most expired dedup records one log entry removes. Expiry is spread over later entries so one
 /// apply never does unbounded work.

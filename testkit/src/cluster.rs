@@ -35,8 +35,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use metrokv_api::cluster::ClusterView;
 use nix::sys::signal::Signal;
-use serde::Deserialize;
 use tokio::time::Instant;
 
 /// The node binary's file name.
@@ -214,15 +214,6 @@ struct NodeProcess {
     paused: bool,
     /// How often the process was started (1 + restarts).
     starts: u32,
-}
-
-/// What `GET /v1/cluster` says, as far as the harness needs it.
-#[derive(Debug, Clone, Deserialize)]
-struct ClusterView {
-    #[serde(default)]
-    leader: Option<serde_json::Value>,
-    #[serde(default)]
-    term: u64,
 }
 
 /// The node processes of one test.
@@ -744,12 +735,7 @@ impl Cluster {
             let Ok(view) = response.json::<ClusterView>().await else {
                 continue;
             };
-            let leader = match view.leader {
-                Some(serde_json::Value::Number(n)) => n.as_u64(),
-                Some(serde_json::Value::String(s)) => s.parse().ok(),
-                _ => None,
-            };
-            let Some(leader) = leader else {
+            let Some(leader) = view.leader else {
                 continue;
             };
             if best.as_ref().is_none_or(|(term, _)| view.term > *term) {
@@ -772,11 +758,7 @@ impl Cluster {
             .json::<ClusterView>()
             .await
             .ok()?;
-        match view.leader? {
-            serde_json::Value::Number(n) => n.as_u64().map(|id| format!("n{id}")),
-            serde_json::Value::String(s) => s.parse::<u64>().ok().map(|id| format!("n{id}")),
-            _ => None,
-        }
+        view.leader.map(|id| format!("n{id}"))
     }
 
     /// Whether node `name` answers `/ready` with 200 right now.

@@ -1,52 +1,35 @@
 //! The ledger: `/v1/accounts` and `/v1/transfers`. The bodies of the two writes are checked in
 //! `create_command` and `transfer_command`, which the handlers and the fuzz targets share.
 
-use axum::body::Body;
-use axum::extract::RawQuery;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::http::StatusCode;
-use axum::http::Uri;
-use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::Json;
-use serde::Deserialize;
-use serde_json::json;
-use serde_json::Value;
+use metrokv_api::ledger::Account;
+use metrokv_api::ledger::AccountsPage;
+use metrokv_api::ledger::CreateAccount;
+use metrokv_api::ledger::TransferReceipt as ReceiptBody;
+use metrokv_api::ledger::TransferRecord;
+use metrokv_api::ledger::TransferRejected;
+use metrokv_api::ledger::TransferRequest;
 
 use super::check_id;
-use super::idempotency_key;
-use super::path_tail;
-use super::read_barrier;
-use super::read_json;
+use super::extract::AccountId;
+use super::extract::Fresh;
+use super::extract::IdempotencyKey;
+use super::extract::JsonBody;
+use super::extract::Listing;
+use super::extract::NoQuery;
+use super::extract::TransferId;
 use super::unexpected;
-use super::with_headers;
 use super::write;
 use super::ApiError;
 use super::AppState;
-use super::Query;
+use crate::limits;
 use crate::state_machine::Command;
 use crate::state_machine::Success;
 use crate::state_machine::Transfer;
 use crate::state_machine::TransferReceipt;
-
-/// The body of `POST /v1/accounts`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct CreateAccount {
-    id: String,
-    balance: u64,
-}
-
-/// The body of `POST /v1/transfers`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct TransferJson {
-    id: String,
-    from: String,
-    to: String,
-    amount: u64,
-}
 
 /// The command a create-account body asks for, once its id is checked.
 pub(crate) fn create_command(body: CreateAccount) -> Result<Command, ApiError> {
@@ -58,8 +41,8 @@ pub(crate) fn create_command(body: CreateAccount) -> Result<Command, ApiError> {
 /// The command a transfer body asks for, once its ids and amount are checked. The state machine
 /// would refuse a zero amount or a transfer to the same account too, but as an answer stored
 /// under the transfer id; refusing here keeps the id free for a corrected request.
-pub(crate) fn transfer_command(body: TransferJson) -> Result<Command, ApiError> {
-    let TransferJson {
+pub(crate) fn transfer_command(body: TransferRequest) -> Result<Command, ApiError> {
+    let TransferRequest {
         id,
         from,
         to,
@@ -88,69 +71,51 @@ pub(crate) fn transfer_command(body: TransferJson) -> Result<Command, ApiError> 
 
 pub async fn create(
     State(state): State<AppState>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    _: NoQuery,
+    IdempotencyKey(idempotency_key): IdempotencyKey,
+    JsonBody(body): JsonBody<CreateAccount>,
 ) -> Result<Response, ApiError> {
-    Query::parse(raw.as_deref(), &[])?;
-    let idempotency_key = idempotency_key(&headers)?;
-    let command = create_command(read_json(body).await?)?;
+    let command = create_command(body)?;
     let served = write(&state.service, command, idempotency_key).await?;
     let Success::AccountCreated {
         id,
         balance,
         version,
-    } = served.value
+    } = &served.value
     else {
         return Err(unexpected(served.value));
     };
-    let body = Json(json!({ "id": id, "balance": balance, "version": version }));
-    Ok(with_headers(
-        (StatusCode::CREATED, body).into_response(),
-        served.leader,
-        None,
-    ))
+    let account = Account {
+        id: id.clone(),
+        balance: *balance,
+        version: *version,
+    };
+    Ok(served.answer((StatusCode::CREATED, Json(account))))
 }
 
 pub async fn get(
     State(state): State<AppState>,
-    uri: Uri,
-    RawQuery(raw): RawQuery,
+    AccountId(id): AccountId,
+    fresh: Fresh,
 ) -> Result<Response, ApiError> {
-    let id = path_tail(&uri, "/v1/accounts/")?;
-    check_id("account id", &id)?;
-    let query = Query::parse(raw.as_deref(), &["consistency"])?;
-    let leader = read_barrier(&state.service, query.consistency()?).await?;
-    let applied = super::applied_index(&state.service);
     let Some(account) = state.service.reader().account(&id).await? else {
-        return Ok(with_headers(
-            ApiError::NotFound(format!("account {id:?} does not exist")).into_response(),
-            leader,
-            Some(applied),
-        ));
+        return Ok(fresh.answer(ApiError::NotFound(format!("account {id:?} does not exist"))));
     };
-    let body = Json(json!({ "id": id, "balance": account.balance, "version": account.version }));
-    Ok(with_headers(body.into_response(), leader, Some(applied)))
+    Ok(fresh.answer(Json(Account {
+        id,
+        balance: account.balance,
+        version: account.version,
+    })))
 }
 
 pub async fn list(
     State(state): State<AppState>,
-    RawQuery(raw): RawQuery,
+    list: Listing<{ limits::ID_BYTES_MAX }>,
 ) -> Result<Response, ApiError> {
-    let query = Query::parse(raw.as_deref(), &["prefix", "limit", "after", "consistency"])?;
-    let prefix = query.get("prefix").unwrap_or("");
-    if prefix.len() > crate::limits::ID_BYTES_MAX {
-        return Err(ApiError::InvalidRequest(
-            "prefix is longer than an id can be".into(),
-        ));
-    }
-    let limit = query.limit()?;
-    let leader = read_barrier(&state.service, query.consistency()?).await?;
-    let applied = super::applied_index(&state.service);
     let page = state
         .service
         .reader()
-        .list_accounts(prefix, query.get("after"), limit)
+        .list_accounts(&list.prefix, list.after.as_deref(), list.limit)
         .await?;
     // The total is over this page; it is exact because the page is one snapshot.
     let total: u128 = page
@@ -158,81 +123,70 @@ pub async fn list(
         .iter()
         .map(|a| u128::from(a.record.balance))
         .sum();
-    let accounts: Vec<Value> = page
-        .items
-        .iter()
-        .map(|a| json!({ "id": a.id, "balance": a.record.balance, "version": a.record.version }))
-        .collect();
-    let body = json!({ "revision": page.revision, "accounts": accounts, "total": total, "more": page.more });
-    Ok(with_headers(
-        Json(body).into_response(),
-        leader,
-        Some(applied),
-    ))
+    let accounts = page.items.iter().map(|a| Account {
+        id: a.id.clone(),
+        balance: a.record.balance,
+        version: a.record.version,
+    });
+    Ok(list.fresh.answer(Json(AccountsPage {
+        revision: page.revision,
+        accounts: accounts.collect(),
+        total,
+        more: page.more,
+    })))
 }
 
-fn receipt_json(r: &TransferReceipt) -> Value {
-    json!({
-        "id": r.id, "status": "committed", "from": r.from, "to": r.to, "amount": r.amount,
-        "from_balance": r.from_balance, "to_balance": r.to_balance, "revision": r.revision,
+fn receipt_body(r: &TransferReceipt) -> TransferRecord {
+    TransferRecord::Committed(ReceiptBody {
+        id: r.id.clone(),
+        from: r.from.clone(),
+        to: r.to.clone(),
+        amount: r.amount,
+        from_balance: r.from_balance,
+        to_balance: r.to_balance,
+        revision: r.revision,
     })
 }
 
 pub async fn transfer(
     State(state): State<AppState>,
-    RawQuery(raw): RawQuery,
-    body: Body,
+    _: NoQuery,
+    JsonBody(body): JsonBody<TransferRequest>,
 ) -> Result<Response, ApiError> {
-    Query::parse(raw.as_deref(), &[])?;
-    let command = transfer_command(read_json(body).await?)?;
+    let command = transfer_command(body)?;
     // The transfer id is the idempotency key; an Idempotency-Key header is not needed.
     let served = write(&state.service, command, None).await?;
     let Success::Transfer(receipt) = &served.value else {
         return Err(unexpected(served.value));
     };
-    Ok(with_headers(
-        Json(receipt_json(receipt)).into_response(),
-        served.leader,
-        None,
-    ))
+    Ok(served.answer(Json(receipt_body(receipt))))
 }
 
 pub async fn get_transfer(
     State(state): State<AppState>,
-    uri: Uri,
-    RawQuery(raw): RawQuery,
+    TransferId(id): TransferId,
+    fresh: Fresh,
 ) -> Result<Response, ApiError> {
-    let id = path_tail(&uri, "/v1/transfers/")?;
-    check_id("transfer id", &id)?;
-    let query = Query::parse(raw.as_deref(), &["consistency"])?;
-    let leader = read_barrier(&state.service, query.consistency()?).await?;
-    let applied = super::applied_index(&state.service);
     let Some(record) = state.service.reader().transfer(&id).await? else {
-        let msg = format!("no outcome is recorded for transfer {id:?} (never applied, or older than the retention period)");
-        return Ok(with_headers(
-            ApiError::NotFound(msg).into_response(),
-            leader,
-            Some(applied),
-        ));
+        return Ok(fresh.answer(ApiError::NotFound(format!(
+            "no outcome is recorded for transfer {id:?}: it never applied"
+        ))));
     };
     let body = match &record.response {
-        Ok(Success::Transfer(receipt)) => receipt_json(receipt),
+        Ok(Success::Transfer(receipt)) => receipt_body(receipt),
         Ok(other) => return Err(unexpected(other.clone())),
         Err(rejection) => {
             let err = ApiError::Rejected(rejection.clone());
-            let (_, code) = err.status_and_code();
-            let mut body = json!({ "id": id, "status": "rejected", "error": code, "message": err.to_string() });
-            if let (Some(t), Some(obj)) = (&record.transfer, body.as_object_mut()) {
-                obj.insert("from".into(), t.from.clone().into());
-                obj.insert("to".into(), t.to.clone().into());
-                obj.insert("amount".into(), t.amount.into());
-            }
-            body
+            let asked = record.transfer.as_ref();
+            TransferRecord::Rejected(TransferRejected {
+                id,
+                error: err.code(),
+                message: err.to_string(),
+                from: asked.map(|t| t.from.clone()),
+                to: asked.map(|t| t.to.clone()),
+                amount: asked.map(|t| t.amount),
+            })
         }
     };
-    Ok(with_headers(
-        Json(body).into_response(),
-        leader,
-        Some(applied),
-    ))
+    Ok(fresh.answer(Json(body)))
 }

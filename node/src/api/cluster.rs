@@ -6,7 +6,10 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::Json;
-use serde_json::json;
+use metrokv_api::cluster::ClusterView;
+use metrokv_api::cluster::Health;
+use metrokv_api::cluster::MemberView;
+use metrokv_api::cluster::Ready;
 
 use super::ApiError;
 use super::AppState;
@@ -18,27 +21,27 @@ pub async fn cluster(State(state): State<AppState>) -> Result<Response, ApiError
         .cluster()
         .await
         .into_iter()
-        .map(|(id, node, status)| {
-            json!({
-                "id": id,
-                "zone": node.zone,
-                "client_addr": node.client_addr,
-                "peer_addr": node.peer_addr,
-                "role": status.as_ref().map_or("unknown", |s| s.role.as_str()),
-                "term": status.as_ref().map(|s| s.term),
-                "applied_index": status.as_ref().map(|s| s.applied_index),
-                "reachable": status.is_some(),
-            })
+        .map(|(id, node, status)| MemberView {
+            id,
+            zone: node.zone,
+            client_addr: node.client_addr,
+            peer_addr: node.peer_addr,
+            role: status
+                .as_ref()
+                .map_or_else(|| "unknown".to_string(), |s| s.role.clone()),
+            term: status.as_ref().map(|s| s.term),
+            applied_index: status.as_ref().map(|s| s.applied_index),
+            reachable: status.is_some(),
         })
         .collect();
-    let body = json!({
-        "cluster_id": service.cluster_id(),
-        "node": me.id,
-        "leader": me.leader,
-        "term": me.term,
-        "commit_index": me.commit_index,
-        "members": members,
-    });
+    let body = ClusterView {
+        cluster_id: service.cluster_id().to_string(),
+        node: me.id,
+        leader: me.leader,
+        term: me.term,
+        commit_index: me.commit_index,
+        members,
+    };
     Ok(super::with_headers(
         Json(body).into_response(),
         me.leader,
@@ -47,14 +50,22 @@ pub async fn cluster(State(state): State<AppState>) -> Result<Response, ApiError
 }
 
 pub async fn health() -> Response {
-    Json(json!({ "status": "ok" })).into_response()
+    Json(Health {
+        status: "ok".into(),
+    })
+    .into_response()
 }
 
 /// Ready when a leader is known and this node has applied everything it knows is committed.
 pub async fn ready(State(state): State<AppState>) -> Response {
     let s = state.service.status();
     let ready = s.leader.is_some() && s.applied_index >= s.commit_index;
-    let body = json!({ "ready": ready, "leader": s.leader, "commit_index": s.commit_index, "applied_index": s.applied_index });
+    let body = Ready {
+        ready,
+        leader: s.leader,
+        commit_index: s.commit_index,
+        applied_index: s.applied_index,
+    };
     if ready {
         Json(body).into_response()
     } else {

@@ -6,8 +6,8 @@ use axum::http::HeaderValue;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::response::Response;
-use serde_json::json;
-use serde_json::Value;
+use metrokv_api::ErrorBody;
+use metrokv_api::ErrorCode;
 
 use crate::service::ReadError;
 use crate::service::WriteError;
@@ -59,6 +59,12 @@ impl From<ReadError> for ApiError {
     }
 }
 
+impl From<metrokv_api::validate::Invalid> for ApiError {
+    fn from(e: metrokv_api::validate::Invalid) -> Self {
+        ApiError::InvalidRequest(e.to_string())
+    }
+}
+
 impl From<std::io::Error> for ApiError {
     fn from(e: std::io::Error) -> Self {
         ApiError::Internal(e.to_string())
@@ -66,65 +72,69 @@ impl From<std::io::Error> for ApiError {
 }
 
 impl ApiError {
-    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+    /// The documented code of this error; its HTTP status comes with it ([`ErrorCode::status`]).
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ApiError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            ApiError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
-            ApiError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "timeout"),
-            ApiError::Indeterminate(_) => (StatusCode::GATEWAY_TIMEOUT, "indeterminate"),
-            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::TooLarge(_) => ErrorCode::TooLarge,
+            ApiError::Unavailable(_) => ErrorCode::Unavailable,
+            ApiError::Overloaded(_) => ErrorCode::Overloaded,
+            ApiError::Timeout(_) => ErrorCode::Timeout,
+            ApiError::Indeterminate(_) => ErrorCode::Indeterminate,
+            ApiError::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
+            ApiError::Internal(_) => ErrorCode::Internal,
             ApiError::Rejected(r) => match r {
-                Rejection::PreconditionFailed { .. } => {
-                    (StatusCode::PRECONDITION_FAILED, "precondition_failed")
-                }
-                Rejection::AccountExists { .. } => (StatusCode::CONFLICT, "account_exists"),
-                Rejection::AccountNotFound { .. } => (StatusCode::NOT_FOUND, "account_not_found"),
-                Rejection::InsufficientFunds { .. } => (StatusCode::CONFLICT, "insufficient_funds"),
-                Rejection::IdempotencyConflict { .. } => {
-                    (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_conflict")
-                }
-                Rejection::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
-                Rejection::AnswerTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+                Rejection::PreconditionFailed { .. } => ErrorCode::PreconditionFailed,
+                Rejection::AccountExists { .. } => ErrorCode::AccountExists,
+                Rejection::AccountNotFound { .. } => ErrorCode::AccountNotFound,
+                Rejection::InsufficientFunds { .. } => ErrorCode::InsufficientFunds,
+                Rejection::IdempotencyConflict { .. } => ErrorCode::IdempotencyConflict,
+                Rejection::Invalid(_) => ErrorCode::InvalidRequest,
+                Rejection::AnswerTooLarge { .. } => ErrorCode::TooLarge,
                 // Only the leader proposes storage records; a client never sees this.
-                Rejection::StorageConflict { .. } => {
-                    (StatusCode::INTERNAL_SERVER_ERROR, "internal")
-                }
+                Rejection::StorageConflict { .. } => ErrorCode::Internal,
             },
         }
     }
 
+    pub fn status(&self) -> StatusCode {
+        self.code()
+            .status()
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
     /// The JSON body, with the fields a client needs to act on the error.
-    pub fn body(&self) -> Value {
-        let (_, code) = self.status_and_code();
-        let mut body = json!({ "error": code, "message": self.to_string() });
+    pub fn body(&self) -> ErrorBody {
+        let mut body = ErrorBody::new(self.code(), self.to_string());
         if let ApiError::Rejected(r) = self {
-            let extra = match r {
+            match r {
                 Rejection::PreconditionFailed {
                     key,
                     current_version,
-                } => json!({ "key": key, "current_version": current_version }),
+                } => {
+                    body.key = Some(key.clone());
+                    body.current_version = Some(*current_version);
+                }
                 Rejection::InsufficientFunds {
                     account,
                     balance,
                     amount,
                 } => {
-                    json!({ "account": account, "balance": balance, "amount": amount })
+                    body.account = Some(account.clone());
+                    body.balance = Some(*balance);
+                    body.amount = Some(*amount);
                 }
                 Rejection::AccountNotFound { id } | Rejection::AccountExists { id } => {
-                    json!({ "account": id })
+                    body.account = Some(id.clone());
                 }
-                Rejection::IdempotencyConflict { key } => json!({ "key": key }),
+                Rejection::IdempotencyConflict { key } => body.key = Some(key.clone()),
                 Rejection::AnswerTooLarge { bytes, max } => {
-                    json!({ "answer_bytes": bytes, "answer_bytes_max": max })
+                    body.answer_bytes = Some(*bytes);
+                    body.answer_bytes_max = Some(*max);
                 }
-                Rejection::Invalid(_) | Rejection::StorageConflict { .. } => json!({}),
-            };
-            if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {
-                body.extend(extra);
+                Rejection::Invalid(_) | Rejection::StorageConflict { .. } => {}
             }
         }
         body
@@ -133,7 +143,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, _) = self.status_and_code();
+        let status = self.status();
         let mut response = (status, axum::Json(self.body())).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             // Both 503s changed nothing; `Retry-After` is in whole seconds, the smallest is 1.
@@ -195,18 +205,17 @@ mod tests {
         ];
         for (rejection, status, code) in cases {
             let e = ApiError::Rejected(rejection);
-            assert_eq!(
-                e.status_and_code(),
-                (StatusCode::from_u16(status).unwrap(), code)
-            );
-            assert_eq!(e.body()["error"], code);
-            assert!(e.body()["message"].as_str().is_some_and(|m| !m.is_empty()));
+            assert_eq!(e.status().as_u16(), status);
+            assert_eq!(e.code().as_str(), code);
+            let body = serde_json::to_value(e.body()).unwrap();
+            assert_eq!(body["error"], code);
+            assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
         }
         let e = ApiError::Rejected(Rejection::PreconditionFailed {
             key: "k".into(),
             current_version: 3,
         });
-        assert_eq!(e.body()["current_version"], 3);
+        assert_eq!(e.body().current_version, Some(3));
     }
 
     #[test]
@@ -220,13 +229,11 @@ mod tests {
         assert_eq!(r.status(), 503);
         assert_eq!(r.headers()["retry-after"], "1");
         assert_eq!(
-            ApiError::Overloaded("x".into()).body()["error"],
-            "overloaded"
+            ApiError::Overloaded("x".into()).body().error,
+            ErrorCode::Overloaded
         );
         let e = ApiError::Rejected(Rejection::AnswerTooLarge { bytes: 5, max: 4 });
-        assert_eq!(
-            e.status_and_code(),
-            (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
-        );
+        assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(e.body().answer_bytes_max, Some(4));
     }
 }

@@ -1,7 +1,8 @@
 //! The HTTP API of `docs/api.md`, on axum: one file per area (`kv`, `txn`, `accounts`,
-//! `cluster`), error mapping in `error`. What handlers share is here: parsing and validating
-//! input, the consistency barrier before reads, proposing writes and stamping the
-//! `X-Metrokv-Leader` header, plus middleware for metrics and the load limits: at most
+//! `cluster`), error mapping in `error`, the extractors every handler is built from in
+//! `extract`. The shapes of bodies and answers are `metrokv-api`'s. What handlers share is here:
+//! parsing and validating input, the consistency barrier before reads, proposing writes and
+//! stamping the `X-Metrokv-Leader` header, plus middleware for metrics and the load limits: at most
 //! `max_inflight_requests` requests at once and [`limits::API_BODY_BYTES_INFLIGHT_MAX`] bytes of
 //! request bodies, past which the answer is 503 `overloaded` at once, never a queue. `/health`
 //! and `/ready` are exempt, so a loaded node still says it is alive. `server` is the connection
@@ -12,6 +13,7 @@
 pub mod accounts;
 pub mod cluster;
 pub mod error;
+pub mod extract;
 pub mod kv;
 pub mod server;
 pub mod txn;
@@ -32,8 +34,8 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::routing::post;
 use axum::Router;
-use base64::Engine;
 use metrics_exporter_prometheus::PrometheusHandle;
+use metrokv_api::validate;
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
@@ -275,8 +277,16 @@ pub async fn read_json<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
 
 /// Parse a JSON body into `T`, refusing unknown fields and wrong types with a message that names
 /// the problem. Separate from [`read_json`] so the fuzz targets parse bodies exactly as the
-/// handlers do.
+/// handlers do. Every body of the API is a JSON object: serde would also read a struct from an
+/// array of its fields in order (`["alice", 10]`), a form the API does not document, so anything
+/// but an object is refused before serde sees it.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(ApiError::InvalidRequest(
+            "malformed JSON body: the body must be a JSON object".into(),
+        ));
+    }
     serde_json::from_slice(bytes)
         .map_err(|e| ApiError::InvalidRequest(format!("malformed JSON body: {e}")))
 }
@@ -290,74 +300,37 @@ pub fn path_tail(uri: &axum::http::Uri, prefix: &str) -> Result<String, ApiError
     })
 }
 
+/// A key, by the rule clients check too (`metrokv_api::validate`).
 pub fn check_key(key: &str) -> Result<(), ApiError> {
-    if key.is_empty() {
-        return Err(ApiError::InvalidRequest("the key is empty".into()));
-    }
-    if key.len() > limits::KEY_BYTES_MAX {
-        return Err(ApiError::InvalidRequest(format!(
-            "the key is {} bytes; keys are at most {} bytes",
-            key.len(),
-            limits::KEY_BYTES_MAX
-        )));
-    }
-    Ok(())
+    Ok(validate::key(key)?)
 }
 
-/// Account and transfer ids: 1..=128 bytes of `A-Z a-z 0-9 . _ : -`, so they are safe in paths
-/// and logs.
-pub fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-');
-    if id.is_empty() || id.len() > limits::ID_BYTES_MAX || !id.chars().all(ok_char) {
-        return Err(ApiError::InvalidRequest(format!(
-            "{what} {id:?} is invalid: use 1..={} characters of A-Z a-z 0-9 . _ : -",
-            limits::ID_BYTES_MAX
-        )));
-    }
-    Ok(())
+/// An account or transfer id, by the rule clients check too; `what` names it in the message.
+pub fn check_id(what: &'static str, id: &str) -> Result<(), ApiError> {
+    Ok(validate::id(what, id)?)
 }
 
 /// The `Idempotency-Key` header, if any.
 pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
+    let Some(value) = headers.get(metrokv_api::HEADER_IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
     let key = value
         .to_str()
-        .map_err(|_| ApiError::InvalidRequest("Idempotency-Key must be visible ASCII".into()))?;
-    if key.is_empty() || key.len() > limits::IDEMPOTENCY_KEY_BYTES_MAX {
-        return Err(ApiError::InvalidRequest(format!(
-            "Idempotency-Key must be 1..={} bytes",
-            limits::IDEMPOTENCY_KEY_BYTES_MAX
-        )));
-    }
+        .map_err(|_| validate::Invalid::IdempotencyKey)?;
+    validate::idempotency_key(key)?;
     Ok(Some(key.to_string()))
 }
 
-/// A value from a JSON body: `value` (UTF-8) or `value_base64`, exactly one of them.
+/// A value from a JSON body: `value` (UTF-8) or `value_base64`, exactly one of them, at most
+/// [`limits::VALUE_BYTES_MAX`] bytes. `what` says where it was, for the message.
 pub fn json_value(
-    value: Option<String>,
-    value_base64: Option<String>,
+    value: Option<&str>,
+    value_base64: Option<&str>,
     what: &str,
 ) -> Result<Vec<u8>, ApiError> {
-    let bytes = match (value, value_base64) {
-        (Some(v), None) => v.into_bytes(),
-        (None, Some(b)) => base64::engine::general_purpose::STANDARD
-            .decode(b)
-            .map_err(|e| {
-                ApiError::InvalidRequest(format!("{what}: value_base64 is not valid base64: {e}"))
-            })?,
-        (Some(_), Some(_)) => {
-            return Err(ApiError::InvalidRequest(format!(
-                "{what}: give value or value_base64, not both"
-            )))
-        }
-        (None, None) => {
-            return Err(ApiError::InvalidRequest(format!(
-                "{what}: missing value (or value_base64)"
-            )))
-        }
-    };
+    let bytes = metrokv_api::value::bytes(value, value_base64)
+        .map_err(|e| ApiError::InvalidRequest(format!("{what}: {e}")))?;
     if bytes.len() > limits::VALUE_BYTES_MAX {
         return Err(ApiError::TooLarge(format!(
             "{what}: the value is {} bytes; values are at most {} bytes",
@@ -366,19 +339,6 @@ pub fn json_value(
         )));
     }
     Ok(bytes)
-}
-
-/// A value for a JSON answer: `value` when it is UTF-8, else `value_base64`.
-pub fn value_json(map: &mut serde_json::Map<String, serde_json::Value>, value: &[u8]) {
-    match std::str::from_utf8(value) {
-        Ok(s) => map.insert("value".into(), s.into()),
-        Err(_) => map.insert(
-            "value_base64".into(),
-            base64::engine::general_purpose::STANDARD
-                .encode(value)
-                .into(),
-        ),
-    };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -418,12 +378,13 @@ pub fn with_headers(
     if let Some(leader) = leader {
         response
             .headers_mut()
-            .insert("x-metrokv-leader", HeaderValue::from(leader));
+            .insert(metrokv_api::HEADER_LEADER, HeaderValue::from(leader));
     }
     if let Some(applied) = applied_index {
-        response
-            .headers_mut()
-            .insert("x-metrokv-applied-index", HeaderValue::from(applied));
+        response.headers_mut().insert(
+            metrokv_api::HEADER_APPLIED_INDEX,
+            HeaderValue::from(applied),
+        );
     }
     response
 }
@@ -492,22 +453,35 @@ mod tests {
 
     #[test]
     fn json_values_decode_one_way_only() {
-        assert_eq!(json_value(Some("hi".into()), None, "op").unwrap(), b"hi");
-        assert_eq!(
-            json_value(None, Some("AAE=".into()), "op").unwrap(),
-            vec![0, 1]
-        );
+        assert_eq!(json_value(Some("hi"), None, "op").unwrap(), b"hi");
+        assert_eq!(json_value(None, Some("AAE="), "op").unwrap(), vec![0, 1]);
         assert!(json_value(None, None, "op").is_err());
-        assert!(json_value(Some("a".into()), Some("AA==".into()), "op").is_err());
-        assert!(json_value(None, Some("!!".into()), "op").is_err());
+        assert!(json_value(Some("a"), Some("AA=="), "op").is_err());
+        assert!(json_value(None, Some("!!"), "op").is_err());
         let big = "v".repeat(limits::VALUE_BYTES_MAX + 1);
         assert!(matches!(
-            json_value(Some(big), None, "op"),
+            json_value(Some(&big), None, "op"),
             Err(ApiError::TooLarge(_))
         ));
-        let mut m = serde_json::Map::new();
-        value_json(&mut m, &[0xff, 0x00]);
-        assert_eq!(m["value_base64"], "/wA=");
+    }
+
+    #[test]
+    fn bodies_must_be_json_objects() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Two {
+            a: String,
+            b: u64,
+        }
+        assert!(parse_json::<Two>(br#" {"a": "x", "b": 1}"#).is_ok());
+        // serde reads a struct from a sequence of its fields; the API does not.
+        for bad in [&br#"["x", 1]"#[..], b"null", b"1", b"", b"  "] {
+            assert!(
+                matches!(parse_json::<Two>(bad), Err(ApiError::InvalidRequest(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

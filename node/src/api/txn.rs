@@ -1,30 +1,23 @@
 //! `POST /v1/txn`: compare-then-ops in one atomic step, etcd style. This file turns the JSON of
-//! docs/api.md into a [`Txn`] (checking every limit first) and the answer back into JSON.
+//! docs/api.md (`metrokv_api::txn`) into a [`Txn`] (checking every limit first) and the answer
+//! back into its wire form.
 
-use axum::body::Body;
-use axum::extract::RawQuery;
 use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::Json;
-use serde::Deserialize;
-use serde_json::json;
-use serde_json::Value;
+use metrokv_api::txn as wire;
 
 use super::check_key;
-use super::idempotency_key;
+use super::extract::IdempotencyKey;
+use super::extract::JsonBody;
+use super::extract::NoQuery;
 use super::json_value;
 use super::read_barrier;
-use super::read_json;
 use super::unexpected;
-use super::value_json;
-use super::with_headers;
 use super::write;
 use super::ApiError;
 use super::AppState;
 use super::Consistency;
-use super::Query;
 use crate::limits;
 use crate::state_machine::Command;
 use crate::state_machine::Compare;
@@ -35,75 +28,25 @@ use crate::state_machine::Txn;
 use crate::state_machine::TxnOp;
 use crate::state_machine::TxnOpResult;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TxnJson {
-    #[serde(default)]
-    compare: Vec<CompareJson>,
-    #[serde(default)]
-    success: Vec<OpJson>,
-    #[serde(default)]
-    failure: Vec<OpJson>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CompareJson {
-    key: String,
-    target: String,
-    op: String,
-    version: Option<u64>,
-    value: Option<String>,
-    value_base64: Option<String>,
-    exists: Option<bool>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "lowercase")]
-enum OpJson {
-    Put(PutJson),
-    Delete(KeyJson),
-    Get(KeyJson),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PutJson {
-    key: String,
-    value: Option<String>,
-    value_base64: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KeyJson {
-    key: String,
-}
-
-fn compare(c: CompareJson, i: usize, value_bytes: &mut usize) -> Result<Compare, ApiError> {
+fn compare(c: wire::Compare, i: usize, value_bytes: &mut usize) -> Result<Compare, ApiError> {
     let what = format!("compare[{i}]");
     check_key(&c.key).map_err(|e| ApiError::InvalidRequest(format!("{what}: {e}")))?;
-    let op = match c.op.as_str() {
-        "==" => CompareOp::Eq,
-        "!=" => CompareOp::Ne,
-        "<" => CompareOp::Lt,
-        ">" => CompareOp::Gt,
-        other => {
-            return Err(ApiError::InvalidRequest(format!(
-                "{what}: op must be ==, !=, < or >, not {other:?}"
-            )))
-        }
+    let op = match c.op {
+        wire::CompareOp::Eq => CompareOp::Eq,
+        wire::CompareOp::Ne => CompareOp::Ne,
+        wire::CompareOp::Lt => CompareOp::Lt,
+        wire::CompareOp::Gt => CompareOp::Gt,
     };
-    let target = match c.target.as_str() {
-        "version" => CompareTarget::Version(c.version.ok_or_else(|| {
+    let target = match c.target {
+        wire::CompareTarget::Version => CompareTarget::Version(c.version.ok_or_else(|| {
             ApiError::InvalidRequest(format!("{what}: target version needs a \"version\""))
         })?),
-        "value" => {
-            let value = json_value(c.value, c.value_base64, &what)?;
+        wire::CompareTarget::Value => {
+            let value = json_value(c.value.as_deref(), c.value_base64.as_deref(), &what)?;
             *value_bytes += value.len();
             CompareTarget::Value(value)
         }
-        "exists" => {
+        wire::CompareTarget::Exists => {
             if !matches!(op, CompareOp::Eq | CompareOp::Ne) {
                 return Err(ApiError::InvalidRequest(format!(
                     "{what}: exists can only be compared with == or !="
@@ -113,11 +56,6 @@ fn compare(c: CompareJson, i: usize, value_bytes: &mut usize) -> Result<Compare,
                 ApiError::InvalidRequest(format!("{what}: target exists needs \"exists\""))
             })?)
         }
-        other => {
-            return Err(ApiError::InvalidRequest(format!(
-                "{what}: target must be version, value or exists, not {other:?}"
-            )))
-        }
     };
     Ok(Compare {
         key: c.key,
@@ -126,7 +64,7 @@ fn compare(c: CompareJson, i: usize, value_bytes: &mut usize) -> Result<Compare,
     })
 }
 
-fn ops(branch: &str, ops: Vec<OpJson>, value_bytes: &mut usize) -> Result<Vec<TxnOp>, ApiError> {
+fn ops(branch: &str, ops: Vec<wire::Op>, value_bytes: &mut usize) -> Result<Vec<TxnOp>, ApiError> {
     if ops.len() > limits::TXN_OPS_MAX {
         return Err(ApiError::InvalidRequest(format!(
             "{branch} has {} ops; at most {} are allowed",
@@ -139,13 +77,13 @@ fn ops(branch: &str, ops: Vec<OpJson>, value_bytes: &mut usize) -> Result<Vec<Tx
     for (i, op) in ops.into_iter().enumerate() {
         let what = format!("{branch}[{i}]");
         let op = match op {
-            OpJson::Put(p) => {
-                let value = json_value(p.value, p.value_base64, &what)?;
+            wire::Op::Put(p) => {
+                let value = json_value(p.value.as_deref(), p.value_base64.as_deref(), &what)?;
                 *value_bytes += value.len();
                 TxnOp::Put { key: p.key, value }
             }
-            OpJson::Delete(k) => TxnOp::Delete { key: k.key },
-            OpJson::Get(k) => TxnOp::Get { key: k.key },
+            wire::Op::Delete(k) => TxnOp::Delete { key: k.key },
+            wire::Op::Get(k) => TxnOp::Get { key: k.key },
         };
         check_key(op.key()).map_err(|e| ApiError::InvalidRequest(format!("{what}: {e}")))?;
         if op.is_write() && !written.insert(op.key().to_string()) {
@@ -159,7 +97,7 @@ fn ops(branch: &str, ops: Vec<OpJson>, value_bytes: &mut usize) -> Result<Vec<Tx
     Ok(out)
 }
 
-pub fn parse(body: TxnJson) -> Result<Txn, ApiError> {
+pub fn parse(body: wire::TxnRequest) -> Result<Txn, ApiError> {
     if body.compare.len() > limits::TXN_COMPARES_MAX {
         return Err(ApiError::InvalidRequest(format!(
             "{} compares; at most {} are allowed",
@@ -190,30 +128,26 @@ pub fn parse(body: TxnJson) -> Result<Txn, ApiError> {
     })
 }
 
-fn result_json(result: &TxnOpResult) -> Value {
+fn result_body(result: &TxnOpResult) -> wire::OpResult {
     match result {
-        TxnOpResult::Put { version } => json!({ "put": { "version": version } }),
-        TxnOpResult::Delete { deleted } => json!({ "delete": { "deleted": deleted } }),
-        TxnOpResult::Get(None) => json!({ "get": null }),
-        TxnOpResult::Get(Some(got)) => {
-            let mut m = serde_json::Map::new();
-            m.insert("key".into(), got.key.clone().into());
-            value_json(&mut m, &got.value);
-            m.insert("version".into(), got.version.into());
-            json!({ "get": m })
+        TxnOpResult::Put { version } => wire::OpResult::Put(wire::PutResult { version: *version }),
+        TxnOpResult::Delete { deleted } => {
+            wire::OpResult::Delete(wire::DeleteResult { deleted: *deleted })
         }
+        TxnOpResult::Get(got) => wire::OpResult::Get(
+            got.as_ref()
+                .map(|g| wire::Got::new(g.key.as_str(), &g.value, g.version)),
+        ),
     }
 }
 
 pub async fn txn(
     State(state): State<AppState>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    _: NoQuery,
+    IdempotencyKey(idempotency_key): IdempotencyKey,
+    JsonBody(body): JsonBody<wire::TxnRequest>,
 ) -> Result<Response, ApiError> {
-    Query::parse(raw.as_deref(), &[])?;
-    let idempotency_key = idempotency_key(&headers)?;
-    let txn = parse(read_json(body).await?)?;
+    let txn = parse(body)?;
     // A txn that writes nothing is a read: it is answered from a linearizable view, with no log
     // entry and no stored answer.
     let served = if txn.is_read_only() {
@@ -227,17 +161,15 @@ pub async fn txn(
         succeeded,
         results,
         revision,
-    } = served.value
+    } = &served.value
     else {
         return Err(unexpected(served.value));
     };
-    let results: Vec<Value> = results.iter().map(result_json).collect();
-    let body = json!({ "succeeded": succeeded, "results": results, "revision": revision });
-    Ok(with_headers(
-        Json(body).into_response(),
-        served.leader,
-        None,
-    ))
+    Ok(served.answer(Json(wire::TxnAnswer {
+        succeeded: *succeeded,
+        results: results.iter().map(result_body).collect(),
+        revision: *revision,
+    })))
 }
 
 #[cfg(test)]
@@ -245,9 +177,7 @@ mod tests {
     use super::*;
 
     fn parse_str(s: &str) -> Result<Txn, ApiError> {
-        let body: TxnJson =
-            serde_json::from_str(s).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
-        parse(body)
+        parse(super::super::parse_json(s.as_bytes())?)
     }
 
     #[test]
@@ -283,6 +213,7 @@ mod tests {
             r#"{"success": [{"put": {"key": "a"}}]}"#,
             r#"{"success": [{"frobnicate": {"key": "a"}}]}"#,
             r#"{"bogus": []}"#,
+            r#"[[], [], []]"#,
         ] {
             assert!(parse_str(bad).is_err(), "{bad} should be refused");
         }
@@ -305,10 +236,11 @@ mod tests {
 
     #[test]
     fn results_render_as_documented() {
-        assert_eq!(result_json(&TxnOpResult::Get(None)), json!({ "get": null }));
+        let json = |r: &TxnOpResult| serde_json::to_string(&result_body(r)).unwrap();
+        assert_eq!(json(&TxnOpResult::Get(None)), r#"{"get":null}"#);
         assert_eq!(
-            result_json(&TxnOpResult::Put { version: 4 }),
-            json!({ "put": { "version": 4 } })
+            json(&TxnOpResult::Put { version: 4 }),
+            r#"{"put":{"version":4}}"#
         );
     }
 }

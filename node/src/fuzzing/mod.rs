@@ -338,7 +338,7 @@ pub fn hello(data: &[u8]) -> Outcome {
 
 /// Bytes as a `POST /v1/txn` body, parsed as the handler parses it.
 pub fn txn_body(data: &[u8]) -> Outcome {
-    let parsed = api::parse_json::<txn::TxnJson>(data).and_then(txn::parse);
+    let parsed = api::parse_json::<metrokv_api::txn::TxnRequest>(data).and_then(txn::parse);
     let Ok(txn) = parsed else {
         return Outcome::Refused;
     };
@@ -420,8 +420,8 @@ fn assert_proposable(command: Command) {
 
 /// Bytes as a `POST /v1/transfers` body.
 pub fn transfer_body(data: &[u8]) -> Outcome {
-    let parsed =
-        api::parse_json::<accounts::TransferJson>(data).and_then(accounts::transfer_command);
+    let parsed = api::parse_json::<metrokv_api::ledger::TransferRequest>(data)
+        .and_then(accounts::transfer_command);
     let Ok(command) = parsed else {
         return Outcome::Refused;
     };
@@ -438,8 +438,8 @@ pub fn transfer_body(data: &[u8]) -> Outcome {
 
 /// Bytes as a `POST /v1/accounts` body.
 pub fn account_body(data: &[u8]) -> Outcome {
-    let parsed =
-        api::parse_json::<accounts::CreateAccount>(data).and_then(accounts::create_command);
+    let parsed = api::parse_json::<metrokv_api::ledger::CreateAccount>(data)
+        .and_then(accounts::create_command);
     let Ok(command) = parsed else {
         return Outcome::Refused;
     };
