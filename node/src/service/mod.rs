@@ -4,12 +4,14 @@
 //! - `peer`: the handler for requests from peers, which checks every Raft request before
 //!   openraft sees it (`transport::validate`) and admits only members on their recorded storage;
 //! - `incoming`: snapshot chunks from a leader, assembled into a file and installed;
-//! - this file: the shared state, the node's own status and the cluster view, and the task that
-//!   records members' storage ids.
+//! - `status`: the node's own status, the cluster view, and the tasks that watch leader changes
+//!   and record members' storage ids;
+//! - this file: the shared state, who leads and whether this node is in contact with it.
 
 mod incoming;
 mod peer;
 mod route;
+mod status;
 pub mod zones;
 
 use std::collections::BTreeMap;
@@ -28,24 +30,21 @@ use tokio::time::Instant;
 pub use route::ReadError;
 pub use route::Served;
 pub use route::WriteError;
+pub use status::role_name;
+pub use status::spawn_leader_watch;
+pub use status::spawn_storage_recorder;
 
 use crate::clock::Clock;
 use crate::config::RaftTimeouts;
-use crate::limits;
 use crate::raft::NodeId;
 use crate::raft::NodeInfo;
 use crate::raft::Raft;
 use crate::raft::RaftMetrics;
 use crate::raft::ServerState;
-use crate::state_machine::Command;
 use crate::storage::snapshot;
 use crate::storage::StateReader;
 use crate::storage::StorageIds;
 use crate::transport::client::Peers;
-use crate::transport::codec::Channel;
-use crate::transport::codec::NodeStatus;
-use crate::transport::codec::PeerRequest;
-use crate::transport::codec::PeerResponse;
 
 /// How often the leader looks for members' storage ids that have no record yet.
 const STORAGE_RECORD_INTERVAL: Duration = Duration::from_millis(500);
@@ -218,42 +217,6 @@ impl Service {
         *lock(&self.leader_contact) = Some((leader, Instant::now()));
     }
 
-    /// This node's own view, as reported to peers and in `/v1/cluster`.
-    pub fn status(&self) -> NodeStatus {
-        let m = self.metrics();
-        NodeStatus {
-            id: self.id(),
-            role: role_name(&m.state).to_string(),
-            term: m.current_term,
-            leader: self.leader_in_contact(),
-            commit_index: m.local_committed.as_ref().map_or(0, |id| id.index),
-            applied_index: m.last_applied.as_ref().map_or(0, |id| id.index),
-            initialized: self.raft_is_open()
-                && m.membership_config
-                    .membership()
-                    .voter_ids()
-                    .next()
-                    .is_some(),
-        }
-    }
-
-    /// Every member with its status, asking the others in parallel.
-    pub async fn cluster(&self) -> Vec<(NodeId, NodeInfo, Option<NodeStatus>)> {
-        let queries = self.members().into_iter().map(|(id, node)| async move {
-            if id == self.id() {
-                return (id, node, Some(self.status()));
-            }
-            let client = self.peers.client(id, &node.peer_addr, Channel::Forward);
-            let timeout = Duration::from_millis(limits::PEER_STATUS_TIMEOUT_MS);
-            let status = match client.call(PeerRequest::Status, timeout).await {
-                Ok(PeerResponse::Status(s)) => Some(s),
-                _ => None,
-            };
-            (id, node, status)
-        });
-        futures::future::join_all(queries).await
-    }
-
     /// The storage id the cluster recorded for this node, if it differs from the one this data
     /// directory has: the directory was copied from another node, or restored over a newer one.
     pub fn own_storage_conflict(&self) -> Option<u64> {
@@ -261,64 +224,4 @@ impl Service {
             .recorded(self.id())
             .filter(|recorded| *recorded != self.identity.storage_id)
     }
-}
-
-pub fn role_name(state: &ServerState) -> &'static str {
-    match state {
-        ServerState::Leader => "leader",
-        ServerState::Follower => "follower",
-        ServerState::Candidate => "candidate",
-        ServerState::Learner => "learner",
-        ServerState::Shutdown => "shutdown",
-    }
-}
-
-/// While this node leads, record the storage ids of members met in handshakes that have no
-/// record yet (see `storage::identity`). Runs until the Raft node shuts down.
-pub fn spawn_storage_recorder(service: Arc<Service>) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(STORAGE_RECORD_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if service.metrics().state == ServerState::Shutdown {
-                return;
-            }
-            if service.leader_in_contact() != Some(service.id()) {
-                continue;
-            }
-            let members = service.members();
-            for (node, storage_id) in service.ids.unrecorded() {
-                if !members.contains_key(&node) {
-                    continue;
-                }
-                let command = Command::RecordStorage { node, storage_id };
-                match service.write_local_now(command).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(refused)) => {
-                        tracing::error!(node, %refused, "recording a member's storage id was refused")
-                    }
-                    Err(e) => {
-                        tracing::debug!(node, error = %e, "recording a member's storage id will be retried")
-                    }
-                }
-            }
-        }
-    });
-}
-
-/// Count leader changes and log them, until the Raft node shuts down.
-pub fn spawn_leader_watch(service: Arc<Service>) {
-    tokio::spawn(async move {
-        let mut rx = service.raft().metrics();
-        let mut leader = rx.borrow_watched().current_leader;
-        while rx.changed().await.is_ok() {
-            let now = rx.borrow_watched().current_leader;
-            if now != leader {
-                tracing::info!(from = ?leader, to = ?now, term = rx.borrow_watched().current_term, "leader changed");
-                metrics::counter!("metrokv_raft_leader_changes_total").increment(1);
-                leader = now;
-            }
-        }
-    });
 }

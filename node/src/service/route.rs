@@ -27,6 +27,7 @@ use crate::raft::ReadPolicy;
 use crate::state_machine::Command;
 use crate::state_machine::Request;
 use crate::state_machine::Response;
+use crate::transport::client::CallError;
 use crate::transport::client::PeerClient;
 use crate::transport::codec::Channel;
 use crate::transport::codec::Failure;
@@ -59,6 +60,7 @@ pub struct Served<T> {
 }
 
 /// What one attempt at the leader produced (see [`Service::at_leader`]).
+#[derive(Debug)]
 enum Step<T, E> {
     Done(T),
     /// A final error: nothing more to try.
@@ -83,6 +85,56 @@ impl std::fmt::Display for LocalWrite {
             LocalWrite::NoQuorum => write!(f, "this node leads but cannot reach a quorum"),
             LocalWrite::Indeterminate(why) => write!(f, "{why}"),
         }
+    }
+}
+
+/// What a write forwarded to leader `l` came to. This is where a retry is decided, so it is
+/// where a write could be applied twice: only an answer that says nothing was proposed
+/// (another node leads, the leader is starting) or a request that never left this node may be
+/// tried again; anything that may have reached the Raft log is final, and indeterminate unless
+/// the leader said otherwise.
+fn forwarded_write(
+    l: NodeId,
+    answer: Result<PeerResponse, CallError>,
+) -> Step<Response, WriteError> {
+    match answer {
+        Ok(PeerResponse::ClientWrite(Ok(response))) => Step::Done(response),
+        Ok(PeerResponse::ClientWrite(Err(ForwardError::NotLeader(_)))) => {
+            Step::LeaderMoved(format!("node {l} is no longer the leader"))
+        }
+        Ok(PeerResponse::ClientWrite(Err(ForwardError::NoQuorum))) => Step::Fail(
+            WriteError::Unavailable(format!("leader {l} cannot reach a quorum")),
+        ),
+        Ok(PeerResponse::ClientWrite(Err(e))) => {
+            Step::Fail(WriteError::Indeterminate(format!("leader {l}: {e}")))
+        }
+        // The leader did not look at the request: nothing was proposed.
+        Ok(PeerResponse::Failed(Failure::Starting(_))) => {
+            Step::LeaderMoved(format!("node {l} is starting"))
+        }
+        Ok(other) => Step::Fail(WriteError::Indeterminate(format!(
+            "leader {l} answered {other:?}"
+        ))),
+        Err(e) if e.not_sent() => Step::Unreachable(e.to_string()),
+        Err(e) => Step::Fail(WriteError::Indeterminate(format!(
+            "forwarded to leader {l}: {e}"
+        ))),
+    }
+}
+
+/// What a read index asked of leader `l` came to. A read changes nothing, so any failure is
+/// 503; only "not the leader" and "not sent" are worth another try inside the deadline.
+fn forwarded_read(l: NodeId, answer: Result<PeerResponse, CallError>) -> Step<u64, ReadError> {
+    match answer {
+        Ok(PeerResponse::ReadIndex(Ok(index))) => Step::Done(index),
+        Ok(PeerResponse::ReadIndex(Err(ForwardError::NotLeader(_)))) => {
+            Step::LeaderMoved(format!("node {l} is no longer the leader"))
+        }
+        Ok(other) => Step::Fail(ReadError::Unavailable(format!(
+            "leader {l} answered {other:?}"
+        ))),
+        Err(e) if e.not_sent() => Step::Unreachable(e.to_string()),
+        Err(e) => Step::Fail(ReadError::Unavailable(format!("leader {l}: {e}"))),
     }
 }
 
@@ -201,31 +253,7 @@ impl Service {
                 command: command.clone(),
                 idempotency_key: idempotency_key.clone(),
             };
-            async move {
-                match client.call(request, budget).await {
-                    Ok(PeerResponse::ClientWrite(Ok(response))) => Step::Done(response),
-                    Ok(PeerResponse::ClientWrite(Err(ForwardError::NotLeader(_)))) => {
-                        Step::LeaderMoved(format!("node {l} is no longer the leader"))
-                    }
-                    Ok(PeerResponse::ClientWrite(Err(ForwardError::NoQuorum))) => Step::Fail(
-                        WriteError::Unavailable(format!("leader {l} cannot reach a quorum")),
-                    ),
-                    Ok(PeerResponse::ClientWrite(Err(e))) => {
-                        Step::Fail(WriteError::Indeterminate(format!("leader {l}: {e}")))
-                    }
-                    // The leader did not look at the request: nothing was proposed.
-                    Ok(PeerResponse::Failed(Failure::Starting(_))) => {
-                        Step::LeaderMoved(format!("node {l} is starting"))
-                    }
-                    Ok(other) => Step::Fail(WriteError::Indeterminate(format!(
-                        "leader {l} answered {other:?}"
-                    ))),
-                    Err(e) if e.not_sent() => Step::Unreachable(e.to_string()),
-                    Err(e) => Step::Fail(WriteError::Indeterminate(format!(
-                        "forwarded to leader {l}: {e}"
-                    ))),
-                }
-            }
+            async move { forwarded_write(l, client.call(request, budget).await) }
         };
         let give_up = |problem: String| {
             WriteError::Unavailable(format!("no leader could take the write: {problem}"))
@@ -296,17 +324,7 @@ impl Service {
                     "lost contact with leader {l} while confirming the read"
                 ))),
             };
-            match answer {
-                Ok(PeerResponse::ReadIndex(Ok(index))) => Step::Done(index),
-                Ok(PeerResponse::ReadIndex(Err(ForwardError::NotLeader(_)))) => {
-                    Step::LeaderMoved(format!("node {l} is no longer the leader"))
-                }
-                Ok(other) => Step::Fail(ReadError::Unavailable(format!(
-                    "leader {l} answered {other:?}"
-                ))),
-                Err(e) if e.not_sent() => Step::Unreachable(e.to_string()),
-                Err(e) => Step::Fail(ReadError::Unavailable(format!("leader {l}: {e}"))),
-            }
+            forwarded_read(l, answer)
         };
         let give_up = |problem: String| {
             ReadError::Unavailable(format!(
@@ -350,6 +368,200 @@ impl Service {
                 Err(ForwardError::NotLeader(f.leader_id))
             }
             Err(e) => Err(ForwardError::ReadTimeout(e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The retry decisions of forwarding, against a fake leader on a real socket: what it
+    //! answers, or how it fails, decides whether the write may be sent again.
+
+    use std::sync::Arc;
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::limits;
+    use crate::state_machine::Rejection;
+    use crate::storage::StorageIds;
+    use crate::transport::client::Dialer;
+    use crate::transport::codec;
+    use crate::transport::codec::Envelope;
+    use crate::transport::codec::Hello;
+    use crate::transport::codec::HelloReply;
+    use crate::transport::codec::Refusal;
+
+    /// How the fake leader treats a request.
+    #[derive(Clone, Copy)]
+    enum Leader {
+        /// Answers with this.
+        Answers(fn() -> PeerResponse),
+        /// Reads the request, then closes the connection without answering.
+        HangsUp,
+        /// Reads the request and never answers.
+        Silent,
+        /// Refuses the handshake.
+        Refuses,
+    }
+
+    /// A fake leader on 127.0.0.1; returns its address.
+    async fn fake_leader(leader: Leader) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let hello: Hello = codec::read_hello(&mut stream).await.unwrap();
+                    if let Leader::Refuses = leader {
+                        let refusal = Refusal::NotAMember { from: hello.from };
+                        let _ =
+                            codec::write_value(&mut stream, &HelloReply::Refused(refusal)).await;
+                        return;
+                    }
+                    let accepted = HelloReply::Accepted { storage_id: 22 };
+                    codec::write_value(&mut stream, &accepted).await.unwrap();
+                    let mut buf = Vec::new();
+                    while codec::read_frame(&mut stream, &mut buf, limits::PEER_FRAME_BYTES_MAX)
+                        .await
+                        .is_ok()
+                    {
+                        let request: Envelope<PeerRequest> = codec::decode(&buf).unwrap();
+                        match leader {
+                            Leader::Answers(answer) => {
+                                let reply = Envelope {
+                                    id: request.id,
+                                    body: answer(),
+                                };
+                                codec::write_value(&mut stream, &reply).await.unwrap();
+                            }
+                            Leader::HangsUp => return,
+                            Leader::Silent | Leader::Refuses => {}
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn client(addr: String) -> PeerClient {
+        let dialer = Dialer {
+            me: 1,
+            cluster_id: "c".into(),
+            storage_id: 11,
+            ids: Arc::new(StorageIds::new()),
+        };
+        PeerClient::new(dialer, 2, addr, Channel::Forward)
+    }
+
+    fn write_request() -> PeerRequest {
+        PeerRequest::ClientWrite {
+            command: Command::Put {
+                key: "k".into(),
+                value: b"v".to_vec(),
+                condition: crate::state_machine::Condition::Always,
+            },
+            idempotency_key: None,
+        }
+    }
+
+    async fn forward_write_to(leader: Leader) -> Step<Response, WriteError> {
+        let addr = fake_leader(leader).await;
+        let answer = client(addr)
+            .call(write_request(), Duration::from_millis(300))
+            .await;
+        forwarded_write(2, answer)
+    }
+
+    #[tokio::test]
+    async fn a_write_is_retried_only_when_nothing_was_proposed() {
+        // Answers that say nothing was proposed: try again (with whoever leads by then).
+        let not_leader = || PeerResponse::ClientWrite(Err(ForwardError::NotLeader(Some(3))));
+        assert!(matches!(
+            forward_write_to(Leader::Answers(not_leader)).await,
+            Step::LeaderMoved(_)
+        ));
+        let starting = || PeerResponse::Failed(Failure::Starting(2));
+        assert!(matches!(
+            forward_write_to(Leader::Answers(starting)).await,
+            Step::LeaderMoved(_)
+        ));
+        // Never sent: a refused handshake, a closed port.
+        assert!(matches!(
+            forward_write_to(Leader::Refuses).await,
+            Step::Unreachable(_)
+        ));
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let answer = client(addr)
+            .call(write_request(), Duration::from_millis(300))
+            .await;
+        assert!(matches!(forwarded_write(2, answer), Step::Unreachable(_)));
+
+        // A leader without a quorum proposed nothing either, but retrying cannot help: 503.
+        let no_quorum = || PeerResponse::ClientWrite(Err(ForwardError::NoQuorum));
+        assert!(matches!(
+            forward_write_to(Leader::Answers(no_quorum)).await,
+            Step::Fail(WriteError::Unavailable(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_write_that_may_have_reached_the_leader_is_never_retried() {
+        for leader in [Leader::HangsUp, Leader::Silent] {
+            assert!(matches!(
+                forward_write_to(leader).await,
+                Step::Fail(WriteError::Indeterminate(_))
+            ));
+        }
+        let unknown = || PeerResponse::ClientWrite(Err(ForwardError::Indeterminate("x".into())));
+        assert!(matches!(
+            forward_write_to(Leader::Answers(unknown)).await,
+            Step::Fail(WriteError::Indeterminate(_))
+        ));
+        // An answer of the wrong kind is a bug somewhere; the write may have applied.
+        let wrong = || PeerResponse::ReadIndex(Ok(5));
+        assert!(matches!(
+            forward_write_to(Leader::Answers(wrong)).await,
+            Step::Fail(WriteError::Indeterminate(_))
+        ));
+        // A refusal by the state machine is an answer, passed on as it is.
+        let refused = || {
+            PeerResponse::ClientWrite(Ok(Err(Rejection::PreconditionFailed {
+                key: "k".into(),
+                current_version: 4,
+            })))
+        };
+        assert!(matches!(
+            forward_write_to(Leader::Answers(refused)).await,
+            Step::Done(Err(Rejection::PreconditionFailed { .. }))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_read_index_is_retried_only_on_a_leader_change_or_when_not_sent() {
+        let read = |leader| async move {
+            let addr = fake_leader(leader).await;
+            let answer = client(addr)
+                .call(PeerRequest::ReadIndex, Duration::from_millis(300))
+                .await;
+            forwarded_read(2, answer)
+        };
+        let index = || PeerResponse::ReadIndex(Ok(42));
+        assert!(matches!(read(Leader::Answers(index)).await, Step::Done(42)));
+        let moved = || PeerResponse::ReadIndex(Err(ForwardError::NotLeader(None)));
+        assert!(matches!(
+            read(Leader::Answers(moved)).await,
+            Step::LeaderMoved(_)
+        ));
+        assert!(matches!(read(Leader::Refuses).await, Step::Unreachable(_)));
+        for leader in [Leader::HangsUp, Leader::Silent] {
+            assert!(matches!(
+                read(leader).await,
+                Step::Fail(ReadError::Unavailable(_))
+            ));
         }
     }
 }
