@@ -195,6 +195,10 @@ pub struct TxnGot {
     pub version: u64,
 }
 
+/// A committed transfer as the state machine stores it (postcard, in the log, dedup records and
+/// snapshots). The same fields as `metrokv_api::ledger::TransferReceipt`, deliberately a
+/// separate type: that one is the JSON a client sees and may grow fields; this one is a disk
+/// format and changes only with a format version.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransferReceipt {
     pub id: String,
