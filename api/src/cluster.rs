@@ -14,6 +14,66 @@ pub struct ClusterView {
     pub term: u64,
     pub commit_index: u64,
     pub members: Vec<MemberView>,
+    /// The zone-safety mode and state (absent from nodes older than zones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_safety: Option<ZoneSafetyView>,
+}
+
+/// How acknowledgements relate to zones (`docs/api.md`, "Zones").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ZoneMode {
+    /// Plain Raft majority.
+    Off,
+    /// As strict until the other zone has been silent for `degrade_after_ms`, then majority
+    /// alone until it has caught up.
+    Adaptive,
+    /// Acknowledged, and visible to linearizable reads, only once voters of two zones have it.
+    Strict,
+}
+
+/// What acknowledgements wait for right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ZoneState {
+    /// Writes and linearizable reads wait for two zones.
+    ZoneSafe,
+    /// Adaptive mode acknowledges on a majority alone (the other zone was silent).
+    Degraded,
+    /// Mode `off`: a majority is enough.
+    Off,
+    /// The voters sit in one zone: zone safety does not apply.
+    SingleZone,
+}
+
+/// The zone section of `GET /v1/cluster`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZoneSafetyView {
+    pub mode: ZoneMode,
+    pub state: ZoneState,
+    pub degrade_after_ms: u64,
+    /// On the leader: the highest index persisted in two zones, and how far the commit index
+    /// is ahead of it.
+    pub zone_safe_index: Option<u64>,
+    pub lag_entries: Option<u64>,
+    /// While degraded: since when (the cluster's replicated clock, ms since the Unix epoch) and
+    /// the zone-safe index at that moment; acknowledgements above it rest on one zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded_since_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded_at_index: Option<u64>,
+}
+
+/// `PUT /v1/cluster/settings` (fields left out stay as they are) and its answer, also
+/// `GET /v1/cluster/settings`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_safety: Option<ZoneMode>,
+    /// Adaptive mode's patience, in ms (200 ..= 3,600,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degrade_after_ms: Option<u64>,
 }
 
 /// One member, with what it says of itself (`None` when it did not answer).
@@ -55,6 +115,15 @@ mod tests {
         let view: ClusterView = serde_json::from_str(text).unwrap();
         assert_eq!(view.members[1].term, None);
         assert_eq!(serde_json::to_string(&view).unwrap(), text);
+        let zones = r#"{"zone_safety":"strict","degrade_after_ms":10000}"#;
+        let settings: Settings = serde_json::from_str(zones).unwrap();
+        assert_eq!(settings.zone_safety, Some(ZoneMode::Strict));
+        assert_eq!(serde_json::to_string(&settings).unwrap(), zones);
+        assert!(serde_json::from_str::<Settings>(r#"{"zone_safety":"sometimes"}"#).is_err());
+        let view = r#"{"mode":"adaptive","state":"degraded","degrade_after_ms":10000,"zone_safe_index":40,"lag_entries":12,"degraded_since_ms":1700000000000,"degraded_at_index":40}"#;
+        let parsed: ZoneSafetyView = serde_json::from_str(view).unwrap();
+        assert_eq!(parsed.state, ZoneState::Degraded);
+        assert_eq!(serde_json::to_string(&parsed).unwrap(), view);
         let ready: Ready = serde_json::from_str(
             r#"{"ready":false,"leader":null,"commit_index":1,"applied_index":1}"#,
         )

@@ -42,6 +42,18 @@ pub const DEDUP_EXPIRE_PER_ENTRY_MAX: usize = 16;
 pub const CLOCK_STEP_MS_MAX: u64 = 10 * 60 * 1000;
 
 // ---------------------------------------------------------------------------------------------
+// Zones (see `service::zones`).
+
+/// How long, in ms, adaptive mode waits for the other zone to confirm an entry before it
+/// acknowledges on a majority alone; settable per cluster within the bounds below.
+pub const ZONE_DEGRADE_AFTER_MS_DEFAULT: u64 = 10_000;
+/// See [`ZONE_DEGRADE_AFTER_MS_DEFAULT`]: shorter would degrade on an ordinary GC pause or a
+/// slow fsync in the other zone.
+pub const ZONE_DEGRADE_AFTER_MS_MIN: u64 = 200;
+/// See [`ZONE_DEGRADE_AFTER_MS_DEFAULT`].
+pub const ZONE_DEGRADE_AFTER_MS_MAX: u64 = 60 * 60 * 1000;
+
+// ---------------------------------------------------------------------------------------------
 // Cluster shape and configuration strings.
 
 /// Most members (voters and learners) a cluster may have; a longer member list is refused at
@@ -226,4 +238,6 @@ const _: () = {
     assert!(TXN_ANSWER_BYTES_MAX >= KEY_BYTES_MAX + VALUE_BYTES_MAX);
     // The clock may catch up an idle day within a few hundred entries.
     assert!(CLOCK_STEP_MS_MAX > 0 && CLOCK_STEP_MS_MAX < DEDUP_RETENTION_MS / 100);
+    assert!(ZONE_DEGRADE_AFTER_MS_MIN <= ZONE_DEGRADE_AFTER_MS_DEFAULT);
+    assert!(ZONE_DEGRADE_AFTER_MS_DEFAULT <= ZONE_DEGRADE_AFTER_MS_MAX);
 };

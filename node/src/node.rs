@@ -171,6 +171,7 @@ pub async fn run(
     }
     service::spawn_leader_watch(service.clone());
     service::spawn_storage_recorder(service.clone());
+    service::zones::spawn_zone_watch(service.clone());
 
     tracing::info!(
         id = config.id,

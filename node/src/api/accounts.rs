@@ -99,13 +99,23 @@ pub async fn get(
     fresh: Fresh,
 ) -> Result<Response, ApiError> {
     let Some(account) = state.service.reader().account(&id).await? else {
-        return Ok(fresh.answer(ApiError::NotFound(format!("account {id:?} does not exist"))));
+        return fresh
+            .answer(
+                &state,
+                ApiError::NotFound(format!("account {id:?} does not exist")),
+            )
+            .await;
     };
-    Ok(fresh.answer(Json(Account {
-        id,
-        balance: account.balance,
-        version: account.version,
-    })))
+    fresh
+        .answer(
+            &state,
+            Json(Account {
+                id,
+                balance: account.balance,
+                version: account.version,
+            }),
+        )
+        .await
 }
 
 pub async fn list(
@@ -128,12 +138,17 @@ pub async fn list(
         balance: a.record.balance,
         version: a.record.version,
     });
-    Ok(list.fresh.answer(Json(AccountsPage {
-        revision: page.revision,
-        accounts: accounts.collect(),
-        total,
-        more: page.more,
-    })))
+    list.fresh
+        .answer(
+            &state,
+            Json(AccountsPage {
+                revision: page.revision,
+                accounts: accounts.collect(),
+                total,
+                more: page.more,
+            }),
+        )
+        .await
 }
 
 fn receipt_body(r: &TransferReceipt) -> TransferRecord {
@@ -168,9 +183,14 @@ pub async fn get_transfer(
     fresh: Fresh,
 ) -> Result<Response, ApiError> {
     let Some(record) = state.service.reader().transfer(&id).await? else {
-        return Ok(fresh.answer(ApiError::NotFound(format!(
-            "no outcome is recorded for transfer {id:?}: it never applied"
-        ))));
+        return fresh
+            .answer(
+                &state,
+                ApiError::NotFound(format!(
+                    "no outcome is recorded for transfer {id:?}: it never applied"
+                )),
+            )
+            .await;
     };
     let body = match &record.response {
         Ok(Success::Transfer(receipt)) => receipt_body(receipt),
@@ -188,5 +208,5 @@ pub async fn get_transfer(
             })
         }
     };
-    Ok(fresh.answer(Json(body)))
+    fresh.answer(&state, Json(body)).await
 }

@@ -10,9 +10,23 @@ use metrokv_api::cluster::ClusterView;
 use metrokv_api::cluster::Health;
 use metrokv_api::cluster::MemberView;
 use metrokv_api::cluster::Ready;
+use metrokv_api::cluster::Settings;
+use metrokv_api::cluster::ZoneMode;
+use metrokv_api::cluster::ZoneSafetyView;
+use metrokv_api::cluster::ZoneState;
 
+use super::extract::Fresh;
+use super::extract::JsonBody;
+use super::extract::NoQuery;
+use super::unexpected;
+use super::write;
 use super::ApiError;
 use super::AppState;
+use crate::service::zones::ZoneStatus;
+use crate::state_machine::Command;
+use crate::state_machine::Success;
+use crate::state_machine::ZoneRecord;
+use crate::state_machine::ZoneSafety;
 
 pub async fn cluster(State(state): State<AppState>) -> Result<Response, ApiError> {
     let service = &state.service;
@@ -41,6 +55,7 @@ pub async fn cluster(State(state): State<AppState>) -> Result<Response, ApiError
         term: me.term,
         commit_index: me.commit_index,
         members,
+        zone_safety: Some(zone_view(&service.zone_status().await)),
     };
     Ok(super::with_headers(
         Json(body).into_response(),
@@ -88,4 +103,72 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     r
+}
+
+fn mode_of(mode: ZoneSafety) -> ZoneMode {
+    match mode {
+        ZoneSafety::Off => ZoneMode::Off,
+        ZoneSafety::Adaptive => ZoneMode::Adaptive,
+        ZoneSafety::Strict => ZoneMode::Strict,
+    }
+}
+
+fn settings_of(record: &ZoneRecord) -> Settings {
+    Settings {
+        zone_safety: Some(mode_of(record.mode)),
+        degrade_after_ms: Some(record.degrade_after_ms),
+    }
+}
+
+fn zone_view(status: &ZoneStatus) -> ZoneSafetyView {
+    let record = &status.record;
+    let state = if status.single_zone {
+        ZoneState::SingleZone
+    } else {
+        match (record.mode, record.degraded) {
+            (ZoneSafety::Off, _) => ZoneState::Off,
+            (ZoneSafety::Adaptive, Some(_)) => ZoneState::Degraded,
+            _ => ZoneState::ZoneSafe,
+        }
+    };
+    let zone_safe_index = status
+        .is_leader
+        .then(|| status.zone_safe_index.unwrap_or(0));
+    ZoneSafetyView {
+        mode: mode_of(record.mode),
+        state,
+        degrade_after_ms: record.degrade_after_ms,
+        zone_safe_index,
+        lag_entries: zone_safe_index.map(|z| status.commit_index.saturating_sub(z)),
+        degraded_since_ms: record.degraded.map(|d| d.since_ms),
+        degraded_at_index: record.degraded.map(|d| d.zone_safe_index),
+    }
+}
+
+/// `GET /v1/cluster/settings`.
+pub async fn settings(State(state): State<AppState>, fresh: Fresh) -> Result<Response, ApiError> {
+    let record = state.service.reader().zones().await?;
+    fresh.answer(&state, Json(settings_of(&record))).await
+}
+
+/// `PUT /v1/cluster/settings`: a replicated command, so every node agrees.
+pub async fn put_settings(
+    State(state): State<AppState>,
+    _: NoQuery,
+    JsonBody(body): JsonBody<Settings>,
+) -> Result<Response, ApiError> {
+    let mode = body.zone_safety.map(|m| match m {
+        ZoneMode::Off => ZoneSafety::Off,
+        ZoneMode::Adaptive => ZoneSafety::Adaptive,
+        ZoneMode::Strict => ZoneSafety::Strict,
+    });
+    let command = Command::ZoneSettings {
+        mode,
+        degrade_after_ms: body.degrade_after_ms,
+    };
+    let served = write(&state.service, command, None).await?;
+    let Success::ZoneSettings(record) = &served.value else {
+        return Err(unexpected(served.value));
+    };
+    Ok(served.answer(Json(settings_of(record))))
 }

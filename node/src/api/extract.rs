@@ -25,9 +25,9 @@ use super::read_json;
 use super::with_headers;
 use super::ApiError;
 use super::AppState;
+use super::Barrier;
 use super::Query;
 use crate::limits;
-use crate::raft::NodeId;
 use crate::service::Served;
 use crate::state_machine::Condition;
 
@@ -48,26 +48,33 @@ impl FromRequestParts<AppState> for NoQuery {
 /// local state is now as fresh as the consistency promises. Carries what the answer's headers
 /// say: the leader that confirmed, and the applied index the read sees at least.
 pub struct Fresh {
-    pub leader: Option<NodeId>,
+    barrier: Barrier,
     pub applied_index: u64,
 }
 
 impl Fresh {
     async fn after_barrier(state: &AppState, query: &Query) -> Result<Self, ApiError> {
-        let leader = read_barrier(&state.service, query.consistency()?).await?;
+        let barrier = read_barrier(&state.service, query.consistency()?).await?;
         Ok(Fresh {
-            leader,
+            barrier,
             applied_index: super::applied_index(&state.service),
         })
     }
 
-    /// `answer` with `X-Metrokv-Leader` and `X-Metrokv-Applied-Index`.
-    pub fn answer(&self, answer: impl IntoResponse) -> Response {
-        with_headers(
+    /// `answer` with `X-Metrokv-Leader` and `X-Metrokv-Applied-Index`, once the read has
+    /// settled (a linearizable read shows nothing a zone loss could take back, see
+    /// `service::zones`).
+    pub async fn answer(
+        &self,
+        state: &AppState,
+        answer: impl IntoResponse,
+    ) -> Result<Response, ApiError> {
+        self.barrier.settle(&state.service).await?;
+        Ok(with_headers(
             answer.into_response(),
-            self.leader,
+            self.barrier.leader,
             Some(self.applied_index),
-        )
+        ))
     }
 }
 

@@ -31,7 +31,12 @@ pub async fn get(
     fresh: Fresh,
 ) -> Result<Response, ApiError> {
     let Some(record) = state.service.reader().kv(&key).await? else {
-        return Ok(fresh.answer(ApiError::NotFound(format!("key {key:?} does not exist"))));
+        return fresh
+            .answer(
+                &state,
+                ApiError::NotFound(format!("key {key:?} does not exist")),
+            )
+            .await;
     };
     let mut response = record.value.into_response();
     let headers = response.headers_mut();
@@ -42,7 +47,7 @@ pub async fn get(
     if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", record.version)) {
         headers.insert("etag", etag);
     }
-    Ok(fresh.answer(response))
+    fresh.answer(&state, response).await
 }
 
 pub async fn put(
@@ -90,11 +95,18 @@ pub async fn list(
         .list_kv(&list.prefix, list.after.as_deref(), list.limit)
         .await?;
     let items = page.items.iter();
-    Ok(list.fresh.answer(Json(KvPage {
-        revision: page.revision,
-        items: items
-            .map(|item| KvItem::new(item.key.as_str(), &item.record.value, item.record.version))
-            .collect(),
-        more: page.more,
-    })))
+    list.fresh
+        .answer(
+            &state,
+            Json(KvPage {
+                revision: page.revision,
+                items: items
+                    .map(|item| {
+                        KvItem::new(item.key.as_str(), &item.record.value, item.record.version)
+                    })
+                    .collect(),
+                more: page.more,
+            }),
+        )
+        .await
 }

@@ -84,6 +84,10 @@ pub fn router(
         .route("/v1/transfers", post(accounts::transfer))
         .route("/v1/transfers/{*id}", get(accounts::get_transfer))
         .route("/v1/cluster", get(cluster::cluster))
+        .route(
+            "/v1/cluster/settings",
+            get(cluster::settings).put(cluster::put_settings),
+        )
         .route("/health", get(cluster::health))
         .route("/ready", get(cluster::ready))
         .route("/metrics", get(cluster::metrics))
@@ -344,14 +348,41 @@ pub fn json_value(
 // ---------------------------------------------------------------------------------------------
 // Reads and writes.
 
-/// Make a read at `consistency` safe to serve from local state; returns the confirming leader.
+/// What a read barrier established: the leader that confirmed it, and for a linearizable read
+/// the index it confirmed (the answer settles against it, see [`Barrier::settle`]).
+pub struct Barrier {
+    pub leader: Option<NodeId>,
+    confirmed: Option<u64>,
+}
+
+impl Barrier {
+    /// Before answering: make sure the answer shows nothing a zone loss could take back
+    /// (`Service::settle_read`). Stale reads promise nothing of the kind.
+    pub async fn settle(&self, service: &Service) -> Result<(), ApiError> {
+        if let Some(confirmed) = self.confirmed {
+            service.settle_read(confirmed).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Make a read at `consistency` safe to serve from local state.
 pub async fn read_barrier(
     service: &Service,
     consistency: Consistency,
-) -> Result<Option<NodeId>, ApiError> {
+) -> Result<Barrier, ApiError> {
     match consistency {
-        Consistency::Linearizable => Ok(service.linearize().await?),
-        Consistency::Stale => Ok(service.metrics().current_leader),
+        Consistency::Linearizable => {
+            let (leader, confirmed) = service.linearize().await?;
+            Ok(Barrier {
+                leader,
+                confirmed: Some(confirmed),
+            })
+        }
+        Consistency::Stale => Ok(Barrier {
+            leader: service.metrics().current_leader,
+            confirmed: None,
+        }),
     }
 }
 

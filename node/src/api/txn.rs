@@ -151,9 +151,13 @@ pub async fn txn(
     // A txn that writes nothing is a read: it is answered from a linearizable view, with no log
     // entry and no stored answer.
     let served = if txn.is_read_only() {
-        let leader = read_barrier(&state.service, Consistency::Linearizable).await?;
+        let barrier = read_barrier(&state.service, Consistency::Linearizable).await?;
         let value = state.service.reader().query(&txn).await??;
-        crate::service::Served { value, leader }
+        barrier.settle(&state.service).await?;
+        crate::service::Served {
+            value,
+            leader: barrier.leader,
+        }
     } else {
         write(&state.service, Command::Txn(txn), idempotency_key).await?
     };

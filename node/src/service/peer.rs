@@ -136,7 +136,7 @@ impl PeerHandler for Arc<Service> {
                 let deadline =
                     Instant::now() + Duration::from_millis(self.timeouts.write_timeout_ms);
                 let result = self
-                    .write_local(command, idempotency_key, deadline)
+                    .write_local(command, idempotency_key, deadline, true)
                     .await
                     .map_err(|e| match e {
                         LocalWrite::NotLeader(l) => ForwardError::NotLeader(l),

@@ -239,7 +239,7 @@ impl Service {
         let deadline = Instant::now() + Duration::from_millis(self.timeouts.write_timeout_ms);
         let local = || async {
             match self
-                .write_local(command.clone(), idempotency_key.clone(), deadline)
+                .write_local(command.clone(), idempotency_key.clone(), deadline, true)
                 .await
             {
                 Ok(response) => Step::Done(response),
@@ -265,12 +265,15 @@ impl Service {
         })
     }
 
-    /// Propose as leader, stamping the entry with this node's bounded clock (see `clock`).
+    /// Propose as leader, stamping the entry with this node's bounded clock (see `clock`). With
+    /// `zone_gate`, the answer waits until the entry is zone-safe when the gate is closed (see
+    /// `zones`): a client write; internal entries do not wait.
     pub(super) async fn write_local(
         &self,
         command: Command,
         idempotency_key: Option<String>,
         deadline: Instant,
+        zone_gate: bool,
     ) -> Result<Response, LocalWrite> {
         if !self.has_quorum() {
             return Err(LocalWrite::NoQuorum);
@@ -285,7 +288,14 @@ impl Service {
             Err(_) => Err(LocalWrite::Indeterminate(
                 "the write was proposed but did not commit in time".into(),
             )),
-            Ok(Ok(written)) => Ok(written.data),
+            Ok(Ok(written)) => {
+                if zone_gate && self.zone_gated().await {
+                    self.wait_zone_safe(written.log_id.index(), deadline)
+                        .await
+                        .map_err(|e| LocalWrite::Indeterminate(e.to_string()))?;
+                }
+                Ok(written.data)
+            }
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 Err(LocalWrite::NotLeader(f.leader_id))
             }
@@ -299,13 +309,31 @@ impl Service {
     /// Propose an internal command as leader, with the usual write timeout.
     pub(super) async fn write_local_now(&self, command: Command) -> Result<Response, LocalWrite> {
         let deadline = Instant::now() + Duration::from_millis(self.timeouts.write_timeout_ms);
-        self.write_local(command, None, deadline).await
+        self.write_local(command, None, deadline, false).await
     }
 
     /// Make the next read from the local state machine linearizable: learn the leader's commit
-    /// index (confirmed with a quorum) and wait until this node has applied it.
-    pub async fn linearize(&self) -> Result<Option<NodeId>, ReadError> {
+    /// index (confirmed with a quorum, and zone-safe when the zone gate is closed) and wait until
+    /// this node has applied it. Returns the leader and the confirmed index (for
+    /// [`Service::settle_read`]).
+    pub async fn linearize(&self) -> Result<(Option<NodeId>, u64), ReadError> {
         let deadline = Instant::now() + Duration::from_millis(self.timeouts.read_timeout_ms);
+        let (index, leader) = self.read_index(deadline).await?;
+        let budget = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(budget))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map_err(|e| {
+                ReadError::Unavailable(format!(
+                    "this node did not catch up with the leader in time: {e}"
+                ))
+            })?;
+        Ok((Some(leader), index))
+    }
+
+    /// The leader's confirmed read index, here or over the peer transport.
+    pub(super) async fn read_index(&self, deadline: Instant) -> Result<(u64, NodeId), ReadError> {
         let local = || async {
             match self.read_index_local(deadline).await {
                 Ok(index) => Step::Done(index),
@@ -331,18 +359,7 @@ impl Service {
                 "the read could not be confirmed with a leader: {problem}"
             ))
         };
-        let (index, leader) = self.at_leader(deadline, local, remote, give_up).await?;
-        let budget = deadline.saturating_duration_since(Instant::now());
-        self.raft
-            .wait(Some(budget))
-            .applied_index_at_least(Some(index), "linearizable read")
-            .await
-            .map_err(|e| {
-                ReadError::Unavailable(format!(
-                    "this node did not catch up with the leader in time: {e}"
-                ))
-            })?;
-        Ok(Some(leader))
+        self.at_leader(deadline, local, remote, give_up).await
     }
 
     /// Completes when `leader` is no longer in contact with this node.
@@ -362,13 +379,20 @@ impl Service {
         )
         .await
         .map_err(|_| ForwardError::ReadTimeout("leadership was not confirmed in time".into()))?;
-        match linearizer {
-            Ok(l) => Ok(l.read_log_id().index()),
+        let index = match linearizer {
+            Ok(l) => l.read_log_id().index(),
             Err(RaftError::APIError(crate::raft::LinearizableReadError::ForwardToLeader(f))) => {
-                Err(ForwardError::NotLeader(f.leader_id))
+                return Err(ForwardError::NotLeader(f.leader_id))
             }
-            Err(e) => Err(ForwardError::ReadTimeout(e.to_string())),
+            Err(e) => return Err(ForwardError::ReadTimeout(e.to_string())),
+        };
+        // Readers see only what a zone loss cannot take back (see `zones`).
+        if self.zone_gated().await {
+            self.wait_zone_safe(index, deadline)
+                .await
+                .map_err(|e| ForwardError::ReadTimeout(e.to_string()))?;
         }
+        Ok(index)
     }
 }
 

@@ -5,11 +5,32 @@
 //! though it was acknowledged. The zone-safe index is the highest index persisted on voters of
 //! at least two zones; an entry at or below it survives the loss of any one zone.
 //!
-//! This file holds the pure part: the zone-safe index from the leader's replication progress.
+//! Raft still commits on its majority; what waits for the zone-safe index is what we let out:
+//! the leader acknowledges a write, and confirms a read index, only once the entry is zone-safe
+//! (the gate). A linearizable read also settles before it answers: if the local state has moved
+//! past the index it confirmed, it confirms again, so no reader sees an entry a zone loss could
+//! take back. The gate is closed in `strict` mode, and in `adaptive` mode until the leader
+//! decides (a replicated `ZoneDegrade` entry) that the other zone has been silent for
+//! `degrade_after_ms`; it reopens with `ZoneRestore` once the other zone has caught up. It is
+//! always open in `off` mode and when the voters sit in fewer than two zones.
+//!
+//! The pure part is [`zone_safe_index`] and [`Watch`] (when to degrade or restore); the rest
+//! reads openraft's replication progress and the replicated [`ZoneRecord`].
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::time::Instant;
+
+use super::ReadError;
+use super::Service;
 use crate::raft::NodeId;
+use crate::raft::ServerState;
+use crate::raft::WatchReceiver as _;
+use crate::state_machine::Command;
+use crate::state_machine::ZoneRecord;
+use crate::state_machine::ZoneSafety;
 
 /// The highest index persisted by voters of at least two different zones, from each voter's
 /// `matched` index (the leader's own flushed index included, as openraft reports it). `None`
@@ -29,6 +50,300 @@ pub fn zone_safe_index<'a>(
     let mut per_zone: Vec<u64> = best.into_values().collect();
     per_zone.sort_unstable_by(|a, b| b.cmp(a));
     per_zone.get(1).copied()
+}
+
+/// The adaptive mode's decision, from what the leader sees at each tick.
+#[derive(Debug, Default)]
+pub struct Watch {
+    /// An entry committed and not yet zone-safe: its index and when it was first seen so.
+    waiting: Option<(u64, Instant)>,
+    /// The commit index at the previous tick.
+    last_commit: u64,
+}
+
+/// What [`Watch::tick`] asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    Nothing,
+    /// Acknowledge on a majority alone from now on.
+    Degrade,
+    /// The other zone caught up: wait for two zones again.
+    Restore,
+}
+
+impl Watch {
+    /// One look at the leader's progress. `zone_safe` is the zone-safe index (0: none yet),
+    /// `commit` the commit index. Degrade when an entry committed `degrade_after` ago is still
+    /// not zone-safe; restore, when degraded, once the zone-safe index reaches where the commit
+    /// index stood at the previous tick (the other zone keeps up again).
+    pub fn tick(
+        &mut self,
+        now: Instant,
+        zone_safe: u64,
+        commit: u64,
+        degraded: bool,
+        degrade_after: Duration,
+    ) -> Decision {
+        let last_commit = std::mem::replace(&mut self.last_commit, commit);
+        if degraded {
+            self.waiting = None;
+            return if zone_safe >= last_commit && zone_safe > 0 {
+                Decision::Restore
+            } else {
+                Decision::Nothing
+            };
+        }
+        match self.waiting {
+            _ if zone_safe >= commit => self.waiting = None,
+            // Progress: the entry we waited for is zone-safe; wait for the newest one now.
+            Some((index, _)) if zone_safe >= index => self.waiting = Some((commit, now)),
+            Some((_, since)) if now.duration_since(since) >= degrade_after => {
+                self.waiting = None;
+                return Decision::Degrade;
+            }
+            Some(_) => {}
+            None => self.waiting = Some((commit, now)),
+        }
+        Decision::Nothing
+    }
+}
+
+/// Why a wait for the zone-safe index ended without it.
+#[derive(Debug)]
+pub struct NotZoneSafe {
+    pub index: u64,
+    pub zone_safe: Option<u64>,
+}
+
+impl std::fmt::Display for NotZoneSafe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "entry {} is committed but not yet persisted in a second zone (zone-safe index: {})",
+            self.index,
+            self.zone_safe
+                .map_or_else(|| "none".to_string(), |i| i.to_string())
+        )
+    }
+}
+
+/// The zone state as `/v1/cluster` shows it.
+#[derive(Clone, Debug)]
+pub struct ZoneStatus {
+    pub record: ZoneRecord,
+    /// The voters span fewer than two zones: zone safety does not apply.
+    pub single_zone: bool,
+    /// On the leader: the zone-safe index and the commit index.
+    pub zone_safe_index: Option<u64>,
+    pub commit_index: u64,
+    pub is_leader: bool,
+}
+
+impl Service {
+    /// Each voter's zone.
+    fn voter_zones(&self) -> BTreeMap<NodeId, String> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let membership = m.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let zones: BTreeMap<NodeId, String> = membership
+            .nodes()
+            .filter(|(id, _)| voters.contains(id))
+            .map(|(id, n)| (*id, n.zone.clone()))
+            .collect();
+        if zones.is_empty() {
+            self.identity
+                .initial_members
+                .iter()
+                .map(|(id, n)| (*id, n.zone.clone()))
+                .collect()
+        } else {
+            zones
+        }
+    }
+
+    fn single_zone(&self) -> bool {
+        let zones = self.voter_zones();
+        let mut names: Vec<&String> = zones.values().collect();
+        names.sort();
+        names.dedup();
+        names.len() < 2
+    }
+
+    /// On the leader: the highest index persisted on voters of two zones. `None` elsewhere, or
+    /// while no entry is.
+    pub fn zone_safe_index(&self) -> Option<u64> {
+        let zones = self.voter_zones();
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let replication = m.replication.as_ref()?;
+        let matched = replication
+            .iter()
+            .map(|(id, log_id)| (*id, log_id.as_ref().map(|l| l.index())));
+        zone_safe_index(matched, |id| zones.get(&id).map(String::as_str))
+    }
+
+    /// The replicated zone settings and state (defaults if storage cannot be read: strict is
+    /// never weakened by a read error, since the default is adaptive-and-not-degraded).
+    async fn zone_record(&self) -> ZoneRecord {
+        match self.reader.zones().await {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the zone record; gating as adaptive");
+                ZoneRecord::default()
+            }
+        }
+    }
+
+    /// Whether acknowledgements wait for two zones right now.
+    pub async fn zone_gated(&self) -> bool {
+        if self.single_zone() {
+            return false;
+        }
+        let record = self.zone_record().await;
+        match record.mode {
+            ZoneSafety::Off => false,
+            ZoneSafety::Strict => true,
+            ZoneSafety::Adaptive => record.degraded.is_none(),
+        }
+    }
+
+    /// As leader: wait until entry `index` is zone-safe, or the gate opens (adaptive mode
+    /// degraded meanwhile), or `deadline` passes.
+    pub(super) async fn wait_zone_safe(
+        &self,
+        index: u64,
+        deadline: Instant,
+    ) -> Result<(), NotZoneSafe> {
+        let mut metrics = self.raft.metrics();
+        let step = Duration::from_millis(self.timeouts.heartbeat_interval_ms.max(1));
+        loop {
+            let zone_safe = self.zone_safe_index();
+            if zone_safe.is_some_and(|z| z >= index) || !self.zone_gated().await {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(NotZoneSafe { index, zone_safe });
+            }
+            let next = (Instant::now() + step).min(deadline);
+            let _ = tokio::time::timeout_at(next, metrics.changed()).await;
+        }
+    }
+
+    /// Before a linearizable read answers: if this node's state moved past `confirmed` (the
+    /// read index the leader confirmed zone-safe), confirm again, so the answer shows nothing a
+    /// zone loss could take back.
+    pub async fn settle_read(&self, confirmed: u64) -> Result<(), ReadError> {
+        let applied = self.applied_index();
+        if applied <= confirmed || !self.zone_gated().await {
+            return Ok(());
+        }
+        let deadline = Instant::now() + Duration::from_millis(self.timeouts.read_timeout_ms);
+        if self.leader_in_contact() == Some(self.id()) {
+            return self
+                .wait_zone_safe(applied, deadline)
+                .await
+                .map_err(|e| ReadError::Unavailable(e.to_string()));
+        }
+        let (index, _) = self.read_index(deadline).await?;
+        if index < applied {
+            return Err(ReadError::Unavailable(format!(
+                "the leader confirmed index {index}, behind this node's applied {applied}"
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.metrics()
+            .last_applied
+            .as_ref()
+            .map_or(0, |id| id.index())
+    }
+
+    /// The zone state for `/v1/cluster`.
+    pub async fn zone_status(&self) -> ZoneStatus {
+        let m = self.metrics();
+        ZoneStatus {
+            record: self.zone_record().await,
+            single_zone: self.single_zone(),
+            zone_safe_index: self.zone_safe_index(),
+            commit_index: m.local_committed.as_ref().map_or(0, |id| id.index()),
+            is_leader: m.state == ServerState::Leader,
+        }
+    }
+}
+
+/// While this node leads in adaptive mode: degrade when the other zone stays silent, restore
+/// when it has caught up (see [`Watch`]); export the zone-safe index. Runs until shutdown.
+pub fn spawn_zone_watch(service: Arc<Service>) {
+    tokio::spawn(async move {
+        let step = Duration::from_millis(service.timeouts.heartbeat_interval_ms.max(1));
+        let mut tick = tokio::time::interval(step);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut watch = Watch::default();
+        loop {
+            tick.tick().await;
+            let m = service.metrics();
+            if m.state == ServerState::Shutdown {
+                return;
+            }
+            if service.leader_in_contact() != Some(service.id()) {
+                watch = Watch::default();
+                continue;
+            }
+            let zone_safe = service.zone_safe_index();
+            if let Some(z) = zone_safe {
+                metrics::gauge!("metrokv_zone_safe_index").set(z as f64);
+            }
+            let record = service.zone_record().await;
+            metrics::gauge!("metrokv_zone_degraded").set(if record.degraded.is_some() {
+                1.0
+            } else {
+                0.0
+            });
+            if record.mode != ZoneSafety::Adaptive || service.single_zone() {
+                watch = Watch::default();
+                continue;
+            }
+            let commit = m.local_committed.as_ref().map_or(0, |id| id.index());
+            let zone_safe = zone_safe.unwrap_or(0);
+            let degrade_after = Duration::from_millis(record.degrade_after_ms);
+            let command = match watch.tick(
+                Instant::now(),
+                zone_safe,
+                commit,
+                record.degraded.is_some(),
+                degrade_after,
+            ) {
+                Decision::Nothing => continue,
+                Decision::Degrade => {
+                    tracing::warn!(
+                        zone_safe,
+                        commit,
+                        degrade_after_ms = record.degrade_after_ms,
+                        "the other zone confirmed nothing for degrade_after_ms: acknowledging on a majority alone (adaptive mode degrades)"
+                    );
+                    Command::ZoneDegrade {
+                        zone_safe_index: zone_safe,
+                    }
+                }
+                Decision::Restore => {
+                    tracing::warn!(
+                        zone_safe,
+                        commit,
+                        "the other zone caught up: acknowledgements wait for two zones again"
+                    );
+                    Command::ZoneRestore {
+                        zone_safe_index: zone_safe,
+                    }
+                }
+            };
+            if let Err(e) = service.write_local_now(command).await {
+                tracing::warn!(error = %e, "a zone decision did not commit; it is retried");
+            }
+        }
+    });
 }
 
 #[cfg(test)]
@@ -74,5 +389,34 @@ mod tests {
         );
         // Nodes without a zone (not voters) do not count.
         assert_eq!(zone_safe_index([(1, Some(90)), (9, Some(90))], zones), None);
+    }
+
+    #[test]
+    fn adaptive_mode_degrades_only_after_a_whole_silence() {
+        let t0 = Instant::now();
+        let after = Duration::from_millis(1000);
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut w = Watch::default();
+        // Keeping up, one entry behind at every tick: never degrades.
+        for i in 0..50u64 {
+            assert_eq!(
+                w.tick(at(i * 100), i * 10, i * 10 + 1, false, after),
+                Decision::Nothing
+            );
+        }
+        // The other zone stops: the zone-safe index stays at 500 while commits go on.
+        let mut w = Watch::default();
+        assert_eq!(w.tick(at(0), 500, 501, false, after), Decision::Nothing);
+        assert_eq!(w.tick(at(500), 500, 600, false, after), Decision::Nothing);
+        assert_eq!(w.tick(at(999), 500, 700, false, after), Decision::Nothing);
+        assert_eq!(w.tick(at(1000), 500, 800, false, after), Decision::Degrade);
+        // Degraded: restore once the zone-safe index reaches the previous tick's commit.
+        assert_eq!(w.tick(at(1100), 600, 900, true, after), Decision::Nothing);
+        assert_eq!(w.tick(at(1200), 850, 950, true, after), Decision::Nothing);
+        assert_eq!(w.tick(at(1300), 950, 960, true, after), Decision::Restore);
+        // Idle and zone-safe: nothing.
+        let mut w = Watch::default();
+        assert_eq!(w.tick(at(0), 7, 7, false, after), Decision::Nothing);
+        assert_eq!(w.tick(at(5000), 7, 7, false, after), Decision::Nothing);
     }
 }

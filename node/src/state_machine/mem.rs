@@ -20,6 +20,7 @@ use super::KvRecord;
 use super::Request;
 use super::SmMeta;
 use super::StateView;
+use super::ZoneRecord;
 
 /// The whole state machine state in memory. Fields are public so tests can inspect them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -29,6 +30,7 @@ pub struct MemState {
     pub accounts: BTreeMap<String, AccountRecord>,
     pub dedup: BTreeMap<DedupKey, DedupRecord>,
     pub storage: BTreeMap<u64, u64>,
+    pub zones: Option<ZoneRecord>,
 }
 
 impl StateView for MemState {
@@ -59,6 +61,10 @@ impl StateView for MemState {
     fn storage_of(&self, node: u64) -> Result<Option<u64>, Infallible> {
         Ok(self.storage.get(&node).copied())
     }
+
+    fn zones(&self) -> Result<ZoneRecord, Infallible> {
+        Ok(self.zones.unwrap_or_default())
+    }
 }
 
 impl MemState {
@@ -82,6 +88,7 @@ impl MemState {
                     self.dedup.remove(&key);
                 }
                 Change::SetMeta(meta) => self.meta = meta,
+                Change::PutZones(zones) => self.zones = Some(zones),
                 Change::PutStorage { node, storage_id } => {
                     self.storage.insert(node, storage_id);
                 }

@@ -49,6 +49,8 @@ pub trait StateView {
     fn oldest_dedup(&self, limit: usize) -> Result<Vec<(u64, DedupKey)>, Self::Error>;
     /// The storage id recorded for member `node`, if any.
     fn storage_of(&self, node: u64) -> Result<Option<u64>, Self::Error>;
+    /// The zone settings and state (the defaults until a command sets them).
+    fn zones(&self) -> Result<ZoneRecord, Self::Error>;
 }
 
 /// One write the state machine asks storage to make. Storage applies them in order.
@@ -79,6 +81,7 @@ pub enum Change {
         node: u64,
         storage_id: u64,
     },
+    PutZones(ZoneRecord),
 }
 
 /// The result of applying one request.
@@ -99,7 +102,10 @@ pub fn apply<V: StateView>(view: &V, request: &Request) -> Result<Applied, V::Er
     let dedup_key = match &request.command {
         Command::Transfer(t) => Some(DedupKey::Transfer(t.id.clone())),
         // Internal bookkeeping is idempotent by itself.
-        Command::RecordStorage { .. } => None,
+        Command::RecordStorage { .. }
+        | Command::ZoneSettings { .. }
+        | Command::ZoneDegrade { .. }
+        | Command::ZoneRestore { .. } => None,
         _ => request.idempotency_key.clone().map(DedupKey::Idempotency),
     };
     let fingerprint = fingerprint(&request.command);
@@ -123,6 +129,7 @@ pub fn apply<V: StateView>(view: &V, request: &Request) -> Result<Applied, V::Er
     let mut exec = Exec {
         view,
         revision: meta.revision,
+        clock_ms: meta.clock_ms,
         changes: &mut changes,
     };
     let response = exec.command(&request.command)?;
@@ -158,6 +165,7 @@ pub fn query<V: StateView>(view: &V, txn: &Txn) -> Result<Response, V::Error> {
     let mut exec = Exec {
         view,
         revision,
+        clock_ms: 0,
         changes: &mut changes,
     };
     let response = exec.txn(txn)?;
@@ -225,6 +233,8 @@ pub fn fingerprint(command: &Command) -> u64 {
 struct Exec<'a, V> {
     view: &'a V,
     revision: u64,
+    /// The replicated clock of the entry being applied (0 for a query).
+    clock_ms: u64,
     changes: &'a mut Vec<Change>,
 }
 
@@ -241,7 +251,55 @@ impl<V: StateView> Exec<'_, V> {
             Command::CreateAccount { id, balance } => self.create_account(id, *balance),
             Command::Transfer(t) => self.transfer(t),
             Command::RecordStorage { node, storage_id } => self.record_storage(*node, *storage_id),
+            Command::ZoneSettings {
+                mode,
+                degrade_after_ms,
+            } => self.zone_settings(*mode, *degrade_after_ms),
+            Command::ZoneDegrade { zone_safe_index } => self.zone_degrade(*zone_safe_index),
+            Command::ZoneRestore { .. } => self.zone_restore(),
         }
+    }
+
+    fn zone_settings(
+        &mut self,
+        mode: Option<ZoneSafety>,
+        degrade_after_ms: Option<u64>,
+    ) -> Result<Response, V::Error> {
+        let allowed = limits::ZONE_DEGRADE_AFTER_MS_MIN..=limits::ZONE_DEGRADE_AFTER_MS_MAX;
+        if degrade_after_ms.is_some_and(|ms| !allowed.contains(&ms)) {
+            return Ok(Err(Rejection::Invalid(Invalid::DegradeAfter)));
+        }
+        let mut zones = self.view.zones()?;
+        zones.mode = mode.unwrap_or(zones.mode);
+        zones.degrade_after_ms = degrade_after_ms.unwrap_or(zones.degrade_after_ms);
+        if zones.mode != ZoneSafety::Adaptive {
+            zones.degraded = None;
+        }
+        self.changes.push(Change::PutZones(zones));
+        Ok(Ok(Success::ZoneSettings(zones)))
+    }
+
+    fn zone_degrade(&mut self, zone_safe_index: u64) -> Result<Response, V::Error> {
+        let mut zones = self.view.zones()?;
+        if zones.mode != ZoneSafety::Adaptive {
+            return Ok(Err(Rejection::Invalid(Invalid::NotAdaptive)));
+        }
+        if zones.degraded.is_none() {
+            zones.degraded = Some(Degraded {
+                since_ms: self.clock_ms,
+                zone_safe_index,
+            });
+            self.changes.push(Change::PutZones(zones));
+        }
+        Ok(Ok(Success::Noop))
+    }
+
+    fn zone_restore(&mut self) -> Result<Response, V::Error> {
+        let mut zones = self.view.zones()?;
+        if zones.degraded.take().is_some() {
+            self.changes.push(Change::PutZones(zones));
+        }
+        Ok(Ok(Success::Noop))
     }
 
     fn record_storage(&mut self, node: u64, storage_id: u64) -> Result<Response, V::Error> {

@@ -720,3 +720,78 @@ fn the_state_machine_imports_no_io_clock_or_randomness() {
         "state_machine gained a subdirectory: scan it too"
     );
 }
+
+#[test]
+fn zone_settings_degrade_and_restore_are_replicated_decisions() {
+    let mut s = MemState::default();
+    // The default: adaptive, not degraded.
+    assert_eq!(s.zones().unwrap(), ZoneRecord::default());
+    let settings = |mode, ms| Command::ZoneSettings {
+        mode,
+        degrade_after_ms: ms,
+    };
+    // A patience out of bounds is refused and changes nothing.
+    assert!(matches!(
+        s.run(&req(1, None, settings(None, Some(1)))),
+        Err(Rejection::Invalid(Invalid::DegradeAfter))
+    ));
+    assert_eq!(s.zones().unwrap(), ZoneRecord::default());
+    // Degrading records when, and from which zone-safe index.
+    s.run(&req(1_000, None, settings(None, Some(2_000))))
+        .unwrap();
+    s.run(&req(
+        5_000,
+        None,
+        Command::ZoneDegrade {
+            zone_safe_index: 40,
+        },
+    ))
+    .unwrap();
+    let degraded = s.zones().unwrap().degraded.unwrap();
+    assert_eq!(degraded.zone_safe_index, 40);
+    assert_eq!(degraded.since_ms, 5_000);
+    // A second degrade keeps the first moment.
+    s.run(&req(
+        6_000,
+        None,
+        Command::ZoneDegrade {
+            zone_safe_index: 50,
+        },
+    ))
+    .unwrap();
+    assert_eq!(s.zones().unwrap().degraded.unwrap().zone_safe_index, 40);
+    s.run(&req(
+        7_000,
+        None,
+        Command::ZoneRestore {
+            zone_safe_index: 60,
+        },
+    ))
+    .unwrap();
+    assert_eq!(s.zones().unwrap().degraded, None);
+    // Strict never degrades, and switching to it ends a degraded period.
+    s.run(&req(
+        8_000,
+        None,
+        Command::ZoneDegrade {
+            zone_safe_index: 61,
+        },
+    ))
+    .unwrap();
+    let answer = s.run(&req(9_000, None, settings(Some(ZoneSafety::Strict), None)));
+    assert!(
+        matches!(answer, Ok(Success::ZoneSettings(r)) if r.degraded.is_none() && r.degrade_after_ms == 2_000)
+    );
+    assert!(matches!(
+        s.run(&req(
+            9_500,
+            None,
+            Command::ZoneDegrade {
+                zone_safe_index: 70
+            }
+        )),
+        Err(Rejection::Invalid(Invalid::NotAdaptive))
+    ));
+    // None of it moves the data revision.
+    assert_eq!(s.meta.revision, 0);
+}

@@ -56,6 +56,23 @@ pub enum Command {
         node: u64,
         storage_id: u64,
     },
+    /// Set the zone-safety mode and the adaptive mode's patience (`None` leaves a field as it
+    /// is). Leaving adaptive mode ends a degraded period.
+    ZoneSettings {
+        mode: Option<ZoneSafety>,
+        degrade_after_ms: Option<u64>,
+    },
+    /// The leader's decision, in adaptive mode, to acknowledge on a majority alone because the
+    /// other zone has not confirmed anything for `degrade_after_ms`: entries above
+    /// `zone_safe_index` may now be acknowledged without a second zone. Proposed by the leader
+    /// only. Being in the log, it tells a recovery which acknowledgements were zone-safe.
+    ZoneDegrade {
+        zone_safe_index: u64,
+    },
+    /// The other zone has caught up: acknowledgements wait for two zones again.
+    ZoneRestore {
+        zone_safe_index: u64,
+    },
 }
 
 impl Command {
@@ -67,6 +84,9 @@ impl Command {
             Command::CreateAccount { .. } => "create_account",
             Command::Transfer(_) => "transfer",
             Command::RecordStorage { .. } => "record_storage",
+            Command::ZoneSettings { .. } => "zone_settings",
+            Command::ZoneDegrade { .. } => "zone_degrade",
+            Command::ZoneRestore { .. } => "zone_restore",
         }
     }
 }
@@ -179,6 +199,8 @@ pub enum Success {
     /// The answer to an entry without a client-visible result: a leader's blank entry, a
     /// membership change, internal bookkeeping ([`Command::RecordStorage`]).
     Noop,
+    /// The zone settings after a [`Command::ZoneSettings`].
+    ZoneSettings(ZoneRecord),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,6 +275,10 @@ pub enum Invalid {
     DuplicateTxnWrite,
     #[error("exists can only be compared with == or !=")]
     ExistsOrdering,
+    #[error("degrade_after_ms must be between {min} and {max}", min = crate::limits::ZONE_DEGRADE_AFTER_MS_MIN, max = crate::limits::ZONE_DEGRADE_AFTER_MS_MAX)]
+    DegradeAfter,
+    #[error("only adaptive mode degrades")]
+    NotAdaptive,
 }
 
 /// A stored key.
@@ -298,6 +324,44 @@ pub struct DedupRecord {
     pub response: Response,
     /// For transfers, what was asked, so a refused transfer can still be described.
     pub transfer: Option<Transfer>,
+}
+
+/// How acknowledgements relate to zones (see `service::zones`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ZoneSafety {
+    /// Plain Raft: acknowledged once a majority has the entry.
+    Off,
+    /// As strict, but degrades to a majority after the other zone was silent for a while.
+    #[default]
+    Adaptive,
+    /// Acknowledged (and visible to linearizable reads) only once voters of two zones have it.
+    Strict,
+}
+
+/// The cluster's zone settings and state, one record in the state machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZoneRecord {
+    pub mode: ZoneSafety,
+    pub degrade_after_ms: u64,
+    /// While adaptive mode acknowledges on a majority alone: since when (replicated clock) and
+    /// the zone-safe index at the decision.
+    pub degraded: Option<Degraded>,
+}
+
+impl Default for ZoneRecord {
+    fn default() -> Self {
+        Self {
+            mode: ZoneSafety::default(),
+            degrade_after_ms: crate::limits::ZONE_DEGRADE_AFTER_MS_DEFAULT,
+            degraded: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Degraded {
+    pub since_ms: u64,
+    pub zone_safe_index: u64,
 }
 
 /// State that is not per key.

@@ -34,6 +34,8 @@ const TAG_EXPIRY: u8 = b'x';
 pub const SM_META: &[u8] = b"m/sm";
 pub const SM_APPLIED: &[u8] = b"m/applied";
 pub const SM_MEMBERSHIP: &[u8] = b"m/membership";
+/// The zone settings and state (`state_machine::ZoneRecord`).
+pub const SM_ZONES: &[u8] = b"m/zones";
 /// Present while a snapshot install is half done; see `storage::state`.
 pub const SM_INSTALLING: &[u8] = b"m/installing";
 

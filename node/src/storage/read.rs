@@ -26,6 +26,7 @@ use crate::state_machine::KvRecord;
 use crate::state_machine::SmMeta;
 use crate::state_machine::StateView;
 use crate::state_machine::Txn;
+use crate::state_machine::ZoneRecord;
 
 #[derive(Clone)]
 pub struct StateReader {
@@ -109,6 +110,14 @@ impl StateReader {
             &keys::dedup(&DedupKey::Transfer(id.to_string())),
             "transfer record",
         )
+    }
+
+    /// The cluster's zone settings and state.
+    pub async fn zones(&self) -> io::Result<ZoneRecord> {
+        let view = self.view().await;
+        Ok(self
+            .get(&view, keys::SM_ZONES, "zone record")?
+            .unwrap_or_default())
     }
 
     /// The storage id the cluster recorded for member `node`, if any.
@@ -286,6 +295,13 @@ impl StateView for SnapView<'_, '_> {
     fn storage_of(&self, node: u64) -> io::Result<Option<u64>> {
         self.reader
             .get(self.view, &keys::member_storage(node), "member storage id")
+    }
+
+    fn zones(&self) -> io::Result<ZoneRecord> {
+        Ok(self
+            .reader
+            .get(self.view, keys::SM_ZONES, "zone record")?
+            .unwrap_or_default())
     }
 }
 

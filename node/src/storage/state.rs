@@ -65,6 +65,7 @@ use crate::state_machine::DedupRecord;
 use crate::state_machine::KvRecord;
 use crate::state_machine::SmMeta;
 use crate::state_machine::StateView;
+use crate::state_machine::ZoneRecord;
 
 pub struct StateStore {
     db: Arc<Db>,
@@ -300,6 +301,7 @@ pub(crate) fn ops(change: Change) -> Vec<Op> {
         Change::PutStorage { node, storage_id } => {
             vec![Op::Put(keys::member_storage(node), encode(&storage_id))]
         }
+        Change::PutZones(zones) => vec![Op::Put(keys::SM_ZONES.to_vec(), encode(&zones))],
     }
 }
 
@@ -364,6 +366,10 @@ impl StateView for DbView<'_> {
 
     fn storage_of(&self, node: u64) -> io::Result<Option<u64>> {
         self.get(&keys::member_storage(node), "member storage id")
+    }
+
+    fn zones(&self) -> io::Result<ZoneRecord> {
+        Ok(self.get(keys::SM_ZONES, "zone record")?.unwrap_or_default())
     }
 }
 
