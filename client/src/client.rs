@@ -502,6 +502,28 @@ impl Client {
         }
     }
 
+    /// Changes cluster settings (`PUT /v1/cluster/settings`; fields left `None` stay as they
+    /// are) and returns them as they are now. A replicated write: every node agrees.
+    pub async fn set_settings(
+        &self,
+        settings: &api::cluster::Settings,
+    ) -> Result<api::cluster::Settings> {
+        let mut call = self.write_call(
+            Method::PUT,
+            "/v1/cluster/settings".into(),
+            Subject::Other,
+            None,
+        )?;
+        call.body = Some((json_bytes(settings), JSON));
+        Ok(self.send_json::<api::cluster::Settings>(&call).await?.0)
+    }
+
+    /// The cluster settings (`GET /v1/cluster/settings`, linearizable).
+    pub async fn settings(&self) -> Result<api::cluster::Settings> {
+        let call = Call::read("/v1/cluster/settings".into(), Subject::Other);
+        Ok(self.send_json::<api::cluster::Settings>(&call).await?.0)
+    }
+
     /// The cluster as one node sees it. Also teaches the client the nodes' zones.
     pub async fn cluster_status(&self) -> Result<ClusterStatus> {
         let call = Call::read("/v1/cluster".into(), Subject::Other);

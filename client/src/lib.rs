@@ -81,6 +81,9 @@ pub use client::ClientBuilder;
 pub use error::Error;
 pub use error::NodeFailure;
 pub use error::Result;
+/// The API's wire types (`metrokv-api`), for the calls that take or return them as they are
+/// (cluster settings).
+pub use metrokv_api as api;
 pub use txn::Compare;
 pub use txn::CompareOp;
 pub use txn::Op;

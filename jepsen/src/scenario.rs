@@ -736,6 +736,18 @@ pub async fn double_spend(config: ScenarioConfig) -> anyhow::Result<u8> {
     };
     let mut timeline = Timeline::new();
     let stories = async {
+        // The story is about plain majority Raft against an unsafe client; zone-safe
+        // acknowledgement would stall dc-a's writes as well (see the zone tests for that).
+        let off = metrokv_client::api::cluster::Settings {
+            zone_safety: Some(metrokv_client::api::cluster::ZoneMode::Off),
+            degrade_after_ms: None,
+        };
+        stage
+            .admin
+            .set_settings(&off)
+            .await
+            .context("setting zone_safety off")?;
+        timeline.note("setup", "zone_safety off (plain Raft majority)", "");
         let kept = safe_story(&mut stage, &mut timeline).await?;
         let overspent = unsafe_story(&mut stage, &mut timeline).await?;
         anyhow::Ok((kept, overspent))

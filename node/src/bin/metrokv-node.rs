@@ -79,6 +79,114 @@ struct Args {
     /// Log format: text or json. The level comes from RUST_LOG (default info).
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    #[command(subcommand)]
+    command: Option<Sub>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Sub {
+    /// Turn the data directory of a surviving node into a one-node cluster that keeps all its
+    /// data, once the other members are lost for good (a zone lost with its disks). Run it with
+    /// the node stopped, then start the node as before; new nodes join it afterwards. Refuses
+    /// while any old member still answers on its peer address.
+    Recover(RecoverArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RecoverArgs {
+    /// The surviving node's data directory.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The surviving node's id.
+    #[arg(long)]
+    id: u64,
+    /// Required: say that the other members are gone and a new cluster starts from this node.
+    #[arg(long, required = true)]
+    force_new_cluster: bool,
+    /// Recover even though an old member answers (only when it is certain to be wiped or off
+    /// for good: two clusters with one name would both take writes).
+    #[arg(long)]
+    even_if_reachable: bool,
+}
+
+/// `metrokv-node recover`: see [`Sub::Recover`] and `storage::recover`.
+fn recover(args: &RecoverArgs) -> anyhow::Result<()> {
+    use metrokv_node::storage;
+    if !args.data_dir.join("rocksdb").is_dir() {
+        anyhow::bail!(
+            "{} holds no metrokv data (no rocksdb directory)",
+            args.data_dir.display()
+        );
+    }
+    let db = storage::open_db(&args.data_dir).with_context(|| {
+        format!(
+            "cannot open {} (is the node still running?)",
+            args.data_dir.display()
+        )
+    })?;
+    let members = storage::recover::known_members(&db)?;
+    if !members.contains_key(&args.id) {
+        anyhow::bail!(
+            "node {} is not a member of this data directory's cluster (members: {:?})",
+            args.id,
+            members.keys().collect::<Vec<_>>()
+        );
+    }
+    let timeout = std::time::Duration::from_millis(limits::PEER_CONNECT_TIMEOUT_MS);
+    let answering: Vec<String> = members
+        .iter()
+        .filter(|(id, _)| **id != args.id)
+        .filter(|(_, node)| {
+            use std::net::ToSocketAddrs;
+            node.peer_addr
+                .to_socket_addrs()
+                .ok()
+                .into_iter()
+                .flatten()
+                .any(|addr| std::net::TcpStream::connect_timeout(&addr, timeout).is_ok())
+        })
+        .map(|(id, node)| format!("n{id} at {}", node.peer_addr))
+        .collect();
+    if !answering.is_empty() && !args.even_if_reachable {
+        anyhow::bail!(
+            "old members still answer: {}. A new cluster beside a live old one would take writes twice; stop or wipe them first (or, if they are certainly gone for good, pass --even-if-reachable)",
+            answering.join(", ")
+        );
+    }
+    let r = storage::recover::force_new_cluster(&db, args.id)?;
+    println!(
+        "recovered {}: node {} is now the only member of the cluster.",
+        args.data_dir.display(),
+        args.id
+    );
+    println!(
+        "  old members: {}",
+        r.old_members
+            .iter()
+            .map(|(id, n)| format!("n{id} ({})", n.zone))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "  last log entry: {}",
+        r.last_log_id
+            .map_or_else(|| "none".to_string(), |l| l.to_string())
+    );
+    println!(
+        "  last applied entry: {}",
+        r.applied
+            .map_or_else(|| "none".to_string(), |l| l.to_string())
+    );
+    println!(
+        "  written: the membership entry {} (this node alone) and this node's vote for its term",
+        r.new_entry
+    );
+    match r.zones.degraded {
+        Some(d) => println!("  zone safety: {:?}, DEGRADED since {} ms (replicated clock): acknowledgements above index {} rested on one zone and may be missing", r.zones.mode, d.since_ms, d.zone_safe_index),
+        None => println!("  zone safety: {:?}, not degraded as of the last applied entry: with strict or adaptive mode every acknowledged write is in this log", r.zones.mode),
+    }
+    println!("Start the node as before: it elects itself, commits everything in its log and serves. Then add new members.");
+    Ok(())
 }
 
 fn build_config(args: &Args) -> Result<NodeConfig, config::ConfigError> {
@@ -222,6 +330,13 @@ fn raise_file_limit(wanted: u64) {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Sub::Recover(recover_args)) = &args.command {
+        if let Err(e) = recover(recover_args) {
+            eprintln!("metrokv-node recover: {e:#}");
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     let config = match build_config(&args) {
         Ok(c) => c,
         Err(e) => {

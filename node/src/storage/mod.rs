@@ -23,6 +23,7 @@ pub mod identity;
 pub mod keys;
 pub mod log;
 pub mod read;
+pub mod recover;
 pub mod snapshot;
 pub mod state;
 
