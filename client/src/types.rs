@@ -402,6 +402,8 @@ pub struct ClusterStatus {
     pub term: u64,
     pub commit_index: u64,
     pub members: Vec<Member>,
+    /// The zone-safety mode and state (see the README's "Zones").
+    pub zone_safety: Option<api::cluster::ZoneSafetyView>,
     pub served_by: ServedBy,
 }
 
@@ -439,6 +441,7 @@ impl ClusterStatus {
                     reachable: m.reachable,
                 })
                 .collect(),
+            zone_safety: view.zone_safety,
             served_by,
         }
     }

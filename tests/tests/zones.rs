@@ -18,6 +18,10 @@ use reqwest::StatusCode;
 use serde_json::json;
 use serde_json::Value;
 
+/// The tests of this file run one at a time: each drives a write load, and four clusters
+/// sharing two cores would stretch the stalls they measure.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn set_zone_safety(c: &Cluster, settings: Value) {
     let r = c
         .http()
@@ -115,8 +119,24 @@ async fn lose_dc_a_while_dc_b_stalls(mode: &str) -> (usize, Vec<String>) {
     // A GC pause or a slow disk in dc-b, and during it dc-a is lost.
     c.pause(3);
     let before = writers.acked();
-    // The stall's length is the fault itself, not a wait for a condition.
+    // The stall lasts 300 ms (the fault itself, not a wait for a condition), and in off mode
+    // until dc-a acknowledged some writes alone, so the negative control cannot pass by luck
+    // on a loaded machine.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    if mode == "off" {
+        Cluster::eventually(
+            "dc-a acknowledges alone",
+            Duration::from_secs(10),
+            || async {
+                let during = writers.acked() - before;
+                (during >= 20)
+                    .then_some(())
+                    .ok_or(format!("{during} acknowledged during the stall"))
+            },
+        )
+        .await
+        .unwrap();
+    }
     let during = writers.acked() - before;
     c.kill(1);
     c.kill(2);
@@ -171,6 +191,7 @@ async fn lose_dc_a_while_dc_b_stalls(mode: &str) -> (usize, Vec<String>) {
 
 #[tokio::test]
 async fn strict_mode_loses_no_acknowledged_write_with_a_whole_zone() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let (acked, missing) = lose_dc_a_while_dc_b_stalls("strict").await;
     assert!(acked >= 50, "the run acknowledged only {acked} writes");
     assert!(
@@ -184,6 +205,7 @@ async fn strict_mode_loses_no_acknowledged_write_with_a_whole_zone() {
 /// alone while dc-b stalled. If this stops failing the safety test proves nothing.
 #[tokio::test]
 async fn off_mode_loses_what_one_zone_acknowledged_alone() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let (acked, missing) = lose_dc_a_while_dc_b_stalls("off").await;
     assert!(
         !missing.is_empty(),
@@ -193,6 +215,7 @@ async fn off_mode_loses_what_one_zone_acknowledged_alone() {
 
 #[tokio::test]
 async fn strict_mode_answers_nothing_until_the_second_zone_has_it() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let mut c = Cluster::start(Options::default()).await.unwrap();
     set_zone_safety(&c, json!({ "zone_safety": "strict" })).await;
     c.make_leader(1).await.unwrap();
@@ -230,6 +253,7 @@ async fn strict_mode_answers_nothing_until_the_second_zone_has_it() {
 
 #[tokio::test]
 async fn adaptive_mode_degrades_after_the_silence_and_restores_by_itself() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let mut c = Cluster::start(Options::default()).await.unwrap();
     set_zone_safety(
         &c,

@@ -676,6 +676,26 @@ async fn cluster_status(client: &Client, json: bool) -> Outcome {
         status.commit_index,
         served(&status.served_by)
     );
+    if let Some(z) = &status.zone_safety {
+        let mut line = format!(
+            "zone safety: {}, {}",
+            serde_json::to_value(z.mode)
+                .unwrap_or_default()
+                .as_str()
+                .unwrap_or("?"),
+            serde_json::to_value(z.state)
+                .unwrap_or_default()
+                .as_str()
+                .unwrap_or("?")
+        );
+        if let (Some(index), Some(lag)) = (z.zone_safe_index, z.lag_entries) {
+            line += &format!(" (zone-safe index {index}, {lag} entries behind the commit index)");
+        }
+        if let Some(at) = z.degraded_at_index {
+            line += &format!("; degraded: acknowledgements above index {at} rest on one zone");
+        }
+        println!("{line}");
+    }
     let rows: Vec<Vec<String>> = status
         .members
         .iter()
