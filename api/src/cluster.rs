@@ -74,6 +74,10 @@ pub struct Settings {
     /// Adaptive mode's patience, in ms (200 ..= 3,600,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degrade_after_ms: Option<u64>,
+    /// The zone the leader should sit in: when the leader is elsewhere and a caught-up voter of
+    /// this zone exists, leadership moves there. `""` clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferred_leader_zone: Option<String>,
 }
 
 /// One member, with what it says of itself (`None` when it did not answer).

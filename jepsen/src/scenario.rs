@@ -741,6 +741,7 @@ pub async fn double_spend(config: ScenarioConfig) -> anyhow::Result<u8> {
         let off = metrokv_client::api::cluster::Settings {
             zone_safety: Some(metrokv_client::api::cluster::ZoneMode::Off),
             degrade_after_ms: None,
+            preferred_leader_zone: None,
         };
         stage
             .admin

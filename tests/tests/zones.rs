@@ -289,3 +289,28 @@ async fn adaptive_mode_degrades_after_the_silence_and_restores_by_itself() {
     .unwrap();
     assert!(c.log(1).contains("the other zone caught up"));
 }
+
+#[tokio::test]
+async fn leadership_moves_to_the_preferred_zone() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let c = Cluster::start(Options::default()).await.unwrap();
+    for (zone, wanted) in [("dc-b", &[3][..]), ("dc-a", &[1, 2][..])] {
+        set_zone_safety(&c, json!({ "preferred_leader_zone": zone })).await;
+        let leader = Cluster::eventually("the leader moves", Duration::from_secs(20), || async {
+            let leader = c.leader().await;
+            match leader {
+                Some(l) if wanted.contains(&l) => Ok(l),
+                other => Err(format!("leader {other:?}, want one of {wanted:?}")),
+            }
+        })
+        .await
+        .unwrap();
+        // It serves from there.
+        assert_eq!(c.put(leader, "k", zone).await.status(), StatusCode::OK);
+    }
+    let settings = c
+        .get_json(&format!("{}/v1/cluster/settings", c.url(2)))
+        .await
+        .unwrap();
+    assert_eq!(settings["preferred_leader_zone"], "dc-a", "{settings}");
+}

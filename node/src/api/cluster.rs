@@ -117,6 +117,7 @@ fn settings_of(record: &ZoneRecord) -> Settings {
     Settings {
         zone_safety: Some(mode_of(record.mode)),
         degrade_after_ms: Some(record.degrade_after_ms),
+        preferred_leader_zone: Some(record.preferred_leader_zone.clone().unwrap_or_default()),
     }
 }
 
@@ -165,6 +166,7 @@ pub async fn put_settings(
     let command = Command::ZoneSettings {
         mode,
         degrade_after_ms: body.degrade_after_ms,
+        preferred_leader_zone: body.preferred_leader_zone,
     };
     let served = write(&state.service, command, None).await?;
     let Success::ZoneSettings(record) = &served.value else {

@@ -261,6 +261,39 @@ impl Service {
             .map_or(0, |id| id.index())
     }
 
+    /// As leader outside `zone`: hand leadership to a voter of `zone` that has every entry this
+    /// leader has, at most once per few election timeouts (a transfer that does not take is
+    /// tried again later, never in a loop).
+    async fn place_leader(&self, zone: &str, last_transfer: &mut Option<Instant>) {
+        let zones = self.voter_zones();
+        if zones.get(&self.id()).map(String::as_str) == Some(zone) {
+            return;
+        }
+        let pause = Duration::from_millis(self.timeouts.election_timeout_ms_max * 4);
+        if last_transfer.is_some_and(|t| t.elapsed() < pause) {
+            return;
+        }
+        let m = self.metrics();
+        let Some(replication) = m.replication.as_ref() else {
+            return;
+        };
+        let last = m.last_log_index.unwrap_or(0);
+        let candidate = replication.iter().find(|(id, matched)| {
+            **id != self.id()
+                && zones.get(id).map(String::as_str) == Some(zone)
+                && matched.as_ref().is_some_and(|l| l.index() >= last)
+        });
+        let Some((to, _)) = candidate else {
+            return;
+        };
+        let to = *to;
+        *last_transfer = Some(Instant::now());
+        tracing::info!(to, zone, "moving leadership to the preferred leader zone");
+        if let Err(e) = self.raft.trigger().transfer_leader(to).await {
+            tracing::warn!(to, error = %e, "leader transfer to the preferred zone failed");
+        }
+    }
+
     /// The zone state for `/v1/cluster`.
     pub async fn zone_status(&self) -> ZoneStatus {
         let m = self.metrics();
@@ -282,6 +315,7 @@ pub fn spawn_zone_watch(service: Arc<Service>) {
         let mut tick = tokio::time::interval(step);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut watch = Watch::default();
+        let mut last_transfer: Option<Instant> = None;
         loop {
             tick.tick().await;
             let m = service.metrics();
@@ -302,6 +336,9 @@ pub fn spawn_zone_watch(service: Arc<Service>) {
             } else {
                 0.0
             });
+            if let Some(zone) = &record.preferred_leader_zone {
+                service.place_leader(zone, &mut last_transfer).await;
+            }
             if record.mode != ZoneSafety::Adaptive || service.single_zone() {
                 watch = Watch::default();
                 continue;

@@ -63,7 +63,7 @@ impl StateView for MemState {
     }
 
     fn zones(&self) -> Result<ZoneRecord, Infallible> {
-        Ok(self.zones.unwrap_or_default())
+        Ok(self.zones.clone().unwrap_or_default())
     }
 }
 

@@ -254,7 +254,8 @@ impl<V: StateView> Exec<'_, V> {
             Command::ZoneSettings {
                 mode,
                 degrade_after_ms,
-            } => self.zone_settings(*mode, *degrade_after_ms),
+                preferred_leader_zone,
+            } => self.zone_settings(*mode, *degrade_after_ms, preferred_leader_zone.as_deref()),
             Command::ZoneDegrade { zone_safe_index } => self.zone_degrade(*zone_safe_index),
             Command::ZoneRestore { .. } => self.zone_restore(),
         }
@@ -264,18 +265,27 @@ impl<V: StateView> Exec<'_, V> {
         &mut self,
         mode: Option<ZoneSafety>,
         degrade_after_ms: Option<u64>,
+        preferred_leader_zone: Option<&str>,
     ) -> Result<Response, V::Error> {
         let allowed = limits::ZONE_DEGRADE_AFTER_MS_MIN..=limits::ZONE_DEGRADE_AFTER_MS_MAX;
         if degrade_after_ms.is_some_and(|ms| !allowed.contains(&ms)) {
             return Ok(Err(Rejection::Invalid(Invalid::DegradeAfter)));
         }
+        if preferred_leader_zone.is_some_and(|z| z.len() > limits::ZONE_BYTES_MAX) {
+            return Ok(Err(Rejection::Invalid(Invalid::ZoneName)));
+        }
         let mut zones = self.view.zones()?;
+        match preferred_leader_zone {
+            Some("") => zones.preferred_leader_zone = None,
+            Some(zone) => zones.preferred_leader_zone = Some(zone.to_string()),
+            None => {}
+        }
         zones.mode = mode.unwrap_or(zones.mode);
         zones.degrade_after_ms = degrade_after_ms.unwrap_or(zones.degrade_after_ms);
         if zones.mode != ZoneSafety::Adaptive {
             zones.degraded = None;
         }
-        self.changes.push(Change::PutZones(zones));
+        self.changes.push(Change::PutZones(zones.clone()));
         Ok(Ok(Success::ZoneSettings(zones)))
     }
 

@@ -729,6 +729,7 @@ fn zone_settings_degrade_and_restore_are_replicated_decisions() {
     let settings = |mode, ms| Command::ZoneSettings {
         mode,
         degrade_after_ms: ms,
+        preferred_leader_zone: None,
     };
     // A patience out of bounds is refused and changes nothing.
     assert!(matches!(
@@ -792,6 +793,26 @@ fn zone_settings_degrade_and_restore_are_replicated_decisions() {
         )),
         Err(Rejection::Invalid(Invalid::NotAdaptive))
     ));
+    // A leader preference is set and cleared; a name longer than a zone's is refused.
+    let prefer = |zone: &str| Command::ZoneSettings {
+        mode: None,
+        degrade_after_ms: None,
+        preferred_leader_zone: Some(zone.to_string()),
+    };
+    s.run(&req(9_600, None, prefer("dc-b"))).unwrap();
+    assert_eq!(
+        s.zones().unwrap().preferred_leader_zone.as_deref(),
+        Some("dc-b")
+    );
+    s.run(&req(9_700, None, prefer(""))).unwrap();
+    assert_eq!(s.zones().unwrap().preferred_leader_zone, None);
+    assert!(s
+        .run(&req(
+            9_800,
+            None,
+            prefer(&"z".repeat(limits::ZONE_BYTES_MAX + 1))
+        ))
+        .is_err());
     // None of it moves the data revision.
     assert_eq!(s.meta.revision, 0);
 }

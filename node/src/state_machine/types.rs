@@ -61,6 +61,8 @@ pub enum Command {
     ZoneSettings {
         mode: Option<ZoneSafety>,
         degrade_after_ms: Option<u64>,
+        /// `Some("")` clears the preference.
+        preferred_leader_zone: Option<String>,
     },
     /// The leader's decision, in adaptive mode, to acknowledge on a majority alone because the
     /// other zone has not confirmed anything for `degrade_after_ms`: entries above
@@ -279,6 +281,8 @@ pub enum Invalid {
     DegradeAfter,
     #[error("only adaptive mode degrades")]
     NotAdaptive,
+    #[error("a zone name is at most {max} bytes", max = crate::limits::ZONE_BYTES_MAX)]
+    ZoneName,
 }
 
 /// A stored key.
@@ -339,10 +343,13 @@ pub enum ZoneSafety {
 }
 
 /// The cluster's zone settings and state, one record in the state machine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ZoneRecord {
     pub mode: ZoneSafety,
     pub degrade_after_ms: u64,
+    /// The zone the leader should sit in when a caught-up voter there can take over (clients
+    /// in that zone then write with one round trip less).
+    pub preferred_leader_zone: Option<String>,
     /// While adaptive mode acknowledges on a majority alone: since when (replicated clock) and
     /// the zone-safe index at the decision.
     pub degraded: Option<Degraded>,
@@ -353,6 +360,7 @@ impl Default for ZoneRecord {
         Self {
             mode: ZoneSafety::default(),
             degrade_after_ms: crate::limits::ZONE_DEGRADE_AFTER_MS_DEFAULT,
+            preferred_leader_zone: None,
             degraded: None,
         }
     }
