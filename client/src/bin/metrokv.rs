@@ -160,8 +160,20 @@ enum AccountCommand {
 
 #[derive(Subcommand, Debug)]
 enum ClusterCommand {
-    /// Each node's zone, role, applied index, lag and reachability.
+    /// Each node's zone, role, applied index, lag and reachability, and the zone-safety state.
     Status,
+    /// Show the cluster settings, or change those given (a replicated write).
+    Settings {
+        /// off, adaptive or strict (see the README's "Zones").
+        #[arg(long, value_parser = ["off", "adaptive", "strict"])]
+        zone_safety: Option<String>,
+        /// How long adaptive mode waits for the other zone before it degrades, in ms.
+        #[arg(long)]
+        degrade_after_ms: Option<u64>,
+        /// The zone the leader should sit in ("" clears it).
+        #[arg(long)]
+        preferred_leader_zone: Option<String>,
+    },
 }
 
 /// Why a command failed.
@@ -281,6 +293,20 @@ async fn run(client: &Client, command: Command, json: bool) -> Outcome {
         } => transfer(client, id, TransferRequest::new(from, to, amount), json).await,
         Command::TransferStatus { id } => transfer_status(client, &id, json).await,
         Command::Cluster(ClusterCommand::Status) => cluster_status(client, json).await,
+        Command::Cluster(ClusterCommand::Settings {
+            zone_safety,
+            degrade_after_ms,
+            preferred_leader_zone,
+        }) => {
+            cluster_settings(
+                client,
+                zone_safety.as_deref(),
+                degrade_after_ms,
+                preferred_leader_zone,
+                json,
+            )
+            .await
+        }
     }
 }
 
@@ -645,6 +671,48 @@ async fn transfer_status(client: &Client, id: &str, json: bool) -> Outcome {
         _ => String::new(),
     };
     println!("transfer {:?}{parties}: {text}", record.id);
+    Ok(())
+}
+
+async fn cluster_settings(
+    client: &Client,
+    zone_safety: Option<&str>,
+    degrade_after_ms: Option<u64>,
+    preferred_leader_zone: Option<String>,
+    json: bool,
+) -> Outcome {
+    use metrokv_client::api::cluster::Settings;
+    use metrokv_client::api::cluster::ZoneMode;
+    let zone_safety = zone_safety.map(|m| match m {
+        "off" => ZoneMode::Off,
+        "strict" => ZoneMode::Strict,
+        _ => ZoneMode::Adaptive,
+    });
+    let change = Settings {
+        zone_safety,
+        degrade_after_ms,
+        preferred_leader_zone,
+    };
+    let settings = if change == Settings::default() {
+        client.settings().await
+    } else {
+        client.set_settings(&change).await
+    }
+    .map_err(call_failed("cluster settings"))?;
+    if json {
+        print_json(&settings);
+        return Ok(());
+    }
+    let mode = serde_json::to_value(settings.zone_safety).unwrap_or_default();
+    println!("zone_safety: {}", mode.as_str().unwrap_or("?"));
+    if let Some(ms) = settings.degrade_after_ms {
+        println!("degrade_after_ms: {ms}");
+    }
+    let zone = settings.preferred_leader_zone.unwrap_or_default();
+    println!(
+        "preferred_leader_zone: {}",
+        if zone.is_empty() { "(none)" } else { &zone }
+    );
     Ok(())
 }
 
