@@ -217,6 +217,10 @@ struct RunArgs {
     /// The test network: proxies on loopback, or network namespaces with nftables (root).
     #[arg(long, value_enum, default_value = "proxy")]
     net: NetArg,
+    /// Zone safety for the run (off, adaptive, strict); absent: the cluster's default
+    /// (adaptive).
+    #[arg(long, value_parser = ["off", "adaptive", "strict"])]
+    zone_safety: Option<String>,
     #[command(flatten)]
     check: CheckArgs,
 }
@@ -386,6 +390,11 @@ fn run_config(args: RunArgs) -> anyhow::Result<RunConfig> {
         op_deadline_ms: args.op_deadline_ms,
         op_attempt_timeout_ms: args.op_attempt_timeout_ms,
         node_args: args.node_args,
+        zone_safety: args.zone_safety.as_deref().map(|m| match m {
+            "off" => metrokv_client::api::cluster::ZoneMode::Off,
+            "strict" => metrokv_client::api::cluster::ZoneMode::Strict,
+            _ => metrokv_client::api::cluster::ZoneMode::Adaptive,
+        }),
         net: match args.net {
             NetArg::Proxy => NetMode::Proxy,
             NetArg::Netns => NetMode::Netns,

@@ -123,6 +123,8 @@ pub struct RunConfig {
     pub node_args: Vec<String>,
     /// Proxies on loopback, or network namespaces.
     pub net: NetMode,
+    /// Set on the cluster before the workload starts (`None`: the cluster's default).
+    pub zone_safety: Option<metrokv_client::api::cluster::ZoneMode>,
     pub check: CheckOptions,
 }
 
@@ -907,6 +909,17 @@ async fn run_started(
         .await
         .context("starting the cluster")?;
     let admin = admin_client(cluster, config.seed)?;
+    if let Some(mode) = config.zone_safety {
+        let settings = metrokv_client::api::cluster::Settings {
+            zone_safety: Some(mode),
+            ..Default::default()
+        };
+        admin
+            .set_settings(&settings)
+            .await
+            .context("setting zone_safety")?;
+        progress.line(&format!("zone_safety: {mode:?}"));
+    }
     for spec in specs {
         spec.setup(&admin).await?;
     }
