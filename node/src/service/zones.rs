@@ -222,7 +222,10 @@ impl Service {
             if zone_safe.is_some_and(|z| z >= index) || !self.zone_gated().await {
                 return Ok(());
             }
-            if Instant::now() >= deadline {
+            // A leader that stepped down, or whose Raft core stopped, learns nothing more about
+            // its followers: the answer is indeterminate now, not at the deadline (and a node
+            // shutting down is not held up by requests waiting here).
+            if Instant::now() >= deadline || self.metrics().state != ServerState::Leader {
                 return Err(NotZoneSafe { index, zone_safe });
             }
             let next = (Instant::now() + step).min(deadline);
