@@ -94,6 +94,23 @@ pub struct MemberView {
     pub reachable: bool,
 }
 
+/// `POST /v1/cluster/members`: a new node, which joins as a learner (start it with `--join`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddMember {
+    pub id: u64,
+    pub zone: String,
+    pub client_addr: String,
+    pub peer_addr: String,
+}
+
+/// The answer to a membership change: the voters and learners now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+}
+
 /// `GET /ready` (200 when ready, else 503 with the same body).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ready {

@@ -159,6 +159,9 @@ pub struct NodeConfig {
     pub max_inflight_requests: usize,
     /// Most client connections open at once; past it, new ones are closed.
     pub max_connections: usize,
+    /// New storage joins an existing cluster (it waits to be added as a learner) instead of
+    /// creating one with `members`.
+    pub join: bool,
 }
 
 impl NodeConfig {

@@ -56,6 +56,10 @@ pub const ZONE_DEGRADE_AFTER_MS_MAX: u64 = 60 * 60 * 1000;
 // ---------------------------------------------------------------------------------------------
 // Cluster shape and configuration strings.
 
+/// A learner is promoted to voter only when it is at most this many entries behind the
+/// leader's log, so a new voter never holds up commits while it copies the log.
+pub const PROMOTE_LAG_ENTRIES_MAX: u64 = 100;
+
 /// Most members (voters and learners) a cluster may have; a longer member list is refused at
 /// startup. Bounds the membership record and the number of peer connections.
 pub const CLUSTER_MEMBERS_MAX: usize = 15;

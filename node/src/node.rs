@@ -142,7 +142,11 @@ pub async fn run(
         Arc::new(service.clone()),
     ));
 
-    if pristine {
+    if pristine && config.join {
+        // Nothing to initialize and nobody to ask: the leader adds this node as a learner and
+        // replicates to it; the peer handshake still checks who dials in.
+        tracing::info!("new storage joining an existing cluster: waiting to be added as a learner");
+    } else if pristine {
         tokio::select! {
             checked = check_new_storage(&service, &config.members, storage_id) => {
                 if let Err(e) = checked {
@@ -169,6 +173,7 @@ pub async fn run(
         }
         service.set_raft_open(true);
     }
+    service.set_raft_open(true);
     service::spawn_leader_watch(service.clone());
     service::spawn_storage_recorder(service.clone());
     service::zones::spawn_zone_watch(service.clone());

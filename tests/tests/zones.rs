@@ -186,7 +186,133 @@ async fn lose_dc_a_while_dc_b_stalls(mode: &str) -> (usize, Vec<String>) {
     // The survivor takes writes again.
     let r = c.put(3, "after-recovery", "1").await;
     assert_eq!(r.status(), StatusCode::OK);
+    if mode == "strict" {
+        grow_back(&c, &acked).await;
+    }
     (acked.len(), missing)
+}
+
+/// A node started by hand (not part of the test cluster's member list); SIGKILLed by pid when
+/// dropped.
+struct Extra {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Extra {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start node `id` in `zone` with `--join`, knowing the recovered n3.
+fn start_joiner(c: &Cluster, id: u64, zone: &str) -> (Extra, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let client = format!("127.0.0.1:{}", metrokv_tests::free_port());
+    let peer = format!("127.0.0.1:{}", metrokv_tests::free_port());
+    let n3 = c.node(3);
+    let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
+    let child = std::process::Command::new(metrokv_tests::binary("metrokv-node").unwrap())
+        .args(["--id", &id.to_string(), "--zone", zone])
+        .args(["--client-addr", &client, "--peer-addr", &peer])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--cluster-id", "metrokv-test", "--join"])
+        .arg("--member")
+        .arg(format!("3={}/{}/{}", n3.zone, n3.client_addr, n3.peer_addr))
+        .arg("--member")
+        .arg(format!("{id}={zone}/{client}/{peer}"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let body = json!({ "id": id, "zone": zone, "client_addr": client, "peer_addr": peer });
+    (
+        Extra {
+            child,
+            url: format!("http://{client}"),
+            _dir: dir,
+        },
+        body,
+    )
+}
+
+/// After a recovery: two fresh dc-a nodes join the survivor as learners, are promoted once
+/// caught up, and the cluster is zone-safe again with every acknowledged write on them.
+async fn grow_back(c: &Cluster, acked: &[(String, String)]) {
+    let mut extras = Vec::new();
+    for id in [4, 5] {
+        let (extra, body) = start_joiner(c, id, "dc-a");
+        let url = format!("{}/v1/cluster/members", c.url(3));
+        Cluster::eventually("n3 adds the learner", Duration::from_secs(20), || async {
+            let r = c
+                .http()
+                .post(&url)
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = r.status();
+            let text = r.text().await.unwrap_or_default();
+            (status == StatusCode::OK || text.contains("already a member"))
+                .then_some(())
+                .ok_or(format!("{status} {text}"))
+        })
+        .await
+        .unwrap();
+        let url = format!("{}/v1/cluster/members/{id}/promote", c.url(3));
+        let (status, membership) = Cluster::eventually(
+            "promoted once caught up",
+            Duration::from_secs(30),
+            || async {
+                let r = c
+                    .http()
+                    .post(&url)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let status = r.status();
+                let body: Value = r.json().await.map_err(|e| e.to_string())?;
+                (status == StatusCode::OK)
+                    .then_some((status, body.clone()))
+                    .ok_or(format!("{status} {body}"))
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            membership["voters"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(id)),
+            "{membership}"
+        );
+        extras.push(extra);
+    }
+    // Two zones again: strict writes are acknowledged, and the new nodes hold the old data.
+    let r = c.put(3, "after-growing-back", "1").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let view = zone_view(c, 3).await;
+    assert_eq!(view["state"], "zone_safe", "{view}");
+    for extra in &extras {
+        for (key, value) in acked.iter().take(20) {
+            let url = format!("{}/v1/kv/{key}", extra.url);
+            let got = c
+                .http()
+                .get(&url)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert_eq!(got, *value, "{key} on {}", extra.url);
+        }
+    }
+    eprintln!("grown back: n4 and n5 (dc-a) joined the recovered n3 and were promoted");
 }
 
 #[tokio::test]

@@ -1,14 +1,17 @@
 //! Cluster and operations endpoints: `/v1/cluster`, `/health`, `/ready`, `/metrics`.
 
+use axum::extract::Path;
 use axum::extract::State;
 use axum::http::HeaderValue;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::Json;
+use metrokv_api::cluster::AddMember;
 use metrokv_api::cluster::ClusterView;
 use metrokv_api::cluster::Health;
 use metrokv_api::cluster::MemberView;
+use metrokv_api::cluster::Membership;
 use metrokv_api::cluster::Ready;
 use metrokv_api::cluster::Settings;
 use metrokv_api::cluster::ZoneMode;
@@ -22,6 +25,7 @@ use super::unexpected;
 use super::write;
 use super::ApiError;
 use super::AppState;
+use crate::service::membership::MembershipError;
 use crate::service::zones::ZoneStatus;
 use crate::state_machine::Command;
 use crate::state_machine::Success;
@@ -144,6 +148,58 @@ fn zone_view(status: &ZoneStatus) -> ZoneSafetyView {
         degraded_since_ms: record.degraded.map(|d| d.since_ms),
         degraded_at_index: record.degraded.map(|d| d.zone_safe_index),
     }
+}
+
+fn membership_error(e: MembershipError) -> ApiError {
+    match e {
+        MembershipError::NotLeader(_) | MembershipError::Raft(_) => {
+            ApiError::Unavailable(e.to_string())
+        }
+        MembershipError::AlreadyMember(_)
+        | MembershipError::NotALearner(_)
+        | MembershipError::NotCaughtUp { .. } => ApiError::InvalidRequest(e.to_string()),
+    }
+}
+
+fn membership_answer(state: &AppState) -> Response {
+    let (voters, learners) = state.service.membership_ids();
+    Json(Membership { voters, learners }).into_response()
+}
+
+/// `POST /v1/cluster/members`: add a node as a learner (on the leader).
+pub async fn add_member(
+    State(state): State<AppState>,
+    _: NoQuery,
+    JsonBody(body): JsonBody<AddMember>,
+) -> Result<Response, ApiError> {
+    let AddMember {
+        id,
+        zone,
+        client_addr,
+        peer_addr,
+    } = body;
+    let spec = format!("{id}={zone}/{client_addr}/{peer_addr}");
+    let (id, info) =
+        crate::config::parse_member(&spec).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    state
+        .service
+        .add_learner(id, info)
+        .await
+        .map_err(membership_error)?;
+    Ok(membership_answer(&state))
+}
+
+/// `POST /v1/cluster/members/{id}/promote`: make a caught-up learner a voter (on the leader).
+pub async fn promote_member(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    _: NoQuery,
+) -> Result<Response, ApiError> {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::InvalidRequest(format!("{id:?} is not a node id")))?;
+    state.service.promote(id).await.map_err(membership_error)?;
+    Ok(membership_answer(&state))
 }
 
 /// `GET /v1/cluster/settings`.

@@ -88,6 +88,11 @@ pub fn router(
             "/v1/cluster/settings",
             get(cluster::settings).put(cluster::put_settings),
         )
+        .route("/v1/cluster/members", post(cluster::add_member))
+        .route(
+            "/v1/cluster/members/{id}/promote",
+            post(cluster::promote_member),
+        )
         .route("/health", get(cluster::health))
         .route("/ready", get(cluster::ready))
         .route("/metrics", get(cluster::metrics))

@@ -79,6 +79,11 @@ struct Args {
     /// Log format: text or json. The level comes from RUST_LOG (default info).
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Join a running cluster as a new member instead of creating one: start with empty
+    /// storage, list the current members (and this node) with --member, and add it from the
+    /// leader with `POST /v1/cluster/members`; it is a learner until promoted.
+    #[arg(long)]
+    join: bool,
     #[command(subcommand)]
     command: Option<Sub>,
 }
@@ -269,6 +274,7 @@ fn build_config(args: &Args) -> Result<NodeConfig, config::ConfigError> {
             .max_connections
             .or(file.max_connections)
             .unwrap_or(limits::HTTP_CONNECTIONS_DEFAULT),
+        join: args.join,
     }
     .validate()
 }

@@ -25,6 +25,7 @@ pub use openraft::storage::RaftLogStorage;
 pub use openraft::storage::RaftSnapshotBuilder;
 pub use openraft::storage::RaftStateMachine;
 pub use openraft::vote::RaftLeaderId;
+pub use openraft::ChangeMembers;
 pub use openraft::Instant as RaftInstant;
 pub use openraft::ReadPolicy;
 pub use openraft::ServerState;

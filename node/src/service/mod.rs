@@ -9,6 +9,7 @@
 //! - this file: the shared state, who leads and whether this node is in contact with it.
 
 mod incoming;
+pub mod membership;
 mod peer;
 mod route;
 mod status;
