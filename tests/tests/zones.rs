@@ -183,7 +183,16 @@ async fn lose_dc_a_while_dc_b_stalls(mode: &str) -> (usize, Vec<String>) {
         acked.len(),
         missing.len()
     );
-    // The survivor takes writes again.
+    // The survivor takes writes again, also long after its election: alone, it is its own
+    // quorum (openraft's quorum-ack time stops at the election for a sole voter).
+    let leased_out = Instant::now() + Duration::from_secs(1);
+    Cluster::eventually("a second has passed", Duration::from_secs(5), || async {
+        (Instant::now() >= leased_out)
+            .then_some(())
+            .ok_or("not yet".to_string())
+    })
+    .await
+    .unwrap();
     let r = c.put(3, "after-recovery", "1").await;
     assert_eq!(r.status(), StatusCode::OK);
     if mode == "strict" {

@@ -81,6 +81,19 @@ pub struct Service {
     transfer_hint: Mutex<Option<(NodeId, Instant)>>,
 }
 
+/// Whether leader `me` heard from a quorum within `lease`. A sole voter is its own quorum:
+/// openraft has nobody to hear from, so its acknowledgement time stops at the election (a
+/// cluster recovered to one node would otherwise call itself cut off a lease after it started).
+fn quorum_fresh(m: &RaftMetrics, me: NodeId, lease: Duration) -> bool {
+    let mut voters = m.membership_config.membership().voter_ids();
+    if voters.next() == Some(me) && voters.next().is_none() {
+        return true;
+    }
+    m.last_quorum_acked
+        .as_ref()
+        .is_none_or(|t| t.elapsed() <= lease)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -188,9 +201,7 @@ impl Service {
     fn has_quorum(&self) -> bool {
         let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();
-        m.last_quorum_acked
-            .as_ref()
-            .is_none_or(|t| t.elapsed() <= self.lease())
+        quorum_fresh(&m, self.id(), self.lease())
     }
 
     /// The leader, if this node is in touch with it: a leader that heard from a quorum within a
@@ -203,10 +214,7 @@ impl Service {
         let leader = m.current_leader?;
         let in_contact = if leader == self.id() {
             // A leader elected a moment ago has not had a quorum's acks yet.
-            m.state == ServerState::Leader
-                && m.last_quorum_acked
-                    .as_ref()
-                    .is_none_or(|t| t.elapsed() <= self.lease())
+            m.state == ServerState::Leader && quorum_fresh(&m, self.id(), self.lease())
         } else {
             lock(&self.leader_contact)
                 .is_some_and(|(who, at)| who == leader && at.elapsed() <= self.lease())
