@@ -57,7 +57,7 @@ impl Fresh {
         let barrier = read_barrier(&state.service, query.consistency()?).await?;
         Ok(Fresh {
             barrier,
-            applied_index: super::applied_index(&state.service),
+            applied_index: state.service.applied_index(),
         })
     }
 

@@ -425,15 +425,6 @@ pub fn with_headers(
     response
 }
 
-/// The applied index to report with a read: the state read was at least this fresh.
-pub fn applied_index(service: &Service) -> u64 {
-    service
-        .metrics()
-        .last_applied
-        .as_ref()
-        .map_or(0, |id| id.index)
-}
-
 /// A response for a success the route did not expect: a bug, reported rather than hidden.
 pub fn unexpected(success: Success) -> ApiError {
     ApiError::Internal(format!("unexpected state machine answer {success:?}"))

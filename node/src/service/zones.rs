@@ -257,6 +257,7 @@ impl Service {
         Ok(())
     }
 
+    /// The last applied index (what a read of the local state sees at least).
     pub fn applied_index(&self) -> u64 {
         self.metrics()
             .last_applied
