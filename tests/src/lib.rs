@@ -273,6 +273,18 @@ impl Cluster {
         (status, r.text().await.unwrap_or_default(), etag)
     }
 
+    /// `PUT /v1/cluster/settings` on node 1: the status and the settings now in force.
+    pub async fn set_settings(&self, settings: &Value) -> (reqwest::StatusCode, Value) {
+        let r = self
+            .http
+            .put(format!("{}/v1/cluster/settings", self.url(1)))
+            .json(settings)
+            .send()
+            .await
+            .expect("settings");
+        json_of(r).await
+    }
+
     /// A sample of metric `name` (without labels) from node `node`'s `/metrics`.
     pub async fn metric(&self, node: u64, name: &str) -> Option<f64> {
         let text = self

@@ -243,14 +243,8 @@ async fn a_node_whose_data_was_wiped_cannot_vote_and_no_acknowledged_write_is_lo
     // The review's scenario needs {n1, n2} to acknowledge without n3: plain majority Raft.
     // (Zone-safe acknowledgement would refuse to acknowledge at all; the defence under test
     // here is the storage id, which must hold in every mode.)
-    let r = c
-        .http()
-        .put(format!("{}/v1/cluster/settings", c.url(1)))
-        .body(r#"{"zone_safety": "off"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let (status, body) = c.set_settings(&json!({ "zone_safety": "off" })).await;
+    assert_eq!(status, 200, "{body}");
     // The leader records every member's storage as it meets it; wait until all are recorded
     // (the recorder runs every 500 ms), as they are in any cluster that has run a moment.
     assert_eq!(c.put(1, "warmup", "x").await.status(), 200);

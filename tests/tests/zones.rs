@@ -23,14 +23,7 @@ use serde_json::Value;
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn set_zone_safety(c: &Cluster, settings: Value) {
-    let r = c
-        .http()
-        .put(format!("{}/v1/cluster/settings", c.url(1)))
-        .json(&settings)
-        .send()
-        .await
-        .expect("settings");
-    let (status, body) = json_of(r).await;
+    let (status, body) = c.set_settings(&settings).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
