@@ -1,20 +1,29 @@
 #!/usr/bin/env bash
-# A local three-node metrokv cluster: n1 and n2 in zone dc-a, n3 in zone dc-b.
+# A local metrokv cluster. Layouts: 2+1 (default: n1, n2 in zone dc-a, n3 in dc-b) and 2+2+1
+# (n1, n2 in dc-a, n3, n4 in dc-b, n5 in dc-c; --witness makes n5 a witness).
 #
-#   scripts/cluster.sh up | down | wipe | status | kill N | restart N | pause N | resume N | logs N [-f]
+#   scripts/cluster.sh up [--layout 2+1|2+2+1] [--witness] | down | wipe | status
+#   scripts/cluster.sh add N --zone Z [--learner] | remove N
+#   scripts/cluster.sh kill N | stop N | restart N | pause N | resume N | logs N [-f]
 #
 # up       install build dependencies if missing, build (release), start the nodes that are not
-#          running, wait until the cluster is ready, print the endpoints. Running it twice is harmless.
+#          running, wait until the cluster is ready, print the endpoints. Running it twice is
+#          harmless; the layout is chosen when the cluster is first made (wipe to change it).
 # down     stop every node (SIGTERM, then SIGKILL after 10 s), keeping the data.
 # wipe     down, then delete the data directory.
-# kill N   SIGKILL node N.        restart N   stop node N if running, start it again on its data.
+# add N    start node N with new storage in zone Z, add it as a learner, wait until it has
+#          caught up and promote it (--learner: it stays a learner for good, a remote copy).
+# remove N remove node N from the cluster (the leader hands over first if it is N), stop it.
+# kill N   SIGKILL node N.        stop N      SIGTERM node N (SIGKILL after 10 s).
+# restart N  stop node N if running, start it again on its data.
 # pause N  SIGSTOP node N.        resume N    SIGCONT node N.
 # logs N   the last lines of node N's log (-f to follow).
 #
-# Ports: clients 127.0.0.1:7001..7003, peers 127.0.0.1:7101..7103; set METROKV_CLIENT_PORT_BASE /
-# METROKV_PEER_PORT_BASE (default 7000 / 7100) to move them. Data and logs live under
-# METROKV_CLUSTER_DIR (default .metrokv/cluster in the checkout). Processes are tracked by pid
-# files there and signalled by pid, never by name.
+# Ports: node N listens for clients on 127.0.0.1:7000+N and for peers on 127.0.0.1:7100+N; set
+# METROKV_CLIENT_PORT_BASE / METROKV_PEER_PORT_BASE (default 7000 / 7100) to move them. Data and
+# logs live under METROKV_CLUSTER_DIR (default .metrokv/cluster in the checkout), the node list
+# in its `nodes` file. Processes are tracked by pid files there and signalled by pid, never by
+# name.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -22,12 +31,40 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 CLIENT_BASE=${METROKV_CLIENT_PORT_BASE:-7000}
 PEER_BASE=${METROKV_PEER_PORT_BASE:-7100}
 DIR=${METROKV_CLUSTER_DIR:-$METROKV_ROOT/.metrokv/cluster}
-NODES=(1 2 3)
-zone_of() { if [ "$1" -le 2 ]; then echo dc-a; else echo dc-b; fi; }
+NODES_FILE=$DIR/nodes
 client_addr() { echo "127.0.0.1:$((CLIENT_BASE + $1))"; }
 peer_addr() { echo "127.0.0.1:$((PEER_BASE + $1))"; }
 node_dir() { echo "$DIR/n$1"; }
 pid_file() { echo "$(node_dir "$1")/pid"; }
+
+# The node list: one line per node, "N ZONE FLAGS" (FLAGS: "-" or a comma list of witness,
+# learner, join). Written by `up` (from the layout) and `add`, read by every other command.
+write_layout() {
+  local layout=$1 witness=$2
+  mkdir -p "$DIR"
+  case "$layout" in
+    2+1) printf '1 dc-a -\n2 dc-a -\n3 dc-b -\n' >"$NODES_FILE" ;;
+    2+2+1)
+      printf '1 dc-a -\n2 dc-a -\n3 dc-b -\n4 dc-b -\n' >"$NODES_FILE"
+      if [ "$witness" = 1 ]; then echo "5 dc-c witness" >>"$NODES_FILE"; else echo "5 dc-c -" >>"$NODES_FILE"; fi
+      ;;
+    *) say "unknown layout $layout (2+1 or 2+2+1)"; exit 2 ;;
+  esac
+}
+load_nodes() {
+  NODES=()
+  [ -f "$NODES_FILE" ] || return 0
+  local n rest
+  while read -r n rest; do [ -n "$n" ] && NODES+=("$n"); done <"$NODES_FILE"
+}
+node_field() { [ -f "$NODES_FILE" ] && awk -v n="$1" -v f="$2" '$1 == n { print $f }' "$NODES_FILE"; }
+zone_of() { node_field "$1" 2; }
+has_flag() { case ",$(node_field "$1" 3)," in *",$2,"*) return 0 ;; *) return 1 ;; esac; }
+# The layout the node list holds, e.g. 2+1: nodes per zone, in zone order.
+layout_of() {
+  awk '{ z[$2]++ } END { for (k in z) print k, z[k] }' "$NODES_FILE" | sort | awk '{ printf "%s%d", sep, $2; sep = "+" }'
+}
+load_nodes
 
 # The pid of node N if it is running (and is really our metrokv-node), else nothing.
 running_pid() {
@@ -52,10 +89,14 @@ start_node() {
     return
   fi
   mkdir -p "$(node_dir "$n")"
+  local extra=()
+  has_flag "$n" witness && extra+=(--witness)
+  has_flag "$n" learner && extra+=(--learner)
+  has_flag "$n" join && extra+=(--join)
   # shellcheck disable=SC2046
   nohup "$METROKV_BIN/metrokv-node" --id "$n" --zone "$(zone_of "$n")" \
     --client-addr "$(client_addr "$n")" --peer-addr "$(peer_addr "$n")" \
-    --data-dir "$(node_dir "$n")/data" --cluster-id metrokv-local $(members) \
+    --data-dir "$(node_dir "$n")/data" --cluster-id metrokv-local $(members) "${extra[@]}" \
     >>"$(node_dir "$n")/node.log" 2>&1 </dev/null &
   echo $! >"$(pid_file "$n")"
   say "started n$n (pid $!, zone $(zone_of "$n"), http://$(client_addr "$n"))"
@@ -95,29 +136,97 @@ wait_ready() {
 }
 
 check_node_arg() {
-  case "${1:-}" in 1 | 2 | 3) ;; *) say "expected a node number 1, 2 or 3"; exit 2 ;; esac
+  local n
+  for n in "${NODES[@]}"; do [ "$n" = "${1:-}" ] && return 0; done
+  say "expected a node number, one of: ${NODES[*]:-none (run up first)}"
+  exit 2
 }
+
+# The client endpoints (witnesses serve no client requests).
+endpoints() {
+  local out=() n
+  for n in "${NODES[@]}"; do has_flag "$n" witness || out+=("http://$(client_addr "$n")"); done
+  (IFS=,; echo "${out[*]}")
+}
+cli() { "$METROKV_BIN/metrokv" --endpoints "$(endpoints)" "$@"; }
 
 cmd=${1:-}
 case "$cmd" in
   up)
+    shift
+    layout="" witness=0
+    while (($#)); do
+      case "$1" in
+        --layout) layout=${2:-}; shift 2 ;;
+        --witness) witness=1; shift ;;
+        *) say "unknown option $1"; exit 2 ;;
+      esac
+    done
+    if [ ! -f "$NODES_FILE" ]; then
+      write_layout "${layout:-2+1}" "$witness"
+    elif [ -n "$layout" ] && [ "$(layout_of)" != "$layout" ]; then
+      say "the cluster in $DIR has layout $(layout_of); run wipe first to make a $layout cluster"
+      exit 2
+    fi
+    load_nodes
     ensure_build_deps
     build_release
-    mkdir -p "$DIR"
     for n in "${NODES[@]}"; do start_node "$n"; done
     wait_ready
-    cat <<EOF
-
-metrokv is up: 3 nodes, zones dc-a (n1, n2) and dc-b (n3). Data and logs: $DIR
-  n1  http://$(client_addr 1)  (dc-a)
-  n2  http://$(client_addr 2)  (dc-a)
-  n3  http://$(client_addr 3)  (dc-b)
-
-Try:
-  curl -X PUT --data-binary 'hello' http://$(client_addr 1)/v1/kv/greeting
-  curl http://$(client_addr 3)/v1/kv/greeting
-  $METROKV_BIN/metrokv --endpoints http://$(client_addr 1),http://$(client_addr 2),http://$(client_addr 3) cluster status
-EOF
+    echo
+    echo "metrokv is up: ${#NODES[@]} nodes, layout $(layout_of). Data and logs: $DIR"
+    for n in "${NODES[@]}"; do
+      role=""
+      has_flag "$n" witness && role=", witness"
+      has_flag "$n" learner && role=", learner"
+      printf '  n%s  http://%s  (%s%s)\n' "$n" "$(client_addr "$n")" "$(zone_of "$n")" "$role"
+    done
+    echo
+    echo "Try:"
+    echo "  curl -X PUT --data-binary 'hello' http://$(client_addr 1)/v1/kv/greeting"
+    echo "  curl http://$(client_addr 3)/v1/kv/greeting"
+    echo "  $METROKV_BIN/metrokv --endpoints $(endpoints) cluster status"
+    ;;
+  add)
+    n=${2:-}
+    shift 2 || { say "usage: cluster.sh add N --zone Z [--learner]"; exit 2; }
+    zone="" learner=0
+    while (($#)); do
+      case "$1" in
+        --zone) zone=${2:-}; shift 2 ;;
+        --learner) learner=1; shift ;;
+        *) say "unknown option $1"; exit 2 ;;
+      esac
+    done
+    [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] || { say "usage: cluster.sh add N --zone Z [--learner]"; exit 2; }
+    [ -n "$zone" ] || { say "add needs --zone Z"; exit 2; }
+    [ -f "$NODES_FILE" ] || { say "no cluster in $DIR: run up first"; exit 2; }
+    [ -z "$(zone_of "$n")" ] || { say "n$n is already in the node list ($NODES_FILE)"; exit 2; }
+    [ -x "$METROKV_BIN/metrokv-node" ] || { ensure_build_deps; build_release; }
+    flags=join
+    [ "$learner" = 1 ] && flags=join,learner
+    echo "$n $zone $flags" >>"$NODES_FILE"
+    load_nodes
+    start_node "$n"
+    cli cluster add "$n" --zone "$zone" --client-addr "$(client_addr "$n")" --peer-addr "$(peer_addr "$n")"
+    if [ "$learner" = 1 ]; then
+      say "n$n stays a learner: it copies the cluster's data and serves stale reads"
+    else
+      # The leader refuses to promote a learner that has not caught up: ask until it accepts.
+      deadline=$((SECONDS + 120))
+      until out=$(cli cluster promote "$n" 2>&1); do
+        if ((SECONDS >= deadline)); then say "n$n did not catch up within 120 s: $out"; exit 1; fi
+        sleep 0.5
+      done
+      echo "$out"
+    fi
+    ;;
+  remove)
+    check_node_arg "${2:-}"
+    cli cluster remove "$2"
+    stop_node "$2"
+    awk -v n="$2" '$1 != n' "$NODES_FILE" >"$NODES_FILE.new" && mv "$NODES_FILE.new" "$NODES_FILE"
+    say "removed n$2; its data stays in $(node_dir "$2") (delete it; a node comes back under a new id)"
     ;;
   down)
     for n in "${NODES[@]}"; do stop_node "$n"; done
@@ -142,6 +251,7 @@ EOF
     done
     ;;
   kill) check_node_arg "${2:-}"; signal_node KILL "$2"; rm -f "$(pid_file "$2")"; say "killed n$2 (SIGKILL)" ;;
+  stop) check_node_arg "${2:-}"; stop_node "$2" ;;
   pause) check_node_arg "${2:-}"; signal_node STOP "$2"; say "paused n$2 (SIGSTOP)" ;;
   resume) check_node_arg "${2:-}"; signal_node CONT "$2"; say "resumed n$2" ;;
   restart)
@@ -154,7 +264,7 @@ EOF
     if [ "${3:-}" = "-f" ]; then tail -n 50 -f "$(node_dir "$2")/node.log"; else tail -n 100 "$(node_dir "$2")/node.log"; fi
     ;;
   *)
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -87,7 +87,8 @@ pub struct MemberView {
     pub zone: String,
     pub client_addr: String,
     pub peer_addr: String,
-    /// leader, follower, candidate, learner, shutdown, or unknown when unreachable.
+    /// leader, follower, candidate, learner, witness (started with `--witness`),
+    /// remote_learner (started with `--learner`), shutdown, or unknown when unreachable.
     pub role: String,
     pub term: Option<u64>,
     pub applied_index: Option<u64>,
@@ -104,11 +105,23 @@ pub struct AddMember {
     pub peer_addr: String,
 }
 
-/// The answer to a membership change: the voters and learners now.
+/// The answer to a membership change or leader transfer: the voters, the learners and the
+/// leader now.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Membership {
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
+    #[serde(default)]
+    pub leader: Option<u64>,
+}
+
+/// `POST /v1/cluster/transfer-leader`: hand leadership to voter `to`, or (without it) to the
+/// best caught-up voter.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferLeader {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<u64>,
 }
 
 /// `GET /ready` (200 when ready, else 503 with the same body).

@@ -518,6 +518,60 @@ impl Client {
         Ok(self.send_json::<api::cluster::Settings>(&call).await?.0)
     }
 
+    /// Adds a node as a learner (`POST /v1/cluster/members`); start it with `--join` first.
+    /// Any member takes the call (a follower forwards it to the leader).
+    pub async fn add_member(
+        &self,
+        member: &api::cluster::AddMember,
+    ) -> Result<api::cluster::Membership> {
+        let mut call = self.membership_call(
+            Method::POST,
+            "/v1/cluster/members".into(),
+            Subject::Member(member.id),
+        )?;
+        call.body = Some((json_bytes(member), JSON));
+        Ok(self.send_json::<api::cluster::Membership>(&call).await?.0)
+    }
+
+    /// Makes a caught-up learner a voter (`POST /v1/cluster/members/{id}/promote`).
+    pub async fn promote_member(&self, id: u64) -> Result<api::cluster::Membership> {
+        let call = self.membership_call(
+            Method::POST,
+            format!("/v1/cluster/members/{id}/promote"),
+            Subject::Member(id),
+        )?;
+        Ok(self.send_json::<api::cluster::Membership>(&call).await?.0)
+    }
+
+    /// Removes a member (`DELETE /v1/cluster/members/{id}`). The node refuses a removal that
+    /// would leave the voters in one zone while zone safety is on, unless `force`; removing the
+    /// leader hands leadership over first.
+    pub async fn remove_member(&self, id: u64, force: bool) -> Result<api::cluster::Membership> {
+        let path = if force {
+            format!("/v1/cluster/members/{id}?force=true")
+        } else {
+            format!("/v1/cluster/members/{id}")
+        };
+        let call = self.membership_call(Method::DELETE, path, Subject::Member(id))?;
+        Ok(self.send_json::<api::cluster::Membership>(&call).await?.0)
+    }
+
+    /// Hands leadership to voter `to`, or to the best caught-up voter
+    /// (`POST /v1/cluster/transfer-leader`), and returns once it moved.
+    pub async fn transfer_leader(&self, to: Option<u64>) -> Result<api::cluster::Membership> {
+        let subject = to.map_or(Subject::Other, Subject::Member);
+        let mut call =
+            self.membership_call(Method::POST, "/v1/cluster/transfer-leader".into(), subject)?;
+        call.body = Some((json_bytes(&api::cluster::TransferLeader { to }), JSON));
+        Ok(self.send_json::<api::cluster::Membership>(&call).await?.0)
+    }
+
+    /// A membership call is sent like a write: the node refuses a repeated change (the member
+    /// is already there, or gone), so a retry cannot make it twice.
+    fn membership_call(&self, method: Method, path: String, subject: Subject) -> Result<Call> {
+        self.write_call(method, path, subject, None)
+    }
+
     /// The cluster settings (`GET /v1/cluster/settings`, linearizable).
     pub async fn settings(&self) -> Result<api::cluster::Settings> {
         let call = Call::read("/v1/cluster/settings".into(), Subject::Other);

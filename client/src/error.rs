@@ -262,6 +262,8 @@ pub(crate) enum Subject {
     },
     /// A transfer looked up by id (`GET /v1/transfers/{id}`).
     TransferRecord(String),
+    /// A cluster member, in a membership call.
+    Member(u64),
     #[default]
     Other,
 }
@@ -274,6 +276,7 @@ impl fmt::Display for Subject {
             Subject::Transfer { id, .. } | Subject::TransferRecord(id) => {
                 write!(f, "transfer {id:?}")
             }
+            Subject::Member(id) => write!(f, "member {id}"),
             Subject::Other => write!(f, "the resource"),
         }
     }
@@ -394,7 +397,7 @@ fn map_code(
             Some(name.clone())
         }
         Subject::Transfer { id, .. } => Some(id.clone()),
-        Subject::Other => None,
+        Subject::Member(_) | Subject::Other => None,
     };
     match body.error {
         // The caller's own key first: it is exactly what they passed, whatever the server echoes.

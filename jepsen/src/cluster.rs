@@ -44,6 +44,7 @@ pub fn prepare(
         .map(|n| NodeSpec {
             name: n.name.clone(),
             zone: n.zone.clone(),
+            args: Vec::new(),
         })
         .collect();
     let placements: Option<BTreeMap<String, Placement>> = namespaces.map(|map| {

@@ -162,6 +162,22 @@ pub struct NodeConfig {
     /// New storage joins an existing cluster (it waits to be added as a learner) instead of
     /// creating one with `members`.
     pub join: bool,
+    pub role: NodeRole,
+}
+
+/// What a member is for, from its own command line (the node reports it in its status, and
+/// the leader asks before promoting it or handing it leadership).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NodeRole {
+    /// A full member: votes, keeps the state, serves clients.
+    #[default]
+    Voter,
+    /// The small third site's member: votes and keeps the log so that any two sites form a
+    /// majority, serves no client requests, and hands leadership on as soon as it gets it.
+    Witness,
+    /// A copy in another city for backups and stale reads: never promoted to voter, so it never
+    /// sits in the write quorum.
+    Learner,
 }
 
 impl NodeConfig {
@@ -205,6 +221,20 @@ impl NodeConfig {
         }
         Ok(self)
     }
+}
+
+/// Check a member as `parse_member` would have parsed it (for a member that arrives whole,
+/// such as a membership call forwarded by a peer).
+pub fn check_member(id: NodeId, info: &NodeInfo) -> Result<(), ConfigError> {
+    let spec = format!("{id}={}/{}/{}", info.zone, info.client_addr, info.peer_addr);
+    let (parsed_id, parsed) = parse_member(&spec)?;
+    if parsed_id != id || &parsed != info {
+        return Err(ConfigError::BadMember {
+            spec,
+            reason: "the parts do not read back as given".into(),
+        });
+    }
+    Ok(())
 }
 
 /// Parse `ID=ZONE/CLIENT_ADDR/PEER_ADDR`.

@@ -108,6 +108,7 @@ pub async fn run(
                 cluster_id: config.cluster_id.clone(),
                 storage_id,
                 initial_members: config.members.clone(),
+                role: config.role,
             },
             raft.clone(),
             reader,

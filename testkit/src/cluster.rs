@@ -112,6 +112,8 @@ pub fn find_binary(name: &str) -> anyhow::Result<PathBuf> {
 pub struct NodeSpec {
     pub name: String,
     pub zone: String,
+    /// Flags for this node only (e.g. `--witness`), after the cluster's own.
+    pub args: Vec<String>,
 }
 
 impl NodeSpec {
@@ -119,6 +121,7 @@ impl NodeSpec {
         Self {
             name: format!("n{id}"),
             zone: zone.to_string(),
+            args: Vec::new(),
         }
     }
 }
@@ -210,6 +213,8 @@ struct NodeProcess {
     routes: Vec<String>,
     /// Environment variables for the node's next starts.
     env: Vec<(String, String)>,
+    /// The node's own flags (`NodeSpec::args`).
+    args: Vec<String>,
     child: Option<Child>,
     paused: bool,
     /// How often the process was started (1 + restarts).
@@ -296,6 +301,7 @@ impl Cluster {
                 },
                 routes: Vec::new(),
                 env: Vec::new(),
+                args: spec.args.clone(),
                 child: None,
                 paused: false,
                 starts: 0,
@@ -420,7 +426,7 @@ impl Cluster {
         for route in &node.routes {
             command.arg("--peer-route").arg(route);
         }
-        command.args(&extra);
+        command.args(&extra).args(&node.args);
         let filter = std::env::var(&log_env).unwrap_or_else(|_| NODE_LOG_FILTER_DEFAULT.to_owned());
         command
             .env(FAILPOINTS_FILE_ENV, node.addrs.failpoints_path())

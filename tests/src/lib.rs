@@ -36,6 +36,8 @@ pub struct Options {
     pub zones: Vec<String>,
     /// Extra flags for every node (e.g. a small `--snapshot-logs-since-last`).
     pub extra_args: Vec<String>,
+    /// Flags for one node only (e.g. `--witness`), by node id.
+    pub node_args: Vec<(u64, Vec<String>)>,
 }
 
 impl Default for Options {
@@ -44,6 +46,20 @@ impl Default for Options {
             nodes: 3,
             zones: vec![],
             extra_args: vec![],
+            node_args: vec![],
+        }
+    }
+}
+
+impl Options {
+    /// The three-site layout: n1, n2 in dc-a, n3, n4 in dc-b, n5 in dc-c.
+    pub fn three_sites() -> Self {
+        Self {
+            nodes: 5,
+            zones: ["dc-a", "dc-a", "dc-b", "dc-b", "dc-c"]
+                .map(String::from)
+                .to_vec(),
+            ..Self::default()
         }
     }
 }
@@ -89,7 +105,13 @@ impl Cluster {
                     .zones
                     .get(i as usize - 1)
                     .map_or(default, String::as_str);
-                NodeSpec::new(i, zone)
+                let mut spec = NodeSpec::new(i, zone);
+                for (id, args) in &options.node_args {
+                    if *id == i {
+                        spec.args.extend(args.iter().cloned());
+                    }
+                }
+                spec
             })
             .collect();
         let cluster_options = ClusterOptions {

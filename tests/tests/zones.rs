@@ -35,25 +35,35 @@ async fn zone_view(c: &Cluster, node: u64) -> Value {
     view["zone_safety"].clone()
 }
 
-/// Writers that put `w<task>-<i>` on n1 until stopped, recording what was acknowledged.
+/// Writers that put `w<task>-<i>` on one node until stopped, recording what was acknowledged
+/// and when, and counting the writes that were not.
 struct Writers {
     stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<(String, String)>>>,
+    acked: Arc<Mutex<Vec<Acked>>>,
+    failed: Arc<Mutex<Vec<String>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+#[derive(Clone, Debug)]
+struct Acked {
+    key: String,
+    value: String,
+    at: Instant,
+}
+
 impl Writers {
-    fn start(c: &Cluster, count: usize) -> Self {
+    fn start(c: &Cluster, node: u64, count: usize) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(Vec::new()));
+        let failed = Arc::new(Mutex::new(Vec::new()));
         let tasks = (0..count)
             .map(|task| {
                 let http = reqwest::Client::builder()
                     .timeout(Duration::from_secs(10))
                     .build()
                     .unwrap();
-                let url = c.url(1);
-                let (stop, acked) = (stop.clone(), acked.clone());
+                let url = c.url(node);
+                let (stop, acked, failed) = (stop.clone(), acked.clone(), failed.clone());
                 tokio::spawn(async move {
                     let mut i = 0u64;
                     while !stop.load(Ordering::Relaxed) {
@@ -66,31 +76,98 @@ impl Writers {
                             .await;
                         match sent {
                             Ok(r) if r.status() == StatusCode::OK => {
-                                acked.lock().unwrap().push((key, value))
+                                acked.lock().unwrap().push(Acked {
+                                    key,
+                                    value,
+                                    at: Instant::now(),
+                                })
+                            }
+                            Ok(r) => {
+                                let status = r.status();
+                                let body = r.text().await.unwrap_or_default();
+                                failed
+                                    .lock()
+                                    .unwrap()
+                                    .push(format!("{key}: {status} {body}"));
                             }
                             // The node is gone: nothing more will be acknowledged.
-                            Err(_) => return,
-                            Ok(_) => {}
+                            Err(e) => {
+                                failed.lock().unwrap().push(format!("{key}: {e}"));
+                                return;
+                            }
                         }
                         i += 1;
                     }
                 })
             })
             .collect();
-        Self { stop, acked, tasks }
+        Self {
+            stop,
+            acked,
+            failed,
+            tasks,
+        }
     }
 
     fn acked(&self) -> usize {
         self.acked.lock().unwrap().len()
     }
 
-    async fn finish(self) -> Vec<(String, String)> {
+    fn acked_since(&self, t: Instant) -> usize {
+        self.acked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| a.at > t)
+            .count()
+    }
+
+    async fn wait_acked_since(&self, t: Instant, n: usize, within: Duration) {
+        Cluster::eventually("writes acknowledged", within, || async {
+            let acked = self.acked_since(t);
+            (acked >= n)
+                .then_some(())
+                .ok_or(format!("{acked} acknowledged"))
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Stop; the acknowledged writes and the failed ones.
+    async fn finish(self) -> (Vec<Acked>, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.tasks {
             let _ = t.await;
         }
-        Arc::try_unwrap(self.acked).unwrap().into_inner().unwrap()
+        let acked = Arc::try_unwrap(self.acked).unwrap().into_inner().unwrap();
+        let failed = Arc::try_unwrap(self.failed).unwrap().into_inner().unwrap();
+        (acked, failed)
     }
+}
+
+/// The longest time between two acknowledgements (or from `from` to the first one after it).
+fn longest_gap(acked: &[Acked], from: Instant) -> Duration {
+    let mut times: Vec<Instant> = acked.iter().map(|a| a.at).filter(|t| *t > from).collect();
+    times.sort();
+    let mut gap = Duration::ZERO;
+    let mut last = from;
+    for t in times {
+        gap = gap.max(t - last);
+        last = t;
+    }
+    gap
+}
+
+/// The acknowledged writes that node `node` does not return.
+async fn missing_on(c: &Cluster, node: u64, acked: &[Acked]) -> Vec<String> {
+    let mut missing = Vec::new();
+    for a in acked {
+        let (status, body, _) = c.get(node, &a.key).await;
+        if status != StatusCode::OK || body != a.value {
+            missing.push(format!("{}: {status} {body}", a.key));
+        }
+    }
+    missing
 }
 
 /// Under a write load on n1: n3 (dc-b) stalls, then dc-a burns down with its disks while n3 is
@@ -100,15 +177,15 @@ async fn lose_dc_a_while_dc_b_stalls(mode: &str) -> (usize, Vec<String>) {
     let mut c = Cluster::start(Options::default()).await.unwrap();
     set_zone_safety(&c, json!({ "zone_safety": mode })).await;
     c.make_leader(1).await.unwrap();
-    let writers = Writers::start(&c, 4);
-    Cluster::eventually("writes acknowledged", Duration::from_secs(20), || async {
-        let acked = writers.acked();
-        (acked >= 50)
-            .then_some(())
-            .ok_or(format!("{acked} acknowledged"))
-    })
-    .await
-    .unwrap();
+    let writers = Writers::start(&c, 1, 4);
+    let started = Instant::now();
+    writers
+        .wait_acked_since(
+            started - Duration::from_secs(1),
+            50,
+            Duration::from_secs(20),
+        )
+        .await;
     // A GC pause or a slow disk in dc-b, and during it dc-a is lost.
     c.pause(3);
     let before = writers.acked();
@@ -133,7 +210,7 @@ async fn lose_dc_a_while_dc_b_stalls(mode: &str) -> (usize, Vec<String>) {
     let during = writers.acked() - before;
     c.kill(1);
     c.kill(2);
-    let acked = writers.finish().await;
+    let (acked, _) = writers.finish().await;
     c.wipe(1).unwrap();
     c.wipe(2).unwrap();
     c.resume(3);
@@ -164,13 +241,7 @@ async fn lose_dc_a_while_dc_b_stalls(mode: &str) -> (usize, Vec<String>) {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", c.log_tail(3, 40)));
-    let mut missing = Vec::new();
-    for (key, value) in &acked {
-        let (status, body, _) = c.get(3, key).await;
-        if status != StatusCode::OK || body != *value {
-            missing.push(key.clone());
-        }
-    }
+    let missing = missing_on(&c, 3, &acked).await;
     eprintln!(
         "{mode}: {} writes acknowledged ({during} while dc-b stalled), {} missing after the zone loss",
         acked.len(),
@@ -209,23 +280,35 @@ impl Drop for Extra {
     }
 }
 
-/// Start node `id` in `zone` with `--join`, knowing the recovered n3.
-fn start_joiner(c: &Cluster, id: u64, zone: &str) -> (Extra, serde_json::Value) {
+/// Start node `id` in `zone` with `--join` (and `flags`), knowing the members `known`.
+fn start_joiner(
+    c: &Cluster,
+    id: u64,
+    zone: &str,
+    known: &[u64],
+    flags: &[&str],
+) -> (Extra, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     let client = format!("127.0.0.1:{}", metrokv_tests::free_port());
     let peer = format!("127.0.0.1:{}", metrokv_tests::free_port());
-    let n3 = c.node(3);
     let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
-    let child = std::process::Command::new(metrokv_tests::binary("metrokv-node").unwrap())
+    let mut command = std::process::Command::new(metrokv_tests::binary("metrokv-node").unwrap());
+    command
         .args(["--id", &id.to_string(), "--zone", zone])
         .args(["--client-addr", &client, "--peer-addr", &peer])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .args(["--cluster-id", "metrokv-test", "--join"])
+        .args(flags)
         .arg("--member")
-        .arg(format!("3={}/{}/{}", n3.zone, n3.client_addr, n3.peer_addr))
-        .arg("--member")
-        .arg(format!("{id}={zone}/{client}/{peer}"))
+        .arg(format!("{id}={zone}/{client}/{peer}"));
+    for k in known {
+        let n = c.node(*k);
+        command
+            .arg("--member")
+            .arg(format!("{k}={}/{}/{}", n.zone, n.client_addr, n.peer_addr));
+    }
+    let child = command
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
@@ -243,10 +326,10 @@ fn start_joiner(c: &Cluster, id: u64, zone: &str) -> (Extra, serde_json::Value) 
 
 /// After a recovery: two fresh dc-a nodes join the survivor as learners, are promoted once
 /// caught up, and the cluster is zone-safe again with every acknowledged write on them.
-async fn grow_back(c: &Cluster, acked: &[(String, String)]) {
+async fn grow_back(c: &Cluster, acked: &[Acked]) {
     let mut extras = Vec::new();
     for id in [4, 5] {
-        let (extra, body) = start_joiner(c, id, "dc-a");
+        let (extra, body) = start_joiner(c, id, "dc-a", &[3], &[]);
         let url = format!("{}/v1/cluster/members", c.url(3));
         Cluster::eventually("n3 adds the learner", Duration::from_secs(20), || async {
             let r = c
@@ -300,7 +383,7 @@ async fn grow_back(c: &Cluster, acked: &[(String, String)]) {
     let view = zone_view(c, 3).await;
     assert_eq!(view["state"], "zone_safe", "{view}");
     for extra in &extras {
-        for (key, value) in acked.iter().take(20) {
+        for Acked { key, value, .. } in acked.iter().take(20) {
             let url = format!("{}/v1/kv/{key}", extra.url);
             let got = c
                 .http()
@@ -441,4 +524,285 @@ async fn leadership_moves_to_the_preferred_zone() {
         .await
         .unwrap();
     assert_eq!(settings["preferred_leader_zone"], "dc-a", "{settings}");
+}
+
+/// A membership call on `node`: its status and answer.
+async fn membership_call(
+    c: &Cluster,
+    method: reqwest::Method,
+    node: u64,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = c.http().request(method, format!("{}{path}", c.url(node)));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    json_of(request.send().await.unwrap()).await
+}
+
+/// Poll a membership call until it answers 200 (a learner is promoted only once caught up).
+async fn membership_call_ok(
+    c: &Cluster,
+    method: reqwest::Method,
+    node: u64,
+    path: &str,
+    body: Option<Value>,
+) -> Value {
+    Cluster::eventually(path, Duration::from_secs(30), || async {
+        let (status, answer) = membership_call(c, method.clone(), node, path, body.clone()).await;
+        (status == StatusCode::OK)
+            .then_some(answer.clone())
+            .ok_or(format!("{status} {answer}"))
+    })
+    .await
+    .unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u64> {
+    let mut ids: Vec<u64> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_u64().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// 2+2+1 with a witness in dc-c: kill both dc-a nodes at once (the leader among them) under a
+/// write load on dc-b. Writes resume by themselves, nothing acknowledged is lost, and the
+/// witness does not keep leadership.
+#[tokio::test]
+async fn three_sites_lose_a_whole_zone_and_carry_on_by_themselves() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut options = Options::three_sites();
+    options.node_args = vec![(5, vec!["--witness".to_string()])];
+    let mut c = Cluster::start(options).await.unwrap();
+    // The witness serves no data and cannot be handed leadership.
+    let (status, body) = json_of(c.put(5, "k", "v").await).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("witness"),
+        "{body}"
+    );
+    let (status, body) = membership_call(
+        &c,
+        reqwest::Method::POST,
+        3,
+        "/v1/cluster/transfer-leader",
+        Some(json!({ "to": 5 })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    // The worst case: the leader sits in the zone that burns.
+    let moved = membership_call_ok(
+        &c,
+        reqwest::Method::POST,
+        4,
+        "/v1/cluster/transfer-leader",
+        Some(json!({ "to": 1 })),
+    )
+    .await;
+    assert_eq!(moved["leader"], 1, "{moved}");
+    let view = zone_view(&c, 1).await;
+    assert_eq!(view["state"], "zone_safe", "{view}");
+
+    let writers = Writers::start(&c, 3, 4);
+    writers
+        .wait_acked_since(
+            Instant::now() - Duration::from_secs(1),
+            100,
+            Duration::from_secs(20),
+        )
+        .await;
+    let lost_at = Instant::now();
+    c.kill(1);
+    c.kill(2);
+    // No manual step: dc-b and dc-c elect a leader and the writes on n3 go on.
+    writers
+        .wait_acked_since(lost_at, 50, Duration::from_secs(30))
+        .await;
+    let leader = Cluster::eventually("a dc-b leader", Duration::from_secs(20), || async {
+        match c.leader().await {
+            Some(l) if l == 3 || l == 4 => Ok(l),
+            other => Err(format!("leader {other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    let (acked, failed) = writers.finish().await;
+    let gap = longest_gap(&acked, lost_at);
+    let missing = missing_on(&c, 4, &acked).await;
+    eprintln!(
+        "2+2+1 with a witness, dc-a lost: {} writes acknowledged, {} missing, {} failed; writes resumed after {} ms (leader now n{leader})",
+        acked.len(),
+        missing.len(),
+        failed.len(),
+        gap.as_millis()
+    );
+    assert!(missing.is_empty(), "acknowledged writes lost: {missing:?}");
+}
+
+/// Under a write load on n3: a fresh node joins dc-a as a learner (added through a follower),
+/// is promoted, and the leader is removed (it hands over first). No acknowledged write is lost
+/// and none fails; removing dc-b's only voter is refused while zone safety is on.
+#[tokio::test]
+async fn members_change_under_load_without_losing_a_write() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let c = Cluster::start(Options::default()).await.unwrap();
+    membership_call_ok(
+        &c,
+        reqwest::Method::POST,
+        2,
+        "/v1/cluster/transfer-leader",
+        Some(json!({ "to": 1 })),
+    )
+    .await;
+    let writers = Writers::start(&c, 3, 4);
+    writers
+        .wait_acked_since(
+            Instant::now() - Duration::from_secs(1),
+            50,
+            Duration::from_secs(20),
+        )
+        .await;
+    let (n4, body) = start_joiner(&c, 4, "dc-a", &[1, 2, 3], &[]);
+    let added = membership_call_ok(
+        &c,
+        reqwest::Method::POST,
+        2,
+        "/v1/cluster/members",
+        Some(body),
+    )
+    .await;
+    assert_eq!(ids(&added["learners"]), vec![4], "{added}");
+    let promoted = membership_call_ok(
+        &c,
+        reqwest::Method::POST,
+        3,
+        "/v1/cluster/members/4/promote",
+        None,
+    )
+    .await;
+    assert_eq!(ids(&promoted["voters"]), vec![1, 2, 3, 4], "{promoted}");
+    // Remove the leader, through a follower.
+    let removed_at = Instant::now();
+    let removed = membership_call_ok(
+        &c,
+        reqwest::Method::DELETE,
+        2,
+        "/v1/cluster/members/1",
+        None,
+    )
+    .await;
+    assert_eq!(ids(&removed["voters"]), vec![2, 3, 4], "{removed}");
+    assert_ne!(removed["leader"], 1, "{removed}");
+    writers
+        .wait_acked_since(Instant::now(), 50, Duration::from_secs(20))
+        .await;
+    // n3 is dc-b's only voter: removing it would leave every acknowledgement to dc-a.
+    let (status, body) = membership_call(
+        &c,
+        reqwest::Method::DELETE,
+        2,
+        "/v1/cluster/members/3",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("zone"), "{body}");
+    let (acked, failed) = writers.finish().await;
+    let gap = longest_gap(&acked, removed_at - Duration::from_secs(1));
+    let missing = missing_on(&c, 2, &acked).await;
+    // The new member holds the old data.
+    let early = &acked[0];
+    let got = c
+        .http()
+        .get(format!("{}/v1/kv/{}", n4.url, early.key))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(got, early.value);
+    eprintln!(
+        "membership under load: {} writes acknowledged, {} failed, {} missing; longest gap around the leader's removal {} ms",
+        acked.len(),
+        failed.len(),
+        missing.len(),
+        gap.as_millis()
+    );
+    assert!(missing.is_empty(), "acknowledged writes lost: {missing:?}");
+    assert!(failed.is_empty(), "writes failed: {failed:?}");
+}
+
+/// A node started with `--learner` (a remote copy) joins, copies the data and serves stale
+/// reads, and the leader refuses to make it a voter.
+#[tokio::test]
+async fn a_remote_learner_copies_the_data_and_never_votes() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let c = Cluster::start(Options::default()).await.unwrap();
+    assert_eq!(c.put(1, "k", "v").await.status(), StatusCode::OK);
+    let (learner, body) = start_joiner(&c, 4, "far", &[1, 2, 3], &["--learner"]);
+    membership_call_ok(
+        &c,
+        reqwest::Method::POST,
+        1,
+        "/v1/cluster/members",
+        Some(body),
+    )
+    .await;
+    let url = format!("{}/v1/kv/k?consistency=stale", learner.url);
+    Cluster::eventually(
+        "the learner has the data",
+        Duration::from_secs(20),
+        || async {
+            let r = c.http().get(&url).send().await.map_err(|e| e.to_string())?;
+            let status = r.status();
+            let text = r.text().await.unwrap_or_default();
+            (status == StatusCode::OK && text == "v")
+                .then_some(())
+                .ok_or(format!("{status} {text}"))
+        },
+    )
+    .await
+    .unwrap();
+    let (status, body) = membership_call(
+        &c,
+        reqwest::Method::POST,
+        2,
+        "/v1/cluster/members/4/promote",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("--learner"),
+        "{body}"
+    );
+    let view = c
+        .get_json(&format!("{}/v1/cluster", c.url(1)))
+        .await
+        .unwrap();
+    let me = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == 4)
+        .unwrap()
+        .clone();
+    assert_eq!(me["role"], "remote_learner", "{view}");
+    // Removing it is allowed and leaves the voters as they were.
+    let removed = membership_call_ok(
+        &c,
+        reqwest::Method::DELETE,
+        3,
+        "/v1/cluster/members/4",
+        None,
+    )
+    .await;
+    assert_eq!(ids(&removed["voters"]), vec![1, 2, 3], "{removed}");
+    assert!(ids(&removed["learners"]).is_empty(), "{removed}");
 }

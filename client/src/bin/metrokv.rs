@@ -174,6 +174,32 @@ enum ClusterCommand {
         #[arg(long)]
         preferred_leader_zone: Option<String>,
     },
+    /// Add a node as a learner (start it first with `metrokv-node --join`).
+    Add {
+        id: u64,
+        #[arg(long)]
+        zone: String,
+        /// The node's client API address, host:port.
+        #[arg(long)]
+        client_addr: String,
+        /// The node's peer address, host:port.
+        #[arg(long)]
+        peer_addr: String,
+    },
+    /// Make a caught-up learner a voter.
+    Promote { id: u64 },
+    /// Remove a member (removing the leader hands leadership over first).
+    Remove {
+        id: u64,
+        /// Remove it even if the voters left sit in one zone while zone safety is on.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Hand leadership to voter N (or, without --to, the best caught-up voter).
+    TransferLeader {
+        #[arg(long)]
+        to: Option<u64>,
+    },
 }
 
 /// Why a command failed.
@@ -306,6 +332,33 @@ async fn run(client: &Client, command: Command, json: bool) -> Outcome {
                 json,
             )
             .await
+        }
+        Command::Cluster(ClusterCommand::Add {
+            id,
+            zone,
+            client_addr,
+            peer_addr,
+        }) => {
+            let member = metrokv_client::api::cluster::AddMember {
+                id,
+                zone,
+                client_addr,
+                peer_addr,
+            };
+            let answer = client.add_member(&member).await;
+            print_membership(answer, &format!("cluster add {id}"), json)
+        }
+        Command::Cluster(ClusterCommand::Promote { id }) => {
+            let answer = client.promote_member(id).await;
+            print_membership(answer, &format!("cluster promote {id}"), json)
+        }
+        Command::Cluster(ClusterCommand::Remove { id, force }) => {
+            let answer = client.remove_member(id, force).await;
+            print_membership(answer, &format!("cluster remove {id}"), json)
+        }
+        Command::Cluster(ClusterCommand::TransferLeader { to }) => {
+            let answer = client.transfer_leader(to).await;
+            print_membership(answer, "cluster transfer-leader", json)
         }
     }
 }
@@ -671,6 +724,36 @@ async fn transfer_status(client: &Client, id: &str, json: bool) -> Outcome {
         _ => String::new(),
     };
     println!("transfer {:?}{parties}: {text}", record.id);
+    Ok(())
+}
+
+fn print_membership(
+    answer: metrokv_client::Result<metrokv_client::api::cluster::Membership>,
+    what: &str,
+    json: bool,
+) -> Outcome {
+    let m = answer.map_err(call_failed(what))?;
+    if json {
+        print_json(&m);
+        return Ok(());
+    }
+    let ids = |v: &[u64]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.iter()
+                .map(|i| format!("n{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    println!("voters: {}", ids(&m.voters));
+    println!("learners: {}", ids(&m.learners));
+    println!(
+        "leader: {}",
+        m.leader
+            .map_or_else(|| "none".to_string(), |l| format!("n{l}"))
+    );
     Ok(())
 }
 

@@ -14,6 +14,7 @@ use metrokv_api::cluster::MemberView;
 use metrokv_api::cluster::Membership;
 use metrokv_api::cluster::Ready;
 use metrokv_api::cluster::Settings;
+use metrokv_api::cluster::TransferLeader;
 use metrokv_api::cluster::ZoneMode;
 use metrokv_api::cluster::ZoneSafetyView;
 use metrokv_api::cluster::ZoneState;
@@ -25,7 +26,10 @@ use super::unexpected;
 use super::write;
 use super::ApiError;
 use super::AppState;
+use super::Query;
+use crate::service::membership::MembershipCall;
 use crate::service::membership::MembershipError;
+use crate::service::membership::MembershipState;
 use crate::service::zones::ZoneStatus;
 use crate::state_machine::Command;
 use crate::state_machine::Success;
@@ -151,22 +155,55 @@ fn zone_view(status: &ZoneStatus) -> ZoneSafetyView {
 }
 
 fn membership_error(e: MembershipError) -> ApiError {
+    use MembershipError as E;
     match e {
-        MembershipError::NotLeader(_) | MembershipError::Raft(_) => {
-            ApiError::Unavailable(e.to_string())
-        }
-        MembershipError::AlreadyMember(_)
-        | MembershipError::NotALearner(_)
-        | MembershipError::NotCaughtUp { .. } => ApiError::InvalidRequest(e.to_string()),
+        E::NotLeader(_)
+        | E::NoLeader(_)
+        | E::Raft(_)
+        | E::NoTransferTarget(_)
+        | E::TransferTimedOut(..) => ApiError::Unavailable(e.to_string()),
+        E::Invalid(_)
+        | E::AlreadyMember(_)
+        | E::NotALearner(_)
+        | E::NotCaughtUp { .. }
+        | E::RemoteLearner(_)
+        | E::LastVoter(_)
+        | E::BreaksZoneSafety { .. }
+        | E::CannotLead(..) => ApiError::InvalidRequest(e.to_string()),
+        E::NotAMember(_) => ApiError::NotFound(e.to_string()),
     }
 }
 
-fn membership_answer(state: &AppState) -> Response {
-    let (voters, learners) = state.service.membership_ids();
-    Json(Membership { voters, learners }).into_response()
+/// Make a membership call (at the leader, forwarded from here if need be) and answer with the
+/// membership that results.
+async fn membership(state: &AppState, call: MembershipCall) -> Result<Response, ApiError> {
+    let MembershipState {
+        voters,
+        learners,
+        leader,
+    } = state
+        .service
+        .membership(call)
+        .await
+        .map_err(membership_error)?;
+    Ok(super::with_headers(
+        Json(Membership {
+            voters,
+            learners,
+            leader,
+        })
+        .into_response(),
+        leader,
+        None,
+    ))
 }
 
-/// `POST /v1/cluster/members`: add a node as a learner (on the leader).
+fn node_id(id: &str) -> Result<u64, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::InvalidRequest(format!("{id:?} is not a node id")))
+}
+
+/// `POST /v1/cluster/members`: add a node as a learner.
 pub async fn add_member(
     State(state): State<AppState>,
     _: NoQuery,
@@ -181,25 +218,46 @@ pub async fn add_member(
     let spec = format!("{id}={zone}/{client_addr}/{peer_addr}");
     let (id, info) =
         crate::config::parse_member(&spec).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
-    state
-        .service
-        .add_learner(id, info)
-        .await
-        .map_err(membership_error)?;
-    Ok(membership_answer(&state))
+    membership(&state, MembershipCall::AddLearner { id, info }).await
 }
 
-/// `POST /v1/cluster/members/{id}/promote`: make a caught-up learner a voter (on the leader).
+/// `POST /v1/cluster/members/{id}/promote`: make a caught-up learner a voter.
 pub async fn promote_member(
     State(state): State<AppState>,
     Path(id): Path<String>,
     _: NoQuery,
 ) -> Result<Response, ApiError> {
-    let id: u64 = id
-        .parse()
-        .map_err(|_| ApiError::InvalidRequest(format!("{id:?} is not a node id")))?;
-    state.service.promote(id).await.map_err(membership_error)?;
-    Ok(membership_answer(&state))
+    let id = node_id(&id)?;
+    membership(&state, MembershipCall::Promote { id }).await
+}
+
+/// `DELETE /v1/cluster/members/{id}[?force=true]`.
+pub async fn remove_member(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    let id = node_id(&id)?;
+    let query = Query::parse(uri.query(), &["force"])?;
+    let force = match query.get("force") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::InvalidRequest(format!(
+                "force must be true or false, not {other:?}"
+            )))
+        }
+    };
+    membership(&state, MembershipCall::Remove { id, force }).await
+}
+
+/// `POST /v1/cluster/transfer-leader`.
+pub async fn transfer_leader(
+    State(state): State<AppState>,
+    _: NoQuery,
+    JsonBody(body): JsonBody<TransferLeader>,
+) -> Result<Response, ApiError> {
+    membership(&state, MembershipCall::TransferLeader { to: body.to }).await
 }
 
 /// `GET /v1/cluster/settings`.

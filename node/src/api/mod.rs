@@ -41,6 +41,7 @@ use tokio::sync::Semaphore;
 
 pub use error::ApiError;
 
+use crate::config::NodeRole;
 use crate::limits;
 use crate::raft::NodeId;
 use crate::service::Served;
@@ -90,8 +91,16 @@ pub fn router(
         )
         .route("/v1/cluster/members", post(cluster::add_member))
         .route(
+            "/v1/cluster/members/{id}",
+            axum::routing::delete(cluster::remove_member),
+        )
+        .route(
             "/v1/cluster/members/{id}/promote",
             post(cluster::promote_member),
+        )
+        .route(
+            "/v1/cluster/transfer-leader",
+            post(cluster::transfer_leader),
         )
         .route("/health", get(cluster::health))
         .route("/ready", get(cluster::ready))
@@ -127,7 +136,19 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let method = request.method().to_string();
     let exempt = matches!(route.as_str(), "/health" | "/ready");
-    let response = if exempt {
+    let response = if state.service.role() == NodeRole::Witness && serves_data(&route) {
+        let leader = state.service.leader_in_contact();
+        with_headers(
+            ApiError::Unavailable(format!(
+                "node {} is a witness: it votes and keeps the log but serves no data requests; send them to another member{}",
+                state.service.id(),
+                leader.map_or_else(String::new, |l| format!(" (the leader is node {l})"))
+            ))
+            .into_response(),
+            leader,
+            None,
+        )
+    } else if exempt {
         next.run(request).await
     } else {
         match admit(&state, &request) {
@@ -143,6 +164,12 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
     metrics::counter!("metrokv_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status.clone()).increment(1);
     metrics::histogram!("metrokv_http_request_duration_seconds", "route" => route, "method" => method, "status" => status).record(elapsed);
     response
+}
+
+/// Whether `route` reads or writes data (a witness refuses those; it answers the cluster and
+/// operations endpoints).
+fn serves_data(route: &str) -> bool {
+    route.starts_with("/v1/") && !route.starts_with("/v1/cluster")
 }
 
 /// Take a request slot and room for its body, or refuse with 503 `overloaded`. A body's size

@@ -84,6 +84,15 @@ struct Args {
     /// leader with `POST /v1/cluster/members`; it is a learner until promoted.
     #[arg(long)]
     join: bool,
+    /// This member is a witness (the small third site of a 2+2+1 layout): it votes and keeps
+    /// the log, serves no client requests, and hands leadership to another member at once.
+    #[arg(long, conflicts_with = "learner")]
+    witness: bool,
+    /// This member is a learner for good (a copy in another city for backups and stale reads):
+    /// the leader refuses to promote it, so it never joins the write quorum. Start it with
+    /// --join and add it with `POST /v1/cluster/members`.
+    #[arg(long)]
+    learner: bool,
     #[command(subcommand)]
     command: Option<Sub>,
 }
@@ -275,6 +284,13 @@ fn build_config(args: &Args) -> Result<NodeConfig, config::ConfigError> {
             .or(file.max_connections)
             .unwrap_or(limits::HTTP_CONNECTIONS_DEFAULT),
         join: args.join,
+        role: if args.witness {
+            config::NodeRole::Witness
+        } else if args.learner {
+            config::NodeRole::Learner
+        } else {
+            config::NodeRole::Voter
+        },
     }
     .validate()
 }

@@ -74,6 +74,7 @@ use crate::transport::codec;
 use crate::transport::codec::Envelope;
 use crate::transport::codec::Hello;
 use crate::transport::codec::HelloReply;
+use crate::transport::codec::MembershipCall;
 use crate::transport::codec::PeerRequest;
 use crate::transport::codec::PeerResponse;
 use crate::transport::server;
@@ -262,7 +263,11 @@ fn check_peer_request(envelope: Envelope<PeerRequest>) {
                 );
             }
         }
-        PeerRequest::ReadIndex | PeerRequest::Status => {}
+        PeerRequest::Membership(MembershipCall::AddLearner { id, info }) => {
+            // The leader checks a forwarded member as the API checks a posted one.
+            let _ = crate::config::check_member(id, &info);
+        }
+        PeerRequest::ReadIndex | PeerRequest::Status | PeerRequest::Membership(_) => {}
     }
 }
 

@@ -36,6 +36,7 @@ pub use status::spawn_leader_watch;
 pub use status::spawn_storage_recorder;
 
 use crate::clock::Clock;
+use crate::config::NodeRole;
 use crate::config::RaftTimeouts;
 use crate::raft::NodeId;
 use crate::raft::NodeInfo;
@@ -58,6 +59,7 @@ pub struct Identity {
     pub storage_id: u64,
     /// The member list from the configuration: the cluster until Raft knows its membership.
     pub initial_members: BTreeMap<NodeId, NodeInfo>,
+    pub role: NodeRole,
 }
 
 pub struct Service {
@@ -133,6 +135,10 @@ impl Service {
 
     pub fn id(&self) -> NodeId {
         self.identity.id
+    }
+
+    pub fn role(&self) -> NodeRole {
+        self.identity.role
     }
 
     pub fn cluster_id(&self) -> &str {

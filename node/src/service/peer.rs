@@ -151,6 +151,11 @@ impl PeerHandler for Arc<Service> {
                 PeerResponse::ReadIndex(self.read_index_local(deadline).await)
             }
             PeerRequest::Status => PeerResponse::Status(self.status()),
+            PeerRequest::Membership(call) => {
+                let deadline =
+                    Instant::now() + Duration::from_millis(self.timeouts.write_timeout_ms * 2);
+                PeerResponse::Membership(self.membership_local(call, deadline).await)
+            }
         }
     }
 }

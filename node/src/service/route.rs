@@ -61,7 +61,7 @@ pub struct Served<T> {
 
 /// What one attempt at the leader produced (see [`Service::at_leader`]).
 #[derive(Debug)]
-enum Step<T, E> {
+pub(super) enum Step<T, E> {
     Done(T),
     /// A final error: nothing more to try.
     Fail(E),
@@ -169,7 +169,7 @@ impl Service {
     /// answer or the deadline passes. Steps that changed nothing (the leader moved, or could not
     /// be reached) are retried; `give_up` builds the error when time runs out or no leader is in
     /// contact. Returns the answer and the leader that produced it.
-    async fn at_leader<T, E, L, LF, R, RF>(
+    pub(super) async fn at_leader<T, E, L, LF, R, RF>(
         &self,
         deadline: Instant,
         local: L,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::Service;
 use super::STORAGE_RECORD_INTERVAL;
+use crate::config::NodeRole;
 use crate::limits;
 use crate::raft::NodeId;
 use crate::raft::NodeInfo;
@@ -24,7 +25,7 @@ impl Service {
         let m = self.metrics();
         NodeStatus {
             id: self.id(),
-            role: role_name(&m.state).to_string(),
+            role: role_name(&m.state, self.role()).to_string(),
             term: m.current_term,
             leader: self.leader_in_contact(),
             commit_index: m.local_committed.as_ref().map_or(0, |id| id.index),
@@ -44,25 +45,38 @@ impl Service {
             if id == self.id() {
                 return (id, node, Some(self.status()));
             }
-            let client = self.peers.client(id, &node.peer_addr, Channel::Forward);
-            let timeout = Duration::from_millis(limits::PEER_STATUS_TIMEOUT_MS);
-            let status = match client.call(PeerRequest::Status, timeout).await {
-                Ok(PeerResponse::Status(s)) => Some(s),
-                _ => None,
-            };
+            let status = self.peer_status(id, &node).await;
             (id, node, status)
         });
         futures::future::join_all(queries).await
     }
+
+    /// Member `id`'s own status, or `None` when it does not answer in time.
+    pub(super) async fn peer_status(&self, id: NodeId, node: &NodeInfo) -> Option<NodeStatus> {
+        let client = self.peers.client(id, &node.peer_addr, Channel::Forward);
+        let timeout = Duration::from_millis(limits::PEER_STATUS_TIMEOUT_MS);
+        match client.call(PeerRequest::Status, timeout).await {
+            Ok(PeerResponse::Status(s)) => Some(s),
+            _ => None,
+        }
+    }
 }
 
-pub fn role_name(state: &ServerState) -> &'static str {
-    match state {
-        ServerState::Leader => "leader",
-        ServerState::Follower => "follower",
-        ServerState::Candidate => "candidate",
-        ServerState::Learner => "learner",
-        ServerState::Shutdown => "shutdown",
+/// The role a witness reports while it does not lead.
+pub const WITNESS: &str = "witness";
+/// The role a node started with `--learner` reports while it is a learner.
+pub const REMOTE_LEARNER: &str = "remote_learner";
+
+/// The role a node reports: its Raft state, or what it was started as.
+pub fn role_name(state: &ServerState, role: NodeRole) -> &'static str {
+    match (state, role) {
+        (ServerState::Leader, _) => "leader",
+        (ServerState::Shutdown, _) => "shutdown",
+        (_, NodeRole::Witness) => WITNESS,
+        (ServerState::Learner, NodeRole::Learner) => REMOTE_LEARNER,
+        (ServerState::Follower, _) => "follower",
+        (ServerState::Candidate, _) => "candidate",
+        (ServerState::Learner, _) => "learner",
     }
 }
 

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use super::ReadError;
 use super::Service;
+use crate::config::NodeRole;
 use crate::raft::NodeId;
 use crate::raft::ServerState;
 use crate::raft::WatchReceiver as _;
@@ -162,7 +163,7 @@ impl Service {
         }
     }
 
-    fn single_zone(&self) -> bool {
+    pub(super) fn single_zone(&self) -> bool {
         let zones = self.voter_zones();
         let mut names: Vec<&String> = zones.values().collect();
         names.sort();
@@ -265,36 +266,31 @@ impl Service {
             .map_or(0, |id| id.index())
     }
 
-    /// As leader outside `zone`: hand leadership to a voter of `zone` that has every entry this
-    /// leader has, at most once per few election timeouts (a transfer that does not take is
-    /// tried again later, never in a loop).
-    async fn place_leader(&self, zone: &str, last_transfer: &mut Option<Instant>) {
+    /// As leader: hand leadership on when this node should not keep it: it is a witness (to
+    /// any caught-up voter), or it sits outside the preferred leader `zone` and a caught-up
+    /// voter of that zone exists. At most once per few election timeouts (a transfer that does
+    /// not take is tried again later, never in a loop).
+    async fn place_leader(&self, zone: Option<&str>, last_transfer: &mut Option<Instant>) {
+        let witness = self.role() == NodeRole::Witness;
         let zones = self.voter_zones();
-        if zones.get(&self.id()).map(String::as_str) == Some(zone) {
+        let zone_of = |id: NodeId| zones.get(&id).map(String::as_str);
+        if !witness && zone.is_none_or(|z| zone_of(self.id()) == Some(z)) {
             return;
         }
         let pause = Duration::from_millis(self.timeouts.election_timeout_ms_max * 4);
         if last_transfer.is_some_and(|t| t.elapsed() < pause) {
             return;
         }
-        let m = self.metrics();
-        let Some(replication) = m.replication.as_ref() else {
+        let Ok(to) = self.transfer_target(zone).await else {
             return;
         };
-        let last = m.last_log_index.unwrap_or(0);
-        let candidate = replication.iter().find(|(id, matched)| {
-            **id != self.id()
-                && zones.get(id).map(String::as_str) == Some(zone)
-                && matched.as_ref().is_some_and(|l| l.index() >= last)
-        });
-        let Some((to, _)) = candidate else {
+        if !witness && zone_of(to) != zone {
             return;
-        };
-        let to = *to;
+        }
         *last_transfer = Some(Instant::now());
-        tracing::info!(to, zone, "moving leadership to the preferred leader zone");
+        tracing::info!(to, ?zone, witness, "moving leadership");
         if let Err(e) = self.raft.trigger().transfer_leader(to).await {
-            tracing::warn!(to, error = %e, "leader transfer to the preferred zone failed");
+            tracing::warn!(to, error = %e, "leader transfer failed; it is tried again later");
         }
     }
 
@@ -340,9 +336,9 @@ pub fn spawn_zone_watch(service: Arc<Service>) {
             } else {
                 0.0
             });
-            if let Some(zone) = &record.preferred_leader_zone {
-                service.place_leader(zone, &mut last_transfer).await;
-            }
+            service
+                .place_leader(record.preferred_leader_zone.as_deref(), &mut last_transfer)
+                .await;
             if record.mode != ZoneSafety::Adaptive || service.single_zone() {
                 watch = Watch::default();
                 continue;

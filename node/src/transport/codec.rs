@@ -99,6 +99,77 @@ pub struct SnapshotChunk {
     pub done: bool,
 }
 
+/// A membership change or leader transfer, as a follower forwards it to the leader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipCall {
+    AddLearner {
+        id: NodeId,
+        info: raft::NodeInfo,
+    },
+    Promote {
+        id: NodeId,
+    },
+    Remove {
+        id: NodeId,
+        force: bool,
+    },
+    /// To `to`, or to the best caught-up voter when `None`.
+    TransferLeader {
+        to: Option<NodeId>,
+    },
+}
+
+/// The membership after a call, and who leads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipState {
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    pub leader: Option<NodeId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum MembershipError {
+    #[error("membership changes are made on the leader; this node is not it (leader: {0:?})")]
+    NotLeader(Option<NodeId>),
+    #[error("no leader could take the membership change: {0}")]
+    NoLeader(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("node {0} is already a member")]
+    AlreadyMember(NodeId),
+    #[error("node {0} is not a member of this cluster")]
+    NotAMember(NodeId),
+    #[error("node {0} is not a learner of this cluster")]
+    NotALearner(NodeId),
+    #[error("node {id} has entries up to {matched:?} of the leader's {last}; promote it once it has caught up")]
+    NotCaughtUp {
+        id: NodeId,
+        matched: Option<u64>,
+        last: u64,
+    },
+    #[error("node {0} was started with --learner: it stays a learner (a remote copy never votes)")]
+    RemoteLearner(NodeId),
+    #[error("node {0} is the only voter; a cluster needs one")]
+    LastVoter(NodeId),
+    #[error("removing node {id} leaves voters only in zone {zone:?}, and zone safety is on: an acknowledged write would then rest on one zone. Add a voter in another zone first, set zone_safety to off, or force the removal")]
+    BreaksZoneSafety { id: NodeId, zone: String },
+    #[error("no voter can take over leadership now: {0}")]
+    NoTransferTarget(String),
+    #[error("node {0} cannot lead: {1}")]
+    CannotLead(NodeId, String),
+    #[error("leadership did not move to node {0} in time; it stays with node {1}")]
+    TransferTimedOut(NodeId, NodeId),
+    #[error("{0}")]
+    Raft(String),
+}
+
+impl MembershipError {
+    /// Whether nothing was changed and the call can be tried again at the current leader.
+    pub fn leader_moved(&self) -> bool {
+        matches!(self, MembershipError::NotLeader(_))
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub enum PeerRequest {
     AppendEntries(raft::AppendEntriesRequest),
@@ -114,6 +185,8 @@ pub enum PeerRequest {
     /// A follower asks the leader for a read index to serve a linearizable read locally.
     ReadIndex,
     Status,
+    /// A membership change or leader transfer a follower forwards to the leader.
+    Membership(MembershipCall),
 }
 
 impl PeerRequest {
@@ -127,6 +200,7 @@ impl PeerRequest {
             PeerRequest::ClientWrite { .. } => "client_write",
             PeerRequest::ReadIndex => "read_index",
             PeerRequest::Status => "status",
+            PeerRequest::Membership(_) => "membership",
         }
     }
 }
@@ -141,6 +215,7 @@ pub enum PeerResponse {
     ClientWrite(Result<Response, ForwardError>),
     ReadIndex(Result<u64, ForwardError>),
     Status(NodeStatus),
+    Membership(Result<MembershipState, MembershipError>),
     /// The request could not be handled.
     Failed(Failure),
 }
