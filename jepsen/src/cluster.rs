@@ -44,7 +44,11 @@ pub fn prepare(
         .map(|n| NodeSpec {
             name: n.name.clone(),
             zone: n.zone.clone(),
-            args: Vec::new(),
+            args: if n.witness {
+                vec!["--witness".to_owned()]
+            } else {
+                Vec::new()
+            },
         })
         .collect();
     let placements: Option<BTreeMap<String, Placement>> = namespaces.map(|map| {

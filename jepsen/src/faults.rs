@@ -114,6 +114,11 @@ async fn start_fault(
                 cluster.kill(node)?;
             }
         }
+        Fault::LoseZone { nodes, .. } => {
+            for node in nodes {
+                cluster.kill(node)?;
+            }
+        }
         Fault::Pause { target } => {
             for node in target_nodes(target) {
                 cluster.pause(node)?;
@@ -194,6 +199,14 @@ fn stop_fault(
                 cluster.start(node)?;
             }
             return Ok(Some("restarted on the same data directory".to_owned()));
+        }
+        Fault::LoseZone { nodes, .. } => {
+            for node in nodes {
+                cluster.start(node)?;
+            }
+            return Ok(Some(
+                "the zone's nodes restarted on their data directories".to_owned(),
+            ));
         }
         Fault::Pause { target } => {
             for node in target_nodes(target) {

@@ -163,7 +163,9 @@ struct RunArgs {
     /// n4, n5 in dc-b).
     #[arg(long, default_value_t = 3)]
     nodes: usize,
-    /// Your own layout instead of --nodes, e.g. n1=dc-a,n2=dc-b,n3=dc-c (names n<id>).
+    /// A layout instead of --nodes: a preset, 2+1 (n1, n2 in dc-a, n3 in dc-b), 2+2+1 (n1, n2
+    /// in dc-a, n3, n4 in dc-b, n5 in dc-c) or 2+2+1-witness (n5 a witness), or your own, e.g.
+    /// n1=dc-a,n2=dc-b,n3=dc-c (names n<id>).
     #[arg(long)]
     layout: Option<String>,
     /// Seed of the schedule and the workload (random when absent; printed first either way).
@@ -318,8 +320,14 @@ fn default_out(name: &str) -> PathBuf {
     std::env::temp_dir().join("metrokv-jepsen").join(name)
 }
 
-/// Parses `n1=dc-a,n2=dc-a,n3=dc-b`.
+/// Parses a preset (`2+1`, `2+2+1`, `2+2+1-witness`) or `n1=dc-a,n2=dc-a,n3=dc-b`.
 fn parse_layout(layout: &str) -> anyhow::Result<Topology> {
+    match layout {
+        "2+1" => return Ok(Topology::default_for(3)?),
+        "2+2+1" => return Ok(Topology::three_sites(false)),
+        "2+2+1-witness" => return Ok(Topology::three_sites(true)),
+        _ => {}
+    }
     let mut nodes = Vec::new();
     for item in layout.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let Some((name, zone)) = item.split_once('=') else {
@@ -328,6 +336,7 @@ fn parse_layout(layout: &str) -> anyhow::Result<Topology> {
         nodes.push(NodeSpec {
             name: name.trim().to_owned(),
             zone: zone.trim().to_owned(),
+            witness: false,
         });
     }
     Ok(Topology::new(nodes)?)

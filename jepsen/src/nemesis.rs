@@ -35,6 +35,8 @@ use serde::{Deserialize, Serialize};
 /// The default zones: issue 5 puts n1 and n2 in dc-a and n3 in dc-b.
 pub const ZONE_A: &str = "dc-a";
 pub const ZONE_B: &str = "dc-b";
+/// The small third site of the three-site layouts.
+pub const ZONE_C: &str = "dc-c";
 
 /// The most nodes a topology may have: the grudge builders are quadratic in it and the exact
 /// majorities ring is only defined for small clusters.
@@ -112,6 +114,9 @@ pub enum NemesisError {
 pub struct NodeSpec {
     pub name: String,
     pub zone: String,
+    /// Started with `--witness`: votes and keeps the log, serves no clients.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub witness: bool,
 }
 
 /// The nodes of the cluster under test, in a fixed order (n1, n2, ...).
@@ -150,6 +155,7 @@ impl Topology {
             .map(|i| NodeSpec {
                 name: format!("n{i}"),
                 zone: if i <= in_a { ZONE_A } else { ZONE_B }.to_owned(),
+                witness: false,
             })
             .collect();
         Topology::new(nodes)
@@ -161,6 +167,29 @@ impl Topology {
 
     pub fn contains(&self, name: &str) -> bool {
         self.nodes.iter().any(|n| n.name == name)
+    }
+
+    /// Whether `name` is a witness (it serves no client requests).
+    pub fn is_witness(&self, name: &str) -> bool {
+        self.nodes.iter().any(|n| n.name == name && n.witness)
+    }
+
+    /// The three-site layouts: n1, n2 in dc-a, n3, n4 in dc-b, n5 in dc-c (a witness if
+    /// `witness`). Any majority spans two sites, so losing one keeps the cluster writing.
+    pub fn three_sites(witness: bool) -> Self {
+        let zone = |i: usize| match i {
+            1 | 2 => ZONE_A,
+            3 | 4 => ZONE_B,
+            _ => ZONE_C,
+        };
+        let nodes = (1..=5)
+            .map(|i| NodeSpec {
+                name: format!("n{i}"),
+                zone: zone(i).to_owned(),
+                witness: witness && i == 5,
+            })
+            .collect();
+        Topology { nodes }
     }
 
     pub fn zone_of(&self, name: &str) -> Option<&str> {
@@ -358,9 +387,27 @@ pub enum NemesisKind {
     Pause,
     Latency,
     Clock,
+    /// Every node of one zone SIGKILLed at once (a machine room lost), restarted on its data at
+    /// the heal. Not part of `all`: on a two-zone layout losing the majority zone stops writes
+    /// for the whole fault, by design; choose it by name, on a three-site layout above all.
+    LoseZone,
 }
 
 impl NemesisKind {
+    /// Every kind, `lose-zone` included (what `--nemesis` accepts by name).
+    pub const KNOWN: [NemesisKind; 10] = [
+        NemesisKind::PartitionZones,
+        NemesisKind::IsolateLeader,
+        NemesisKind::Halves,
+        NemesisKind::Ring,
+        NemesisKind::Bridge,
+        NemesisKind::Kill,
+        NemesisKind::Pause,
+        NemesisKind::Latency,
+        NemesisKind::Clock,
+        NemesisKind::LoseZone,
+    ];
+
     pub const ALL: [NemesisKind; 9] = [
         NemesisKind::PartitionZones,
         NemesisKind::IsolateLeader,
@@ -384,11 +431,12 @@ impl NemesisKind {
             NemesisKind::Pause => "pause",
             NemesisKind::Latency => "latency",
             NemesisKind::Clock => "clock",
+            NemesisKind::LoseZone => "lose-zone",
         }
     }
 
     fn known_names() -> String {
-        let names: Vec<&str> = NemesisKind::ALL.iter().map(|k| k.as_str()).collect();
+        let names: Vec<&str> = NemesisKind::KNOWN.iter().map(|k| k.as_str()).collect();
         format!("{}, all, none", names.join(", "))
     }
 
@@ -416,7 +464,9 @@ impl NemesisKind {
         let zone_count = topology.zones().len();
         let node_count = topology.nodes.len();
         let need = match self {
-            NemesisKind::PartitionZones | NemesisKind::Latency if zone_count < 2 => {
+            NemesisKind::PartitionZones | NemesisKind::Latency | NemesisKind::LoseZone
+                if zone_count < 2 =>
+            {
                 "at least 2 zones"
             }
             NemesisKind::Halves | NemesisKind::Ring | NemesisKind::Bridge if node_count < 3 => {
@@ -441,7 +491,7 @@ impl fmt::Display for NemesisKind {
 impl FromStr for NemesisKind {
     type Err = NemesisError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        NemesisKind::ALL
+        NemesisKind::KNOWN
             .into_iter()
             .find(|k| k.as_str() == s)
             .ok_or_else(|| NemesisError::UnknownNemesis(s.to_owned()))
@@ -530,6 +580,8 @@ pub enum Fault {
         latency_ms: u64,
         jitter_ms: u64,
     },
+    /// SIGKILL every node of `zone` at once, restart them on their data at the stop.
+    LoseZone { zone: String, nodes: Vec<String> },
     /// Shift the targets' wall clocks by `offset_ms` (through each node's failpoint file,
     /// `clock-offset-ms`), and back to none at the stop.
     Clock { target: Target, offset_ms: i64 },
@@ -550,6 +602,7 @@ impl Fault {
             Fault::Pause { .. } => NemesisKind::Pause,
             Fault::Latency { .. } => NemesisKind::Latency,
             Fault::Clock { .. } => NemesisKind::Clock,
+            Fault::LoseZone { .. } => NemesisKind::LoseZone,
         }
     }
 
@@ -561,6 +614,9 @@ impl Fault {
             }
             Fault::IsolateLeader { cut } => format!("isolate the leader ({})", cut.as_str()),
             Fault::Kill { target } => format!("kill -9 {target}"),
+            Fault::LoseZone { zone, nodes } => {
+                format!("lose zone {zone}: kill -9 {} at once", nodes.join(", "))
+            }
             Fault::Clock { target, offset_ms } => {
                 let hours = offset_ms / 3_600_000;
                 format!("clock of {target} {hours:+} h ({offset_ms:+} ms)")
@@ -783,6 +839,11 @@ fn build_fault(kind: NemesisKind, topology: &Topology, rng: &mut impl Rng) -> Fa
         NemesisKind::Kill => Fault::Kill {
             target: process_target(topology, rng),
         },
+        NemesisKind::LoseZone => {
+            let zones: Vec<(String, Vec<String>)> = topology.zones().into_iter().collect();
+            let (zone, nodes) = zones[rng.random_range(0..zones.len())].clone();
+            Fault::LoseZone { zone, nodes }
+        }
         NemesisKind::Pause => Fault::Pause {
             target: process_target(topology, rng),
         },
@@ -827,6 +888,28 @@ mod tests {
     }
 
     #[test]
+    fn lose_zone_kills_every_node_of_one_zone_and_is_chosen_by_name() {
+        assert!(!NemesisKind::parse_list("all")
+            .unwrap()
+            .contains(&NemesisKind::LoseZone));
+        assert_eq!(
+            NemesisKind::parse_list("lose-zone").unwrap(),
+            vec![NemesisKind::LoseZone]
+        );
+        let topology = Topology::three_sites(true);
+        assert!(topology.is_witness("n5") && !topology.is_witness("n4"));
+        let options = ScheduleOptions::for_time_limit(120_000);
+        let s = schedule(&topology, &[NemesisKind::LoseZone], &options, 7).expect("schedule");
+        assert!(!s.is_empty());
+        for interval in &s {
+            let Fault::LoseZone { zone, nodes } = &interval.fault else {
+                panic!("{:?}", interval.fault);
+            };
+            assert_eq!(topology.zones()[zone], *nodes, "{zone}");
+        }
+    }
+
+    #[test]
     fn default_topologies_follow_the_issue() {
         let t = three();
         assert_eq!(t.zone_of("n1"), Some(ZONE_A));
@@ -839,11 +922,13 @@ mod tests {
         assert!(Topology::new(vec![
             NodeSpec {
                 name: "a".into(),
-                zone: "z".into()
+                zone: "z".into(),
+                witness: false,
             },
             NodeSpec {
                 name: "a".into(),
-                zone: "z".into()
+                zone: "z".into(),
+                witness: false,
             },
         ])
         .is_err());
@@ -1001,14 +1086,17 @@ mod tests {
             NodeSpec {
                 name: "a".into(),
                 zone: "z".into(),
+                witness: false,
             },
             NodeSpec {
                 name: "b".into(),
                 zone: "z".into(),
+                witness: false,
             },
             NodeSpec {
                 name: "c".into(),
                 zone: "z".into(),
+                witness: false,
             },
         ])
         .expect("topology");

@@ -261,11 +261,13 @@ impl Network {
         self.proxies
             .iter()
             .filter_map(|(link, proxy)| match link {
-                Link::Client { zone: z, node } if z == zone => Some((
-                    format!("http://{}", proxy.local_addr()),
-                    node.clone(),
-                    self.topology.zone_of(node).unwrap_or_default().to_owned(),
-                )),
+                Link::Client { zone: z, node } if z == zone && !self.topology.is_witness(node) => {
+                    Some((
+                        format!("http://{}", proxy.local_addr()),
+                        node.clone(),
+                        self.topology.zone_of(node).unwrap_or_default().to_owned(),
+                    ))
+                }
                 _ => None,
             })
             .collect()

@@ -777,7 +777,7 @@ impl NetnsNetwork {
     pub fn client_endpoints(&self, zone: &str) -> Vec<(String, String, String)> {
         self.relays
             .iter()
-            .filter(|((z, _), _)| z == zone)
+            .filter(|((z, node), _)| z == zone && !self.topology.is_witness(node))
             .map(|((_, node), relay)| {
                 (
                     format!("http://{}", relay.local_addr()),
