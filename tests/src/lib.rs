@@ -208,6 +208,20 @@ impl Cluster {
         self.inner.rss_kib(&name(id))
     }
 
+    /// Run `metrokv-node recover --force-new-cluster` on node `id`'s data directory (the node
+    /// must be stopped); its report.
+    pub fn recover_force_new_cluster(&self, id: u64) -> anyhow::Result<String> {
+        let out = std::process::Command::new(binary("metrokv-node")?)
+            .args(["recover", "--force-new-cluster", "--id", &id.to_string()])
+            .arg("--data-dir")
+            .arg(&self.node(id).data_dir)
+            .output()?;
+        let report = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        anyhow::ensure!(out.status.success(), "recover failed: {report}");
+        Ok(report)
+    }
+
     /// SIGSTOP node `id`.
     pub fn pause(&mut self, id: u64) {
         self.inner.pause(&name(id)).expect("SIGSTOP");

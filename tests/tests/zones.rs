@@ -216,14 +216,7 @@ async fn lose_dc_a_while_dc_b_stalls(mode: &str) -> (usize, Vec<String>) {
     c.resume(3);
     c.kill(3);
 
-    let out = std::process::Command::new(metrokv_tests::binary("metrokv-node").unwrap())
-        .args(["recover", "--force-new-cluster", "--id", "3", "--data-dir"])
-        .arg(&c.node(3).data_dir)
-        .output()
-        .unwrap();
-    let report =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "recover failed: {report}");
+    let report = c.recover_force_new_cluster(3).unwrap();
     assert!(report.contains("only member"), "{report}");
     c.restart(3).unwrap();
     let url = c.url(3);

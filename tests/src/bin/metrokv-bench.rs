@@ -1,12 +1,21 @@
 //! `metrokv-bench`: commands that print figures (not tests: timing depends on the machine).
 //!
 //!   metrokv-bench failover [--trials N] [--interval-ms MS]
+//!   metrokv-bench zone-loss [--layout 2+2+1|2+1] [--witness] [--trials N]
 //!   metrokv-bench load [--workload put|get|get-stale|transfer] [--clients N] [--seconds S]
 //!
 //! `failover` starts a local three-node cluster of real processes, keeps a stream of writes
 //! going through the surviving nodes, kills the leader with SIGKILL, and reports the longest time
 //! no write was acknowledged: from the kill to the first acknowledged write after it. It restarts
 //! the old leader between trials and prints every trial and the min / median / max.
+//!
+//! `zone-loss` measures RPO and RTO when a whole zone is lost: writes flow (sequentially, each
+//! with an idempotency key) through the nodes of the zones that survive, the leader is moved
+//! into dc-a, and both dc-a nodes are SIGKILLed at once. It prints, per trial, the writes
+//! acknowledged, how many of them the survivors no longer have (RPO, in writes), and the longest
+//! time without an acknowledged write from the loss on (RTO). On 2+2+1 the survivors carry on by
+//! themselves; on 2+1 the README's runbook is run by the tool (`recover --force-new-cluster` on
+//! n3, restart) and the RTO includes it, but not a human's reaction time.
 //!
 //! `load` runs closed-loop clients (each sends its next request when the last one is answered)
 //! against a fresh local cluster, or `--endpoints`, and prints throughput and latency.
@@ -37,6 +46,20 @@ enum Cmd {
         /// Pause between writes, in ms.
         #[arg(long, default_value_t = 5)]
         interval_ms: u64,
+    },
+    /// RPO and RTO when a whole zone (dc-a, with the leader) is lost.
+    ZoneLoss {
+        #[arg(long, default_value = "2+2+1", value_parser = ["2+2+1", "2+1"])]
+        layout: String,
+        /// On 2+2+1: n5 (dc-c) is a witness.
+        #[arg(long)]
+        witness: bool,
+        /// Zone losses (2+1 runs one: its recovery leaves a one-node cluster).
+        #[arg(long, default_value_t = 3)]
+        trials: usize,
+        /// off, adaptive or strict (default: the cluster's default, adaptive).
+        #[arg(long, value_parser = ["off", "adaptive", "strict"])]
+        zone_safety: Option<String>,
     },
     /// Closed-loop load: CLIENTS concurrent clients for SECONDS, spread over the nodes.
     Load {
@@ -249,6 +272,194 @@ async fn failover(trials: usize, interval: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One sequential writer through `urls` (round robin) until `stop`: the keys acknowledged, and
+/// when each was.
+async fn write_until(
+    http: &reqwest::Client,
+    urls: &[String],
+    prefix: &str,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<(String, Instant)> {
+    let mut acked = Vec::new();
+    let mut i = 0usize;
+    while !*stop.borrow() {
+        let key = format!("{prefix}-{i}");
+        let url = &urls[i % urls.len()];
+        i += 1;
+        let ok = http
+            .put(format!("{url}/v1/kv/{key}"))
+            .header("idempotency-key", key.clone())
+            .body("x")
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ok {
+            acked.push((key, Instant::now()));
+        }
+    }
+    acked
+}
+
+async fn zone_loss(
+    layout: &str,
+    witness: bool,
+    trials: usize,
+    zone_safety: Option<String>,
+) -> anyhow::Result<()> {
+    let three_sites = layout == "2+2+1";
+    let mut options = if three_sites {
+        Options::three_sites()
+    } else {
+        Options::default()
+    };
+    if three_sites && witness {
+        options.node_args = vec![(5, vec!["--witness".to_string()])];
+    }
+    let mut cluster = Cluster::start(options).await.context("start cluster")?;
+    if let Some(mode) = &zone_safety {
+        let (status, body) = cluster
+            .set_settings(&serde_json::json!({ "zone_safety": mode }))
+            .await;
+        anyhow::ensure!(status.is_success(), "settings: {status} {body}");
+    }
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_millis(1500))
+        .build()?;
+    let lost: Vec<u64> = cluster
+        .nodes()
+        .iter()
+        .filter(|n| n.zone == "dc-a")
+        .map(|n| n.id)
+        .collect();
+    let survivors: Vec<u64> = cluster
+        .nodes()
+        .iter()
+        .filter(|n| n.zone != "dc-a" && !(witness && n.id == 5))
+        .map(|n| n.id)
+        .collect();
+    let urls: Vec<String> = survivors.iter().map(|id| cluster.url(*id)).collect();
+    let trials = if three_sites { trials } else { 1 };
+    println!(
+        "layout {layout}{}, zone_safety {}: dc-a (n{}) lost with the leader; writes through {}",
+        if witness { " (n5 a witness)" } else { "" },
+        zone_safety.as_deref().unwrap_or("adaptive"),
+        lost.iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", n"),
+        urls.join(", ")
+    );
+    println!("trial  acked  lost(RPO)  write-gap-ms(RTO)  new-leader");
+    let mut gaps = Vec::new();
+    for trial in 1..=trials {
+        // Into dc-a; a node restarted a moment ago may still be catching up (400 until then).
+        let to = lost[0];
+        let asked = Instant::now();
+        loop {
+            let moved = http
+                .post(format!("{}/v1/cluster/transfer-leader", urls[0]))
+                .json(&serde_json::json!({ "to": to }))
+                .timeout(Duration::from_secs(15))
+                .send()
+                .await?;
+            let status = moved.status();
+            if status.is_success() {
+                break;
+            }
+            let body = moved.text().await.unwrap_or_default();
+            anyhow::ensure!(
+                asked.elapsed() < Duration::from_secs(30),
+                "transfer-leader to n{to}: {status} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let writer = {
+            let (http, urls, stop) = (http.clone(), urls.clone(), stop_rx.clone());
+            tokio::spawn(
+                async move { write_until(&http, &urls, &format!("zl{trial}"), &stop).await },
+            )
+        };
+        // Half a second of writes before the loss (a load phase, not a synchronisation).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let lost_at = Instant::now();
+        for id in &lost {
+            cluster.kill(*id);
+        }
+        if !three_sites {
+            // The runbook: n3 stops, is recovered as a one-node cluster, starts again.
+            cluster.kill(3);
+            cluster.recover_force_new_cluster(3)?;
+            cluster.restart(3)?;
+        }
+        // Until a write after the loss is acknowledged, then a little more.
+        loop {
+            if lost_at.elapsed() > Duration::from_secs(60) {
+                anyhow::bail!("trial {trial}: no write acknowledged within 60 s of the loss");
+            }
+            let leader = cluster.leader().await;
+            if leader.is_some_and(|l| !lost.contains(&l)) {
+                let r = http
+                    .get(format!("{}/ready", urls[0]))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if r {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop_tx.send(true)?;
+        let acked = writer.await?;
+        // The longest silence from the loss on: a write in flight at the kill may still be
+        // acknowledged a moment after it, before the gap.
+        let mut gap = None;
+        let mut last = lost_at;
+        for at in acked.iter().map(|(_, at)| *at).filter(|at| *at > lost_at) {
+            gap = Some(gap.unwrap_or(Duration::ZERO).max(at - last));
+            last = at;
+        }
+        let mut missing = 0;
+        for (key, _) in &acked {
+            let r = http.get(format!("{}/v1/kv/{key}", urls[0])).send().await?;
+            if !r.status().is_success() {
+                missing += 1;
+            }
+        }
+        let new_leader = cluster
+            .leader()
+            .await
+            .map_or("?".into(), |l| format!("n{l}"));
+        println!(
+            "{trial:>5}  {:>5}  {missing:>9}  {:>17}  {new_leader}",
+            acked.len(),
+            gap.map_or_else(|| "none".to_string(), |g| g.as_millis().to_string()),
+        );
+        if let Some(g) = gap {
+            gaps.push(g);
+        }
+        if three_sites {
+            for id in &lost {
+                cluster.restart(*id)?;
+            }
+            cluster.wait_ready(Duration::from_secs(30)).await?;
+        }
+    }
+    gaps.sort();
+    if !gaps.is_empty() {
+        println!(
+            "RTO (longest write gap from the loss on) over {} trials: min {} ms, median {} ms, max {} ms",
+            gaps.len(),
+            gaps[0].as_millis(),
+            gaps[gaps.len() / 2].as_millis(),
+            gaps[gaps.len() - 1].as_millis()
+        );
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Args::parse().command {
@@ -256,6 +467,12 @@ async fn main() -> anyhow::Result<()> {
             trials,
             interval_ms,
         } => failover(trials.max(1), Duration::from_millis(interval_ms)).await,
+        Cmd::ZoneLoss {
+            layout,
+            witness,
+            trials,
+            zone_safety,
+        } => zone_loss(&layout, witness, trials.max(1), zone_safety).await,
         Cmd::Load {
             workload,
             clients,
