@@ -40,6 +40,9 @@ pub enum ZoneState {
     ZoneSafe,
     /// Adaptive mode acknowledges on a majority alone (the other zone was silent).
     Degraded,
+    /// Degraded, and the other zone is catching up (it persisted entries past the index the
+    /// cluster degraded at); zone-safe again once it has caught up. Seen on the leader.
+    Recovering,
     /// Mode `off`: a majority is enough.
     Off,
     /// The voters sit in one zone: zone safety does not apply.

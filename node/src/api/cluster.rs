@@ -136,6 +136,13 @@ fn zone_view(status: &ZoneStatus) -> ZoneSafetyView {
     } else {
         match (record.mode, record.degraded) {
             (ZoneSafety::Off, _) => ZoneState::Off,
+            (ZoneSafety::Adaptive, Some(d))
+                if status
+                    .zone_safe_index
+                    .is_some_and(|z| z > d.zone_safe_index) =>
+            {
+                ZoneState::Recovering
+            }
             (ZoneSafety::Adaptive, Some(_)) => ZoneState::Degraded,
             _ => ZoneState::ZoneSafe,
         }
@@ -287,4 +294,54 @@ pub async fn put_settings(
         return Err(unexpected(served.value));
     };
     Ok(served.answer(Json(settings_of(record))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state_machine::Degraded;
+
+    fn status(mode: ZoneSafety, degraded_at: Option<u64>, zone_safe: Option<u64>) -> ZoneStatus {
+        ZoneStatus {
+            record: ZoneRecord {
+                mode,
+                degraded: degraded_at.map(|i| Degraded {
+                    since_ms: 1,
+                    zone_safe_index: i,
+                }),
+                ..ZoneRecord::default()
+            },
+            single_zone: false,
+            zone_safe_index: zone_safe,
+            commit_index: 100,
+            is_leader: true,
+        }
+    }
+
+    #[test]
+    fn the_zone_state_says_whether_the_other_zone_is_catching_up() {
+        let state = |s: ZoneStatus| zone_view(&s).state;
+        use ZoneSafety::*;
+        assert_eq!(
+            state(status(Adaptive, None, Some(100))),
+            ZoneState::ZoneSafe
+        );
+        assert_eq!(state(status(Strict, None, Some(40))), ZoneState::ZoneSafe);
+        assert_eq!(state(status(Off, None, None)), ZoneState::Off);
+        // Degraded at 40; the other zone is still at 40: degraded.
+        assert_eq!(
+            state(status(Adaptive, Some(40), Some(40))),
+            ZoneState::Degraded
+        );
+        // It persisted entries past 40 since: catching up.
+        assert_eq!(
+            state(status(Adaptive, Some(40), Some(70))),
+            ZoneState::Recovering
+        );
+        // A follower does not know the zone-safe index.
+        assert_eq!(state(status(Adaptive, Some(40), None)), ZoneState::Degraded);
+        let mut one = status(Strict, None, None);
+        one.single_zone = true;
+        assert_eq!(state(one), ZoneState::SingleZone);
+    }
 }
