@@ -2,7 +2,9 @@
 //! survives the loss of a whole zone, and adaptive mode trades that for availability only after
 //! the configured silence, by itself and visibly.
 //!
-//! Layout: n1, n2 in dc-a (the majority), n3 in dc-b.
+//! Layout: n1, n2 in dc-a (the majority), n3 in dc-b; the three-site tests add n4 in dc-b and n5
+//! in dc-c. The write loads mix puts and transfers, and every check covers both, and the ledger
+//! total.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
@@ -35,8 +37,9 @@ async fn zone_view(c: &Cluster, node: u64) -> Value {
     view["zone_safety"].clone()
 }
 
-/// Writers that put `w<task>-<i>` on one node until stopped, recording what was acknowledged
-/// and when, and counting the writes that were not.
+/// Writers on one node until stopped: each task alternates a put of `w<task>-<i>` and a transfer
+/// `t<task>-<i>` of 1 from its own account to the next task's, recording what was acknowledged
+/// and when, and the requests that were not.
 struct Writers {
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<Vec<Acked>>>,
@@ -45,14 +48,34 @@ struct Writers {
 }
 
 #[derive(Clone, Debug)]
+enum Write {
+    /// A put of `value` at `key`.
+    Put { key: String, value: String },
+    /// A committed transfer with this id.
+    Transfer { id: String },
+}
+
+#[derive(Clone, Debug)]
 struct Acked {
-    key: String,
-    value: String,
+    write: Write,
     at: Instant,
 }
 
+/// Each writer task's account starts with this much; the ledger total is this times the tasks.
+const WRITER_BALANCE: u64 = 1_000_000;
+
 impl Writers {
-    fn start(c: &Cluster, node: u64, count: usize) -> Self {
+    async fn start(c: &Cluster, node: u64, count: usize) -> Self {
+        for task in 0..count {
+            let r = c
+                .http()
+                .post(format!("{}/v1/accounts", c.url(node)))
+                .json(&json!({ "id": format!("acct-{task}"), "balance": WRITER_BALANCE }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::CREATED);
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(Vec::new()));
         let failed = Arc::new(Mutex::new(Vec::new()));
@@ -67,18 +90,27 @@ impl Writers {
                 tokio::spawn(async move {
                     let mut i = 0u64;
                     while !stop.load(Ordering::Relaxed) {
-                        let key = format!("w{task}-{i}");
-                        let value = format!("v{i}");
-                        let sent = http
-                            .put(format!("{url}/v1/kv/{key}"))
-                            .body(value.clone())
-                            .send()
-                            .await;
-                        match sent {
+                        let (request, write) = if i % 2 == 0 {
+                            let key = format!("w{task}-{i}");
+                            let value = format!("v{i}");
+                            let request =
+                                http.put(format!("{url}/v1/kv/{key}")).body(value.clone());
+                            (request, Write::Put { key, value })
+                        } else {
+                            let id = format!("t{task}-{i}");
+                            let body = json!({
+                                "id": id,
+                                "from": format!("acct-{task}"),
+                                "to": format!("acct-{}", (task + 1) % count),
+                                "amount": 1,
+                            });
+                            let request = http.post(format!("{url}/v1/transfers")).json(&body);
+                            (request, Write::Transfer { id })
+                        };
+                        match request.send().await {
                             Ok(r) if r.status() == StatusCode::OK => {
                                 acked.lock().unwrap().push(Acked {
-                                    key,
-                                    value,
+                                    write,
                                     at: Instant::now(),
                                 })
                             }
@@ -88,11 +120,11 @@ impl Writers {
                                 failed
                                     .lock()
                                     .unwrap()
-                                    .push(format!("{key}: {status} {body}"));
+                                    .push(format!("{write:?}: {status} {body}"));
                             }
                             // The node is gone: nothing more will be acknowledged.
                             Err(e) => {
-                                failed.lock().unwrap().push(format!("{key}: {e}"));
+                                failed.lock().unwrap().push(format!("{write:?}: {e}"));
                                 return;
                             }
                         }
@@ -145,6 +177,44 @@ impl Writers {
     }
 }
 
+/// The acknowledged writes that node `node` does not have: a put whose value it does not return,
+/// a transfer it does not report committed.
+async fn missing_on(c: &Cluster, node: u64, acked: &[Acked]) -> Vec<String> {
+    let mut missing = Vec::new();
+    for a in acked {
+        match &a.write {
+            Write::Put { key, value } => {
+                let (status, body, _) = c.get(node, key).await;
+                if status != StatusCode::OK || body != *value {
+                    missing.push(format!("{key}: {status} {body}"));
+                }
+            }
+            Write::Transfer { id } => {
+                let r = c
+                    .http()
+                    .get(format!("{}/v1/transfers/{id}", c.url(node)))
+                    .send()
+                    .await
+                    .unwrap();
+                let (status, body) = json_of(r).await;
+                if status != StatusCode::OK || body["status"] != "committed" {
+                    missing.push(format!("transfer {id}: {status} {body}"));
+                }
+            }
+        }
+    }
+    missing
+}
+
+/// The ledger total on node `node` (linearizable), which the transfers conserve.
+async fn ledger_total(c: &Cluster, node: u64) -> u64 {
+    let view = c
+        .get_json(&format!("{}/v1/accounts", c.url(node)))
+        .await
+        .unwrap();
+    view["total"].as_u64().unwrap_or_else(|| panic!("{view}"))
+}
+
 /// The longest time between two acknowledgements (or from `from` to the first one after it).
 fn longest_gap(acked: &[Acked], from: Instant) -> Duration {
     let mut times: Vec<Instant> = acked.iter().map(|a| a.at).filter(|t| *t > from).collect();
@@ -158,26 +228,15 @@ fn longest_gap(acked: &[Acked], from: Instant) -> Duration {
     gap
 }
 
-/// The acknowledged writes that node `node` does not return.
-async fn missing_on(c: &Cluster, node: u64, acked: &[Acked]) -> Vec<String> {
-    let mut missing = Vec::new();
-    for a in acked {
-        let (status, body, _) = c.get(node, &a.key).await;
-        if status != StatusCode::OK || body != a.value {
-            missing.push(format!("{}: {status} {body}", a.key));
-        }
-    }
-    missing
-}
-
 /// Under a write load on n1: n3 (dc-b) stalls, then dc-a burns down with its disks while n3 is
 /// still stalled. n3 is recovered as a one-node cluster with `recover --force-new-cluster`.
-/// Returns the writes acknowledged and those of them missing on the survivor.
+/// Returns the writes (puts and transfers) acknowledged and those of them missing on the
+/// survivor; checks that the survivor's ledger total is the one the accounts started with.
 async fn lose_dc_a_while_dc_b_stalls(mode: &str) -> (usize, Vec<String>) {
     let mut c = Cluster::start(Options::default()).await.unwrap();
     set_zone_safety(&c, json!({ "zone_safety": mode })).await;
     c.make_leader(1).await.unwrap();
-    let writers = Writers::start(&c, 1, 4);
+    let writers = Writers::start(&c, 1, 4).await;
     let started = Instant::now();
     writers
         .wait_acked_since(
@@ -235,11 +294,17 @@ async fn lose_dc_a_while_dc_b_stalls(mode: &str) -> (usize, Vec<String>) {
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", c.log_tail(3, 40)));
     let missing = missing_on(&c, 3, &acked).await;
+    let transfers = acked
+        .iter()
+        .filter(|a| matches!(a.write, Write::Transfer { .. }))
+        .count();
     eprintln!(
-        "{mode}: {} writes acknowledged ({during} while dc-b stalled), {} missing after the zone loss",
+        "{mode}: {} writes acknowledged ({transfers} of them transfers; {during} while dc-b stalled), {} missing after the zone loss",
         acked.len(),
         missing.len()
     );
+    // Whatever was lost, the survivor's state is a prefix of the log: the money is all there.
+    assert_eq!(ledger_total(&c, 3).await, 4 * WRITER_BALANCE);
     // The survivor takes writes again, also long after its election: alone, it is its own
     // quorum (openraft's quorum-ack time stops at the election for a sole voter).
     let leased_out = Instant::now() + Duration::from_secs(1);
@@ -376,7 +441,11 @@ async fn grow_back(c: &Cluster, acked: &[Acked]) {
     let view = zone_view(c, 3).await;
     assert_eq!(view["state"], "zone_safe", "{view}");
     for extra in &extras {
-        for Acked { key, value, .. } in acked.iter().take(20) {
+        let puts = acked.iter().filter_map(|a| match &a.write {
+            Write::Put { key, value } => Some((key, value)),
+            Write::Transfer { .. } => None,
+        });
+        for (key, value) in puts.take(20) {
             let url = format!("{}/v1/kv/{key}", extra.url);
             let got = c
                 .http()
@@ -601,7 +670,7 @@ async fn three_sites_lose_a_whole_zone_and_carry_on_by_themselves() {
     let view = zone_view(&c, 1).await;
     assert_eq!(view["state"], "zone_safe", "{view}");
 
-    let writers = Writers::start(&c, 3, 4);
+    let writers = Writers::start(&c, 3, 4).await;
     writers
         .wait_acked_since(
             Instant::now() - Duration::from_secs(1),
@@ -627,6 +696,7 @@ async fn three_sites_lose_a_whole_zone_and_carry_on_by_themselves() {
     let (acked, failed) = writers.finish().await;
     let gap = longest_gap(&acked, lost_at);
     let missing = missing_on(&c, 4, &acked).await;
+    assert_eq!(ledger_total(&c, 4).await, 4 * WRITER_BALANCE);
     eprintln!(
         "2+2+1 with a witness, dc-a lost: {} writes acknowledged, {} missing, {} failed; writes resumed after {} ms (leader now n{leader})",
         acked.len(),
@@ -638,8 +708,9 @@ async fn three_sites_lose_a_whole_zone_and_carry_on_by_themselves() {
 }
 
 /// Under a write load on n3: a fresh node joins dc-a as a learner (added through a follower),
-/// is promoted, and the leader is removed (it hands over first). No acknowledged write is lost
-/// and none fails; removing dc-b's only voter is refused while zone safety is on.
+/// is promoted, leadership is moved four times, and the leader is removed (it hands over
+/// first). No acknowledged write is lost and none fails; removing dc-b's only voter is refused
+/// while zone safety is on.
 #[tokio::test]
 async fn members_change_under_load_without_losing_a_write() {
     let _serial = ONE_AT_A_TIME.lock().await;
@@ -652,7 +723,7 @@ async fn members_change_under_load_without_losing_a_write() {
         Some(json!({ "to": 1 })),
     )
     .await;
-    let writers = Writers::start(&c, 3, 4);
+    let writers = Writers::start(&c, 3, 4).await;
     writers
         .wait_acked_since(
             Instant::now() - Duration::from_secs(1),
@@ -679,6 +750,19 @@ async fn members_change_under_load_without_losing_a_write() {
     )
     .await;
     assert_eq!(ids(&promoted["voters"]), vec![1, 2, 3, 4], "{promoted}");
+    // Leadership moves around under the load: the writes in flight on a leader that hands over
+    // are confirmed zone-safe by the next one, not answered 504.
+    for to in [3, 4, 2, 1] {
+        let moved = membership_call_ok(
+            &c,
+            reqwest::Method::POST,
+            2,
+            "/v1/cluster/transfer-leader",
+            Some(json!({ "to": to })),
+        )
+        .await;
+        assert_eq!(moved["leader"], to, "{moved}");
+    }
     // Remove the leader, through a follower.
     let removed_at = Instant::now();
     let removed = membership_call_ok(
@@ -708,18 +792,24 @@ async fn members_change_under_load_without_losing_a_write() {
     let (acked, failed) = writers.finish().await;
     let gap = longest_gap(&acked, removed_at - Duration::from_secs(1));
     let missing = missing_on(&c, 2, &acked).await;
+    assert_eq!(ledger_total(&c, 2).await, 4 * WRITER_BALANCE);
     // The new member holds the old data.
-    let early = &acked[0];
+    let Some((key, value)) = acked.iter().find_map(|a| match &a.write {
+        Write::Put { key, value } => Some((key, value)),
+        Write::Transfer { .. } => None,
+    }) else {
+        panic!("no put was acknowledged");
+    };
     let got = c
         .http()
-        .get(format!("{}/v1/kv/{}", n4.url, early.key))
+        .get(format!("{}/v1/kv/{key}", n4.url))
         .send()
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
-    assert_eq!(got, early.value);
+    assert_eq!(got, *value);
     eprintln!(
         "membership under load: {} writes acknowledged, {} failed, {} missing; longest gap around the leader's removal {} ms",
         acked.len(),
@@ -798,4 +888,58 @@ async fn a_remote_learner_copies_the_data_and_never_votes() {
     .await;
     assert_eq!(ids(&removed["voters"]), vec![1, 2, 3], "{removed}");
     assert!(ids(&removed["learners"]).is_empty(), "{removed}");
+}
+
+/// A witness that wins an election hands leadership to a full member at once. Which node wins
+/// after a kill is up to the election timers, so the leader is killed until the witness has won
+/// once (each round about even odds); then the cluster serves from another node.
+#[tokio::test]
+async fn a_witness_that_wins_an_election_hands_leadership_on() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let options = Options {
+        nodes: 3,
+        zones: ["dc-a", "dc-b", "dc-c"].map(String::from).to_vec(),
+        node_args: vec![(3, vec!["--witness".to_string()])],
+        ..Options::default()
+    };
+    let mut c = Cluster::start(options).await.unwrap();
+    let handed_on = |c: &Cluster| c.log(3).matches("moving leadership").count();
+    let mut rounds = 0;
+    while handed_on(&c) == 0 {
+        rounds += 1;
+        assert!(
+            rounds <= 30,
+            "the witness never won an election in 30 rounds"
+        );
+        let leader = Cluster::eventually("a full leader", Duration::from_secs(20), || async {
+            match c.leader().await {
+                Some(l) if l != 3 => Ok(l),
+                other => Err(format!("leader {other:?}")),
+            }
+        })
+        .await
+        .unwrap();
+        c.kill(leader);
+        Cluster::eventually("a new leader", Duration::from_secs(20), || async {
+            match c.leader().await {
+                Some(l) if l != leader => Ok(l),
+                other => Err(format!("leader {other:?}")),
+            }
+        })
+        .await
+        .unwrap();
+        c.restart(leader).unwrap();
+        c.wait_ready(Duration::from_secs(30)).await.unwrap();
+    }
+    // It moved leadership on; a full member leads and takes writes.
+    let leader = Cluster::eventually("a full leader", Duration::from_secs(20), || async {
+        match c.leader().await {
+            Some(l) if l != 3 => Ok(l),
+            other => Err(format!("leader {other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(c.put(leader, "k", "v").await.status(), StatusCode::OK);
+    eprintln!("the witness won after {rounds} leader kills and handed leadership to n{leader}");
 }

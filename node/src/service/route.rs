@@ -290,9 +290,19 @@ impl Service {
             )),
             Ok(Ok(written)) => {
                 if zone_gate && self.zone_gated().await {
-                    self.wait_zone_safe(written.log_id.index(), deadline)
-                        .await
-                        .map_err(|e| LocalWrite::Indeterminate(e.to_string()))?;
+                    let index = written.log_id.index();
+                    match self.wait_zone_safe(index, deadline).await {
+                        Ok(()) => {}
+                        Err(e) if e.stepped_down => self
+                            .confirm_zone_safe_at_leader(index, deadline)
+                            .await
+                            .map_err(|why| {
+                                LocalWrite::Indeterminate(format!(
+                                    "{e}; this node stopped leading and the next leader did not confirm it: {why}"
+                                ))
+                            })?,
+                        Err(e) => return Err(LocalWrite::Indeterminate(e.to_string())),
+                    }
                 }
                 Ok(written.data)
             }

@@ -114,6 +114,9 @@ impl Watch {
 pub struct NotZoneSafe {
     pub index: u64,
     pub zone_safe: Option<u64>,
+    /// This node stopped leading (a transfer, an election) before the deadline: the entry is
+    /// committed, and the next leader can tell (see [`Service::confirm_zone_safe_at_leader`]).
+    pub stepped_down: bool,
 }
 
 impl std::fmt::Display for NotZoneSafe {
@@ -226,11 +229,34 @@ impl Service {
             // A leader that stepped down, or whose Raft core stopped, learns nothing more about
             // its followers: the answer is indeterminate now, not at the deadline (and a node
             // shutting down is not held up by requests waiting here).
-            if Instant::now() >= deadline || self.metrics().state != ServerState::Leader {
-                return Err(NotZoneSafe { index, zone_safe });
+            let state = self.metrics().state;
+            if Instant::now() >= deadline || state != ServerState::Leader {
+                return Err(NotZoneSafe {
+                    index,
+                    zone_safe,
+                    stepped_down: !matches!(state, ServerState::Leader | ServerState::Shutdown),
+                });
             }
             let next = (Instant::now() + step).min(deadline);
             let _ = tokio::time::timeout_at(next, metrics.changed()).await;
+        }
+    }
+
+    /// After this node stopped leading with committed entry `index` not yet known zone-safe:
+    /// ask the current leader for a read index, which it confirms zone-safe before it answers;
+    /// every committed entry is in its log, so an index at or past `index` settles it. A leader
+    /// transfer thus does not turn the writes in flight into 504s.
+    pub(super) async fn confirm_zone_safe_at_leader(
+        &self,
+        index: u64,
+        deadline: Instant,
+    ) -> Result<(), String> {
+        match self.read_index(deadline).await {
+            Ok((confirmed, _)) if confirmed >= index => Ok(()),
+            Ok((confirmed, leader)) => Err(format!(
+                "leader {leader} confirmed index {confirmed}, behind entry {index}"
+            )),
+            Err(e) => Err(e.to_string()),
         }
     }
 
