@@ -90,7 +90,7 @@ impl Writers {
                 tokio::spawn(async move {
                     let mut i = 0u64;
                     while !stop.load(Ordering::Relaxed) {
-                        let (request, write) = if i % 2 == 0 {
+                        let (request, write) = if i.is_multiple_of(2) {
                             let key = format!("w{task}-{i}");
                             let value = format!("v{i}");
                             let request =
