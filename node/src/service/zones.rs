@@ -115,7 +115,7 @@ pub struct NotZoneSafe {
     pub index: u64,
     pub zone_safe: Option<u64>,
     /// This node stopped leading (a transfer, an election) before the deadline: the entry is
-    /// committed, and the next leader can tell (see [`Service::confirm_zone_safe_at_leader`]).
+    /// committed, and the next leader can tell (`Service::confirm_zone_safe_at_leader`).
     pub stepped_down: bool,
 }
 
