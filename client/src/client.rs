@@ -132,6 +132,17 @@ impl ClientBuilder {
         self
     }
 
+    /// The endpoints, as given.
+    pub fn endpoint_list(&self) -> Vec<String> {
+        self.endpoints.clone()
+    }
+
+    /// The same settings over other endpoints (the benchmark rotates them per task).
+    pub fn with_endpoints(mut self, endpoints: Vec<String>) -> Self {
+        self.endpoints = endpoints;
+        self
+    }
+
     pub fn build(self) -> Result<Client> {
         let budget = self.budget()?;
         let mut rng = match self.seed {

@@ -153,6 +153,26 @@ pub enum Error {
 }
 
 impl Error {
+    /// A short name for the kind of error (the API's error codes where there is one), for
+    /// counting errors by kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::PreconditionFailed { .. } => "precondition_failed",
+            Error::NotFound { .. } => "not_found",
+            Error::AccountNotFound { .. } => "account_not_found",
+            Error::AccountExists { .. } => "account_exists",
+            Error::InsufficientFunds { .. } => "insufficient_funds",
+            Error::IdempotencyConflict { .. } => "idempotency_conflict",
+            Error::InvalidRequest { .. } => "invalid_request",
+            Error::TooLarge { .. } => "too_large",
+            Error::Unavailable { .. } => "unavailable",
+            Error::Indeterminate { .. } => "indeterminate",
+            Error::Server { .. } => "server",
+            Error::Protocol { .. } => "protocol",
+            Error::Config { .. } => "config",
+        }
+    }
+
     /// The CLI exit code for this error: 1 the server refused (condition failed, insufficient
     /// funds, not found, exists, conflict), 2 a usage error (invalid or too large input, bad
     /// configuration), 3 unavailable, indeterminate or an unexpected answer.

@@ -64,6 +64,7 @@
 //! # }
 //! ```
 
+pub mod bench;
 mod client;
 mod encoding;
 mod endpoints;

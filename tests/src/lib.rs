@@ -203,6 +203,11 @@ impl Cluster {
         self.inner.has_exited(&name(id))
     }
 
+    /// Node `id`'s process id, while it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.inner.pid(&name(id))
+    }
+
     /// Resident memory of node `id`, in KiB.
     pub fn rss_kib(&self, id: u64) -> Option<u64> {
         self.inner.rss_kib(&name(id))

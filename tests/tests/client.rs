@@ -239,3 +239,76 @@ async fn transfers_survive_leader_failover_exactly_once() {
         );
     }
 }
+
+/// The CI smoke of `metrokv bench`: a short run of each workload against a real cluster prints
+/// a JSON report that parses, with operations done and no errors, and the servers' CPU per
+/// operation when given their pids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_runs_every_workload_without_errors() {
+    let c = Cluster::start(Options::default()).await.unwrap();
+    let pids: Vec<String> = (1..=3)
+        .filter_map(|id| c.pid(id))
+        .map(|p| p.to_string())
+        .collect();
+    for workload in ["put", "get", "get-stale", "cas", "txn", "transfer", "mixed"] {
+        let mut args = vec![
+            "--json",
+            "bench",
+            "--workload",
+            workload,
+            "--clients",
+            "4",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--keys",
+            "200",
+            "--accounts",
+            "20",
+        ];
+        for p in &pids {
+            args.extend(["--server-pid", p.as_str()]);
+        }
+        let out = ok_stdout(&cli(&c, &args));
+        let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| {
+            panic!("{workload}: not JSON ({e}): {out}");
+        });
+        assert!(report["ok"].as_u64().unwrap() > 0, "{workload}: {report}");
+        assert_eq!(
+            report["errors"],
+            serde_json::json!({}),
+            "{workload}: {report}"
+        );
+        assert!(
+            report["latency"]["p99_us"].as_u64().unwrap() > 0,
+            "{report}"
+        );
+        assert!(report["bench_cpu_cores"].as_f64().is_some(), "{report}");
+        assert!(
+            report["server_cpu_us_per_op"].as_f64().unwrap() > 0.0,
+            "{report}"
+        );
+    }
+    // Open loop: never faster than the rate asked for (slower only if the cluster is slow).
+    let out = ok_stdout(&cli(
+        &c,
+        &[
+            "--json",
+            "bench",
+            "--rate",
+            "100",
+            "--clients",
+            "4",
+            "--duration",
+            "2",
+            "--warmup",
+            "0",
+        ],
+    ));
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let rate = report["ops_per_sec"].as_f64().unwrap();
+    assert!(rate > 0.0 && rate <= 105.0, "{rate} ops/s at --rate 100");
+    // Bad options are a usage error.
+    assert_eq!(cli(&c, &["bench", "--clients", "0"]).status.code(), Some(2));
+}

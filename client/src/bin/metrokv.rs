@@ -114,6 +114,8 @@ enum Command {
     /// Create, read or list accounts.
     #[command(subcommand)]
     Account(AccountCommand),
+    /// Load the cluster and print throughput, latency percentiles, errors by kind and CPU.
+    Bench(BenchArgs),
     /// Move AMOUNT from FROM to TO, exactly once.
     Transfer {
         /// The transfer id (its idempotency key); generated and printed when absent.
@@ -202,6 +204,104 @@ enum ClusterCommand {
     },
 }
 
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    #[arg(long, value_enum, default_value = "put")]
+    workload: bench::Workload,
+    /// Concurrent clients, each with its own connection.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds run first and not counted.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Keys the workloads spread over (the reading ones preload up to 100,000).
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Accounts of the transfer workload.
+    #[arg(long, default_value_t = 1_000)]
+    accounts: u64,
+    /// Open loop at this many requests per second in total (latency at a given load); without
+    /// it, closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Share of gets in the mixed workload.
+    #[arg(long, default_value_t = 0.9)]
+    read_ratio: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// A server process on this machine whose CPU time is reported per operation (repeat it).
+    #[arg(long = "server-pid")]
+    server_pids: Vec<u32>,
+}
+
+async fn bench(builder: &ClientBuilder, args: BenchArgs, json: bool) -> Outcome {
+    let seconds = |s: f64, what: &str| {
+        if s.is_finite() && s >= 0.0 {
+            Ok(Duration::from_secs_f64(s))
+        } else {
+            Err(Failure::Usage(format!(
+                "{what} must be a number of seconds"
+            )))
+        }
+    };
+    let options = bench::BenchOptions {
+        workload: args.workload,
+        clients: args.clients,
+        duration: seconds(args.duration, "--duration")?,
+        warmup: seconds(args.warmup, "--warmup")?,
+        keys: args.keys,
+        value_size: args.value_size,
+        accounts: args.accounts,
+        rate: args.rate,
+        read_ratio: args.read_ratio,
+        seed: args.seed,
+        server_pids: args.server_pids,
+    };
+    options.validate().map_err(Failure::Usage)?;
+    let total = options.warmup + options.duration;
+    let progress = std::sync::Arc::new(bench::Progress::default());
+    let shown = progress.clone();
+    let tty = std::io::stderr().is_terminal();
+    let ticker = tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let ok = shown.ok.load(std::sync::atomic::Ordering::Relaxed);
+            let errors = shown.errors.load(std::sync::atomic::Ordering::Relaxed);
+            let at = started.elapsed().as_secs_f64();
+            let line = format!(
+                "[{at:5.1}s of {:.0}s] ok {ok}, errors {errors}",
+                total.as_secs_f64()
+            );
+            // One overwritten line on a terminal; a line every 5 s in a log.
+            if tty {
+                eprint!("\r{line}   ");
+            } else if (at as u64).is_multiple_of(5) {
+                eprintln!("{line}");
+            }
+        }
+    });
+    let report = bench::run(builder, options, progress).await;
+    ticker.abort();
+    if tty {
+        eprintln!();
+    }
+    let report = report.map_err(call_failed("bench"))?;
+    if json {
+        print_json(&report);
+    } else {
+        print!("{}", report.text());
+    }
+    Ok(())
+}
+
 /// Why a command failed.
 #[derive(Debug)]
 enum Failure {
@@ -225,9 +325,11 @@ fn call_failed(what: impl Into<String>) -> impl FnOnce(Error) -> Failure {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.json;
-    let outcome = match build_client(&cli) {
-        Ok(client) => run(&client, cli.command, json).await,
-        Err(error) => Err(Failure::Call {
+    let builder = client_builder(&cli);
+    let outcome = match (build_client(&cli), cli.command) {
+        (Ok(_), Command::Bench(args)) => bench(&builder, args, json).await,
+        (Ok(client), command) => run(&client, command, json).await,
+        (Err(error), _) => Err(Failure::Call {
             what: "configuring the client".into(),
             error: Box::new(error),
         }),
@@ -239,6 +341,10 @@ async fn main() -> ExitCode {
 }
 
 fn build_client(cli: &Cli) -> metrokv_client::Result<Client> {
+    client_builder(cli).build()
+}
+
+fn client_builder(cli: &Cli) -> ClientBuilder {
     let mut builder = ClientBuilder::new(
         cli.endpoints
             .iter()
@@ -250,7 +356,7 @@ fn build_client(cli: &Cli) -> metrokv_client::Result<Client> {
     if let Some(zone) = &cli.zone {
         builder = builder.zone(zone);
     }
-    builder.build()
+    builder
 }
 
 async fn run(client: &Client, command: Command, json: bool) -> Outcome {
@@ -311,6 +417,8 @@ async fn run(client: &Client, command: Command, json: bool) -> Outcome {
             txn(client, &body, idempotency_key, json).await
         }
         Command::Account(command) => account(client, command, json).await,
+        // Handled before a single client is needed (it builds one per task).
+        Command::Bench(_) => Err(Failure::Usage("bench is run by main".into())),
         Command::Transfer {
             id,
             from,
