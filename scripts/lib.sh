@@ -10,7 +10,8 @@ METROKV_BIN=$CARGO_TARGET_DIR/release
 
 say() { printf '%s\n' "$*" >&2; }
 
-# Install clang/libclang (RocksDB's bindings need them) and the tools the scripts use, if missing.
+# Install clang/libclang (RocksDB's bindings need them), protoc (the etcd client's protobuf code)
+# and the tools the scripts use, if missing.
 ensure_build_deps() {
   local missing=()
   command -v clang >/dev/null 2>&1 || missing+=(clang)
@@ -20,6 +21,8 @@ ensure_build_deps() {
   command -v curl >/dev/null 2>&1 || missing+=(curl)
   command -v g++ >/dev/null 2>&1 || missing+=(g++)
   command -v make >/dev/null 2>&1 || missing+=(make)
+  # The etcd adapter of `metrokv bench` compiles etcd's protobuf definitions.
+  command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
   if ((${#missing[@]})); then
     say "installing build dependencies: ${missing[*]}"
     local sudo=""

@@ -206,6 +206,9 @@ enum ClusterCommand {
 
 #[derive(clap::Args, Debug)]
 struct BenchArgs {
+    /// The store under load (etcd: give its client endpoints with --endpoints).
+    #[arg(long, value_enum, default_value = "metrokv")]
+    system: bench::System,
     #[arg(long, value_enum, default_value = "put")]
     workload: bench::Workload,
     /// Concurrent clients, each with its own connection.
@@ -251,6 +254,7 @@ async fn bench(builder: &ClientBuilder, args: BenchArgs, json: bool) -> Outcome 
         }
     };
     let options = bench::BenchOptions {
+        system: args.system,
         workload: args.workload,
         clients: args.clients,
         duration: seconds(args.duration, "--duration")?,
@@ -293,7 +297,14 @@ async fn bench(builder: &ClientBuilder, args: BenchArgs, json: bool) -> Outcome 
     if tty {
         eprintln!();
     }
-    let report = report.map_err(call_failed("bench"))?;
+    let report = report.map_err(|e| match e {
+        bench::BenchError::Options(message) => Failure::Usage(message),
+        bench::BenchError::Client(error) => Failure::Call {
+            what: "bench".into(),
+            error: Box::new(error),
+        },
+        bench::BenchError::System(message) => Failure::Unavailable(message),
+    })?;
     if json {
         print_json(&report);
     } else {
@@ -309,6 +320,8 @@ enum Failure {
     Usage(String),
     /// A call failed; `what` names it, e.g. `put "a"`.
     Call { what: String, error: Box<Error> },
+    /// Another system (the benchmark's etcd) could not be reached.
+    Unavailable(String),
 }
 
 type Outcome = Result<(), Failure>;
@@ -1025,6 +1038,13 @@ fn report(failure: &Failure, json: bool) -> u8 {
                 print_json(&json!({"error": "usage", "message": message, "exit_code": EXIT_USAGE}));
             }
             EXIT_USAGE
+        }
+        Failure::Unavailable(message) => {
+            eprintln!("metrokv: {message}");
+            if json {
+                print_json(&json!({"error": "unavailable", "message": message, "exit_code": 3}));
+            }
+            3
         }
         Failure::Call { what, error } => {
             let code = u8::try_from(error.exit_code()).unwrap_or(EXIT_USAGE);

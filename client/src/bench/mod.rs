@@ -12,7 +12,8 @@
 //! (hdrhistogram, µs), errors by kind, and CPU: the tool's own (`/proc/self/stat`) and, given
 //! the servers' pids, theirs per operation.
 //!
-//! Left out: other systems (etcd) and the side-by-side script; see the performance issue.
+//! `--system etcd` drives etcd through its own gRPC API (`etcd`), with the same workloads, key
+//! and value shapes and seed, written the way an etcd user must write them.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
@@ -34,6 +35,21 @@ use crate::PutOptions;
 use crate::TransferRequest;
 use crate::TxnRequest;
 
+#[cfg(feature = "etcd")]
+mod etcd;
+
+/// Why a run could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{0}")]
+    Options(String),
+    #[error(transparent)]
+    Client(#[from] Error),
+    /// The other system could not be reached or prepared.
+    #[error("{0}")]
+    System(String),
+}
+
 /// What each request does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -54,9 +70,21 @@ pub enum Workload {
     Mixed,
 }
 
+/// The store under load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum System {
+    Metrokv,
+    /// etcd v3 over gRPC (`get-stale` is a serializable read; a transfer reads both accounts
+    /// and writes both balances in a Txn that compares their mod revisions, retried on
+    /// conflict).
+    Etcd,
+}
+
 /// A run's settings.
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchOptions {
+    pub system: System,
     pub workload: Workload,
     pub clients: usize,
     /// Measured time, after the warm-up.
@@ -106,7 +134,7 @@ impl BenchOptions {
         Ok(())
     }
 
-    fn reads_preloaded(&self) -> bool {
+    pub(crate) fn reads_preloaded(&self) -> bool {
         matches!(
             self.workload,
             Workload::Get | Workload::GetStale | Workload::Mixed | Workload::Txn
@@ -114,7 +142,7 @@ impl BenchOptions {
     }
 
     /// The keys preloaded for reading workloads.
-    fn preload_keys(&self) -> u64 {
+    pub(crate) fn preload_keys(&self) -> u64 {
         self.keys.min(PRELOAD_KEYS_MAX)
     }
 }
@@ -144,6 +172,9 @@ pub struct BenchReport {
     pub bench_cpu_cores: Option<f64>,
     /// The servers' CPU time per successful operation over the window, in µs.
     pub server_cpu_us_per_op: Option<f64>,
+    /// Attempts that lost a compare and were retried (etcd transfers; 0 for metrokv, whose
+    /// transfers are one request).
+    pub conflicts: u64,
 }
 
 impl BenchReport {
@@ -161,9 +192,10 @@ impl BenchReport {
         let l = &self.latency;
         let ms = |us: u64| format!("{:.2} ms", us as f64 / 1000.0);
         let mut out = format!(
-            "{:?} ({mode}), {} clients, {:.1} s measured after {:.1} s warm-up\n\
+            "{:?} {:?} ({mode}), {} clients, {:.1} s measured after {:.1} s warm-up\n\
              ok: {} ({:.0} ops/s)\n\
              latency: p50 {}, p90 {}, p99 {}, p99.9 {}, max {}\n",
+            o.system,
             o.workload,
             o.clients,
             self.seconds,
@@ -191,6 +223,9 @@ impl BenchReport {
         }
         if let Some(us) = self.server_cpu_us_per_op {
             out.push_str(&format!("server CPU per op: {us:.0} µs\n"));
+        }
+        if self.conflicts > 0 {
+            out.push_str(&format!("conflicts retried: {}\n", self.conflicts));
         }
         out
     }
@@ -232,7 +267,7 @@ pub fn parse_cpu_seconds(stat: &str) -> Option<f64> {
 
 /// A small, seedable generator (xorshift64*): the key choice must not cost more than the request.
 #[derive(Clone, Debug)]
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
     fn new(seed: u64, stream: u64) -> Self {
@@ -247,27 +282,27 @@ impl Rng {
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
 
-    fn chance(&mut self, p: f64) -> bool {
+    pub(crate) fn chance(&mut self, p: f64) -> bool {
         let unit = (self.next() >> 11) as f64 / ((1u64 << 53) as f64);
         unit < p
     }
 }
 
 /// A 16-byte key.
-fn key(i: u64) -> String {
+pub(crate) fn key(i: u64) -> String {
     format!("bench-{i:010}")
 }
 
-fn account(i: u64) -> String {
+pub(crate) fn account(i: u64) -> String {
     format!("bench-acct-{i:06}")
 }
 
 /// Each account starts with this much: transfers of at most 100 never run it dry in a run.
-const ACCOUNT_BALANCE: u64 = 1_000_000_000;
+pub(crate) const ACCOUNT_BALANCE: u64 = 1_000_000_000;
 
 /// Counters the progress line reads while the run goes.
 #[derive(Debug, Default)]
@@ -344,7 +379,104 @@ impl Task {
     }
 }
 
+/// A task's connection to the system under load.
+enum Driver {
+    Metrokv(Task),
+    #[cfg(feature = "etcd")]
+    Etcd(etcd::EtcdTask),
+}
+
+impl Driver {
+    /// One request; an error is its kind.
+    async fn one(&mut self, o: &BenchOptions) -> Result<(), String> {
+        match self {
+            Driver::Metrokv(t) => t.one(o).await.map_err(|e| e.kind().to_string()),
+            #[cfg(feature = "etcd")]
+            Driver::Etcd(t) => t.one(o).await,
+        }
+    }
+
+    fn conflicts(&self) -> u64 {
+        match self {
+            Driver::Metrokv(_) => 0,
+            #[cfg(feature = "etcd")]
+            Driver::Etcd(t) => t.conflicts,
+        }
+    }
+}
+
+/// Connect task `id` (to `endpoints` rotated so that the tasks spread over the nodes).
+async fn driver(
+    builder: &ClientBuilder,
+    o: &BenchOptions,
+    id: usize,
+    value: &bytes::Bytes,
+) -> Result<Driver, BenchError> {
+    let mut endpoints = builder.endpoint_list();
+    let first = id % endpoints.len().max(1);
+    endpoints.rotate_left(first);
+    let rng = Rng::new(o.seed, id as u64);
+    match o.system {
+        System::Metrokv => {
+            let client = builder
+                .clone()
+                .with_endpoints(endpoints)
+                .seed(o.seed ^ id as u64)
+                .build()?;
+            Ok(Driver::Metrokv(Task {
+                client,
+                rng,
+                value: value.clone(),
+                versions: BTreeMap::new(),
+                id,
+            }))
+        }
+        #[cfg(feature = "etcd")]
+        System::Etcd => {
+            // One member per task, as the metrokv tasks start at one node each.
+            let kv = etcd::connect(&endpoints[..1])
+                .await
+                .map_err(BenchError::System)?;
+            Ok(Driver::Etcd(etcd::EtcdTask {
+                kv,
+                rng,
+                value: value.to_vec(),
+                id,
+                versions: BTreeMap::new(),
+                conflicts: 0,
+            }))
+        }
+        #[cfg(not(feature = "etcd"))]
+        System::Etcd => Err(BenchError::Options(
+            "this build has no etcd adapter: build metrokv-client with the etcd feature".into(),
+        )),
+    }
+}
+
 /// Write what the reading workloads read, and the accounts of the transfer workload.
+async fn prepare_system(
+    builder: &ClientBuilder,
+    o: &BenchOptions,
+    value: &bytes::Bytes,
+) -> Result<(), BenchError> {
+    match o.system {
+        System::Metrokv => Ok(prepare(&builder.clone().build()?, o, value).await?),
+        #[cfg(feature = "etcd")]
+        System::Etcd => {
+            let mut kv = etcd::connect(&builder.endpoint_list())
+                .await
+                .map_err(BenchError::System)?;
+            etcd::prepare(&mut kv, o, value)
+                .await
+                .map_err(BenchError::System)
+        }
+        #[cfg(not(feature = "etcd"))]
+        System::Etcd => Err(BenchError::Options(
+            "this build has no etcd adapter: build metrokv-client with the etcd feature".into(),
+        )),
+    }
+}
+
 async fn prepare(client: &Client, o: &BenchOptions, value: &bytes::Bytes) -> Result<(), Error> {
     if o.workload == Workload::Transfer {
         for i in 0..o.accounts {
@@ -384,14 +516,14 @@ pub async fn run(
     builder: &ClientBuilder,
     options: BenchOptions,
     progress: Arc<Progress>,
-) -> Result<BenchReport, Error> {
-    options
-        .validate()
-        .map_err(|message| Error::Config { message })?;
+) -> Result<BenchReport, BenchError> {
+    options.validate().map_err(BenchError::Options)?;
     let value = bytes::Bytes::from(vec![b'v'; options.value_size]);
-    let setup = builder.clone().build()?;
-    prepare(&setup, &options, &value).await?;
-    let endpoints = builder.endpoint_list();
+    prepare_system(builder, &options, &value).await?;
+    let mut drivers = Vec::with_capacity(options.clients);
+    for id in 0..options.clients {
+        drivers.push(driver(builder, &options, id, &value).await?);
+    }
     let started = Instant::now();
     let measure_from = started + options.warmup;
     let end = measure_from + options.duration;
@@ -400,22 +532,7 @@ pub async fn run(
         .map(|r| Duration::from_secs_f64(options.clients as f64 / r));
     let options = Arc::new(options);
     let mut tasks = tokio::task::JoinSet::new();
-    for id in 0..options.clients {
-        // Each task starts at another endpoint, so the load spreads over the nodes.
-        let mut rotated = endpoints.clone();
-        rotated.rotate_left(id % endpoints.len().max(1));
-        let client = builder
-            .clone()
-            .with_endpoints(rotated)
-            .seed(options.seed ^ id as u64)
-            .build()?;
-        let mut task = Task {
-            client,
-            rng: Rng::new(options.seed, id as u64),
-            value: value.clone(),
-            versions: BTreeMap::new(),
-            id,
-        };
+    for (id, mut task) in drivers.into_iter().enumerate() {
         let (options, progress) = (options.clone(), progress.clone());
         tasks.spawn(async move {
             let mut hist = hdrhistogram::Histogram::<u64>::new(3).expect("3 significant digits");
@@ -448,12 +565,12 @@ pub async fn run(
                     Err(e) => {
                         progress.errors.fetch_add(1, Ordering::Relaxed);
                         if counted {
-                            *errors.entry(e.kind().to_string()).or_default() += 1;
+                            *errors.entry(e).or_default() += 1;
                         }
                     }
                 }
             }
-            (hist, errors)
+            (hist, errors, task.conflicts())
         });
     }
     // CPU over the measured window.
@@ -469,6 +586,7 @@ pub async fn run(
     let mut all = hdrhistogram::Histogram::<u64>::new(3).expect("3 significant digits");
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut window_end = None;
+    let mut conflicts = 0;
     while let Some(done) = tasks.join_next().await {
         // The first task to finish marks the end of the window for the CPU readings.
         if window_end.is_none() {
@@ -478,9 +596,9 @@ pub async fn run(
                 cpu_at(&options.server_pids),
             ));
         }
-        let (hist, errs) = done.map_err(|e| Error::Config {
-            message: format!("a bench task failed: {e}"),
-        })?;
+        let (hist, errs, task_conflicts) =
+            done.map_err(|e| BenchError::System(format!("a bench task failed: {e}")))?;
+        conflicts += task_conflicts;
         let _ = all.add(hist);
         for (k, n) in errs {
             *errors.entry(k).or_default() += n;
@@ -511,6 +629,7 @@ pub async fn run(
         errors,
         bench_cpu_cores,
         server_cpu_us_per_op,
+        conflicts,
     })
 }
 
@@ -544,6 +663,7 @@ mod tests {
 
     fn options() -> BenchOptions {
         BenchOptions {
+            system: System::Metrokv,
             workload: Workload::Put,
             clients: 4,
             duration: Duration::from_secs(1),
@@ -604,6 +724,7 @@ mod tests {
             errors: BTreeMap::from([("unavailable".to_string(), 3)]),
             bench_cpu_cores: Some(0.25),
             server_cpu_us_per_op: None,
+            conflicts: 0,
         };
         assert_eq!(report.error_count(), 3);
         let text = report.text();
