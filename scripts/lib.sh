@@ -40,13 +40,16 @@ ensure_build_deps() {
   fi
 }
 
-# The partition harness's netns mode (root only) needs nft and ip; without them its netns tests
-# say SKIPPED and pass without running, so install them when we can.
+# The partition harness's netns mode (root only) needs nft and ip, and the bench's etcd adapter
+# test needs etcd; without them those tests say SKIPPED and pass without running, so install
+# them when we can.
 ensure_test_deps() {
   [ "$(id -u)" -eq 0 ] || return 0
   local missing=()
   command -v nft >/dev/null 2>&1 || missing+=(nftables)
   command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+  # The etcd adapter of `metrokv bench` is tested against a real etcd.
+  command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
   if ((${#missing[@]})); then
     say "installing test dependencies: ${missing[*]}"
     apt-get update -qq

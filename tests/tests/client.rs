@@ -312,3 +312,97 @@ async fn bench_runs_every_workload_without_errors() {
     // Bad options are a usage error.
     assert_eq!(cli(&c, &["bench", "--clients", "0"]).status.code(), Some(2));
 }
+
+/// The etcd adapter of `metrokv bench`, against a real one-member etcd (fsync on) when etcd is
+/// installed (`scripts/test.sh` installs it as root): every workload runs without errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_drives_etcd_when_it_is_installed() {
+    let Ok(etcd) = which("etcd") else {
+        eprintln!("SKIPPED: etcd is not installed (apt-get install etcd-server)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (client, peer) = (metrokv_tests::free_port(), metrokv_tests::free_port());
+    let client_url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
+    let child = Command::new(etcd)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen-client-urls", &client_url])
+        .args(["--advertise-client-urls", &client_url])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("default={peer_url}")])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let pid = child.id().to_string();
+    let _guard = KillOnDrop(child);
+    let bin = metrokv_tests::binary("metrokv").unwrap();
+    let run = |workload: &str| {
+        Command::new(&bin)
+            .args([
+                "--endpoints",
+                &client_url,
+                "--json",
+                "bench",
+                "--system",
+                "etcd",
+            ])
+            .args(["--workload", workload, "--clients", "4", "--duration", "1"])
+            .args(["--warmup", "0.2", "--keys", "100", "--accounts", "20"])
+            .args(["--server-pid", &pid])
+            .output()
+            .unwrap()
+    };
+    // etcd takes a moment to serve: the first run may find it not listening yet.
+    let first = Cluster::eventually("etcd serves", Duration::from_secs(30), || async {
+        let out = run("put");
+        if out.status.success() {
+            Ok(out)
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).to_string())
+        }
+    })
+    .await
+    .unwrap();
+    let mut outputs = vec![("put", first)];
+    for workload in ["get", "get-stale", "cas", "txn", "transfer", "mixed"] {
+        outputs.push((workload, run(workload)));
+    }
+    for (workload, out) in outputs {
+        let text = ok_stdout(&out);
+        let report: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(report["options"]["system"], "etcd");
+        assert!(report["ok"].as_u64().unwrap() > 0, "{workload}: {report}");
+        assert_eq!(
+            report["errors"],
+            serde_json::json!({}),
+            "{workload}: {report}"
+        );
+        assert!(
+            report["server_cpu_us_per_op"].as_f64().unwrap() > 0.0,
+            "{report}"
+        );
+    }
+}
+
+/// Where `name` is on PATH.
+fn which(name: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
+        .ok_or(())
+}

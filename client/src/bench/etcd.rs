@@ -57,8 +57,28 @@ pub(super) async fn prepare(
                 .map_err(fail)?;
         }
     } else if o.reads_preloaded() {
-        for i in 0..o.preload_keys() {
-            kv.put(key(i), value.to_vec(), None).await.map_err(fail)?;
+        let keys = o.preload_keys();
+        // Preloaded already (an earlier run on this cluster): the last key is there.
+        let last = kv.get(key(keys - 1), None).await.map_err(fail)?;
+        if !last.kvs().is_empty() {
+            return Ok(());
+        }
+        let writers = super::PRELOAD_WRITERS.min(keys);
+        let mut jobs = tokio::task::JoinSet::new();
+        for w in 0..writers {
+            let (mut kv, value) = (kv.clone(), value.to_vec());
+            jobs.spawn(async move {
+                let mut i = w;
+                while i < keys {
+                    kv.put(key(i), value.clone(), None).await?;
+                    i += writers;
+                }
+                Ok::<(), etcd_client::Error>(())
+            });
+        }
+        while let Some(done) = jobs.join_next().await {
+            done.map_err(|e| format!("a preload task failed: {e}"))?
+                .map_err(fail)?;
         }
     }
     Ok(())

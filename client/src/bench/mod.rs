@@ -172,6 +172,9 @@ pub struct BenchReport {
     pub bench_cpu_cores: Option<f64>,
     /// The servers' CPU time per successful operation over the window, in µs.
     pub server_cpu_us_per_op: Option<f64>,
+    /// The longest time in the window without a successful request, in ms (a failover shows
+    /// here: kill the leader during a run).
+    pub longest_gap_ms: f64,
     /// Attempts that lost a compare and were retried (etcd transfers; 0 for metrokv, whose
     /// transfers are one request).
     pub conflicts: u64,
@@ -224,6 +227,10 @@ impl BenchReport {
         if let Some(us) = self.server_cpu_us_per_op {
             out.push_str(&format!("server CPU per op: {us:.0} µs\n"));
         }
+        out.push_str(&format!(
+            "longest gap without a success: {:.1} ms\n",
+            self.longest_gap_ms
+        ));
         if self.conflicts > 0 {
             out.push_str(&format!("conflicts retried: {}\n", self.conflicts));
         }
@@ -304,11 +311,33 @@ pub(crate) fn account(i: u64) -> String {
 /// Each account starts with this much: transfers of at most 100 never run it dry in a run.
 pub(crate) const ACCOUNT_BALANCE: u64 = 1_000_000_000;
 
+/// Writers that preload the reading workloads' keys (one by one, 100,000 would take minutes).
+pub(crate) const PRELOAD_WRITERS: u64 = 32;
+
+/// How long a task pauses after a failed request before its next one.
+const ERROR_PAUSE: Duration = Duration::from_millis(10);
+
 /// Counters the progress line reads while the run goes.
 #[derive(Debug, Default)]
 pub struct Progress {
     pub ok: AtomicU64,
     pub errors: AtomicU64,
+    /// When the last request succeeded, in µs since the run started.
+    last_ok_us: AtomicU64,
+    /// The longest time without a successful request in the measured window, in µs.
+    longest_gap_us: AtomicU64,
+}
+
+impl Progress {
+    /// A request succeeded `at_us` after the start; `measured` when inside the window.
+    fn succeeded(&self, at_us: u64, measured: bool) {
+        self.ok.fetch_add(1, Ordering::Relaxed);
+        let previous = self.last_ok_us.fetch_max(at_us, Ordering::Relaxed);
+        if measured {
+            self.longest_gap_us
+                .fetch_max(at_us.saturating_sub(previous), Ordering::Relaxed);
+        }
+    }
 }
 
 /// What one task is doing, across requests.
@@ -433,8 +462,9 @@ async fn driver(
         }
         #[cfg(feature = "etcd")]
         System::Etcd => {
-            // One member per task, as the metrokv tasks start at one node each.
-            let kv = etcd::connect(&endpoints[..1])
+            // Every member, starting at another one per task (etcd's client balances over them
+            // and moves on from a dead one, as a user's would).
+            let kv = etcd::connect(&endpoints)
                 .await
                 .map_err(BenchError::System)?;
             Ok(Driver::Etcd(etcd::EtcdTask {
@@ -487,8 +517,11 @@ async fn prepare(client: &Client, o: &BenchOptions, value: &bytes::Bytes) -> Res
         }
     } else if o.reads_preloaded() {
         let keys = o.preload_keys();
-        // A few writers: preloading 100,000 keys one by one would take minutes.
-        let writers = 32.min(keys);
+        // Preloaded already (an earlier run on this cluster): the last key is there.
+        if client.get(&key(keys - 1)).await?.is_some() {
+            return Ok(());
+        }
+        let writers = PRELOAD_WRITERS.min(keys);
         let mut jobs = tokio::task::JoinSet::new();
         for w in 0..writers {
             let (client, value) = (client.clone(), value.clone());
@@ -556,7 +589,8 @@ pub async fn run(
                 let counted = sent >= measure_from && done <= end;
                 match result {
                     Ok(()) => {
-                        progress.ok.fetch_add(1, Ordering::Relaxed);
+                        let at_us = (done - started).as_micros() as u64;
+                        progress.succeeded(at_us, counted);
                         if counted {
                             let us = (done - sent).as_micros().max(1) as u64;
                             let _ = hist.record(us);
@@ -567,6 +601,8 @@ pub async fn run(
                         if counted {
                             *errors.entry(e).or_default() += 1;
                         }
+                        // A refused request comes back at once; do not spin on a dead node.
+                        tokio::time::sleep(ERROR_PAUSE).await;
                     }
                 }
             }
@@ -629,6 +665,7 @@ pub async fn run(
         errors,
         bench_cpu_cores,
         server_cpu_us_per_op,
+        longest_gap_ms: progress.longest_gap_us.load(Ordering::Relaxed) as f64 / 1000.0,
         conflicts,
     })
 }
@@ -724,6 +761,7 @@ mod tests {
             errors: BTreeMap::from([("unavailable".to_string(), 3)]),
             bench_cpu_cores: Some(0.25),
             server_cpu_us_per_op: None,
+            longest_gap_ms: 3.5,
             conflicts: 0,
         };
         assert_eq!(report.error_count(), 3);
