@@ -6,6 +6,8 @@
 //! When a test panics, the cluster prints the tail of every node's log first, so a failure shows
 //! what the nodes saw; dropping it kills every process it started.
 
+pub mod report;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -2,6 +2,7 @@
 //!
 //!   metrokv-bench failover [--trials N] [--interval-ms MS]
 //!   metrokv-bench zone-loss [--layout 2+2+1|2+1] [--witness] [--trials N]
+//!   metrokv-bench report DIR
 //!   metrokv-bench load [--workload put|get|get-stale|transfer] [--clients N] [--seconds S]
 //!
 //! `failover` starts a local three-node cluster of real processes, keeps a stream of writes
@@ -16,6 +17,9 @@
 //! time without an acknowledged write from the loss on (RTO). On 2+2+1 the survivors carry on by
 //! themselves; on 2+1 the README's runbook is run by the tool (`recover --force-new-cluster` on
 //! n3, restart) and the RTO includes it, but not a human's reaction time.
+//!
+//! `report` turns `DIR/results.jsonl` (written by `scripts/bench.sh`) into `DIR/report.md`,
+//! `DIR/chart.svg` and `DIR/results.json`.
 //!
 //! `load` runs closed-loop clients (each sends its next request when the last one is answered)
 //! against a fresh local cluster, or `--endpoints`, and prints throughput and latency.
@@ -47,6 +51,8 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         interval_ms: u64,
     },
+    /// The side-by-side report from DIR/results.jsonl (see scripts/bench.sh).
+    Report { dir: std::path::PathBuf },
     /// RPO and RTO when a whole zone (dc-a, with the leader) is lost.
     ZoneLoss {
         #[arg(long, default_value = "2+2+1", value_parser = ["2+2+1", "2+1"])]
@@ -460,6 +466,32 @@ async fn zone_loss(
     Ok(())
 }
 
+fn report(dir: &std::path::Path) -> anyhow::Result<()> {
+    use metrokv_tests::report;
+    let source = dir.join("results.jsonl");
+    let text = std::fs::read_to_string(&source)
+        .with_context(|| format!("reading {}", source.display()))?;
+    let rows = report::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", source.display()))?;
+    let title = format!(
+        "metrokv and etcd side by side ({})",
+        dir.file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().to_string())
+    );
+    std::fs::write(dir.join("report.md"), report::markdown(&rows, &title))?;
+    std::fs::write(dir.join("chart.svg"), report::svg(&rows))?;
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(&rows)?,
+    )?;
+    println!(
+        "wrote {}, {} and {}",
+        dir.join("report.md").display(),
+        dir.join("chart.svg").display(),
+        dir.join("results.json").display()
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Args::parse().command {
@@ -467,6 +499,7 @@ async fn main() -> anyhow::Result<()> {
             trials,
             interval_ms,
         } => failover(trials.max(1), Duration::from_millis(interval_ms)).await,
+        Cmd::Report { dir } => report(&dir),
         Cmd::ZoneLoss {
             layout,
             witness,
