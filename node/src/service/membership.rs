@@ -141,11 +141,8 @@ impl Service {
         if matched.is_none_or(|i| i + limits::PROMOTE_LAG_ENTRIES_MAX < last) {
             return Err(MembershipError::NotCaughtUp { id, matched, last });
         }
-        self.raft
-            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+        self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
             .await
-            .map(|_| ())
-            .map_err(|e| MembershipError::Raft(e.to_string()))
     }
 
     /// Remove member `id` (see the module doc for what is refused).
@@ -158,11 +155,8 @@ impl Service {
         let (voters, learners) = self.membership_ids();
         if learners.contains(&id) {
             return self
-                .raft
-                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                .await
-                .map(|_| ())
-                .map_err(|e| MembershipError::Raft(e.to_string()));
+                .change(ChangeMembers::RemoveNodes(BTreeSet::from([id])))
+                .await;
         }
         if !voters.contains(&id) {
             return Err(MembershipError::NotAMember(id));
@@ -179,8 +173,14 @@ impl Service {
             self.transfer_leader(None, deadline).await?;
             return Err(MembershipError::NotLeader(self.leader_in_contact()));
         }
+        self.change(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
+            .await
+    }
+
+    /// Commit a membership change (joint, then final configuration).
+    async fn change(&self, change: ChangeMembers<NodeId, NodeInfo>) -> Result<(), MembershipError> {
         self.raft
-            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+            .change_membership(change, false)
             .await
             .map(|_| ())
             .map_err(|e| MembershipError::Raft(e.to_string()))
