@@ -16,6 +16,7 @@ pub mod error;
 pub mod kv;
 pub mod ledger;
 pub mod limits;
+pub mod snapshot_file;
 pub mod txn;
 pub mod validate;
 pub mod value;
@@ -27,5 +28,7 @@ pub use error::ErrorCode;
 pub const HEADER_LEADER: &str = "x-metrokv-leader";
 /// The node's applied index, on reads (the state read was at least this fresh).
 pub const HEADER_APPLIED_INDEX: &str = "x-metrokv-applied-index";
+/// The revision a backup holds (`GET /v1/backup`).
+pub const HEADER_BACKUP_REVISION: &str = "x-metrokv-backup-revision";
 /// The idempotency key of a write.
 pub const HEADER_IDEMPOTENCY_KEY: &str = "idempotency-key";

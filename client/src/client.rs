@@ -205,8 +205,8 @@ impl ClientBuilder {
 /// about the nodes. See the crate docs for an example.
 #[derive(Clone)]
 pub struct Client {
-    transport: Arc<Transport>,
-    budget: Budget,
+    pub(crate) transport: Arc<Transport>,
+    pub(crate) budget: Budget,
 }
 
 impl std::fmt::Debug for Client {
@@ -219,6 +219,11 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
+    /// A request outside the retry loop (a streamed backup), on the shared connection pool.
+    pub(crate) fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        self.transport.http.request(method, url)
+    }
+
     /// This client with another overall deadline per call.
     pub fn with_deadline(&self, deadline: Duration) -> Client {
         let mut client = self.clone();

@@ -64,6 +64,7 @@
 //! # }
 //! ```
 
+pub mod backup;
 pub mod bench;
 mod client;
 mod encoding;

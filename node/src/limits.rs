@@ -60,6 +60,16 @@ pub const ZONE_DEGRADE_AFTER_MS_MAX: u64 = 60 * 60 * 1000;
 /// leader's log, so a new voter never holds up commits while it copies the log.
 pub const PROMOTE_LAG_ENTRIES_MAX: u64 = 100;
 
+/// How long a node stopping on SIGTERM tries to hand leadership over before it stops anyway
+/// (ms).
+pub const DRAIN_HANDOVER_MS: u64 = 3_000;
+
+/// Leadership is handed only to a voter at most this many entries behind the leader. Under
+/// load no follower is ever exactly level; openraft's transfer stops new proposals and the
+/// target waits until it holds the leader's last entry, so a short lag costs a millisecond or
+/// two, a long one would stall writes while it copies.
+pub const TRANSFER_LAG_ENTRIES_MAX: u64 = 256;
+
 /// Most members (voters and learners) a cluster may have; a longer member list is refused at
 /// startup. Bounds the membership record and the number of peer connections.
 pub const CLUSTER_MEMBERS_MAX: usize = 15;
@@ -165,8 +175,8 @@ pub const FSYNC_QUEUE_MAX: usize = 4096;
 pub const SNAPSHOT_INSTALL_BATCH_RECORDS: usize = 4096;
 
 /// Largest snapshot meta (openraft's `SnapshotMeta`: last log id and membership), in bytes. A
-/// file whose header announces more is corrupt.
-pub const SNAPSHOT_META_BYTES_MAX: usize = 1024 * 1024;
+/// file whose header announces more is corrupt. Part of the file format, so the format's.
+pub use metrokv_api::snapshot_file::META_BYTES_MAX as SNAPSHOT_META_BYTES_MAX;
 
 // ---------------------------------------------------------------------------------------------
 // Derived bounds: the largest encoded forms, with generous room for postcard's framing (varint

@@ -198,6 +198,7 @@ pub async fn run(
     let fatal = Arc::new(std::sync::Mutex::new(None::<String>));
     let stop = {
         let fatal = fatal.clone();
+        let service = service.clone();
         let mut metrics_rx = raft.metrics();
         async move {
             let core_stopped = async {
@@ -211,7 +212,9 @@ pub async fn run(
                 }
             };
             tokio::select! {
-                () = shutdown => {}
+                // A graceful shutdown (SIGTERM): hand leadership over while still serving,
+                // then the server stops accepting and finishes the requests in progress.
+                () = shutdown => service.drain().await,
                 why = core_stopped => {
                     tracing::error!(reason = %why, "the Raft core stopped; shutting the node down");
                     *fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);

@@ -472,6 +472,22 @@ impl Cluster {
         Ok(())
     }
 
+    /// SIGTERM `name` (a graceful stop); [`Cluster::wait_exit`] reaps it. Does nothing if it is
+    /// not running.
+    pub fn terminate(&mut self, name: &str) -> anyhow::Result<()> {
+        let binary_real = self.binary_real.clone();
+        let node = self.node_mut(name)?;
+        if let Some(child) = node.child.as_mut() {
+            ensure_node(child, &binary_real).with_context(|| format!("stopping {name}"))?;
+            if node.paused {
+                signal(child, Signal::SIGCONT).with_context(|| format!("resuming {name}"))?;
+                node.paused = false;
+            }
+            signal(child, Signal::SIGTERM).with_context(|| format!("stopping {name}"))?;
+        }
+        Ok(())
+    }
+
     /// SIGSTOP `name`.
     pub fn pause(&mut self, name: &str) -> anyhow::Result<()> {
         let binary_real = self.binary_real.clone();

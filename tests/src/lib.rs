@@ -40,6 +40,9 @@ pub struct Options {
     pub extra_args: Vec<String>,
     /// Flags for one node only (e.g. `--witness`), by node id.
     pub node_args: Vec<(u64, Vec<String>)>,
+    /// Before the first start, restore node 1's data directory from this backup
+    /// (`metrokv-node restore`): with `nodes: 1`, a new cluster holding the backup's state.
+    pub restore_from: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -49,6 +52,7 @@ impl Default for Options {
             zones: vec![],
             extra_args: vec![],
             node_args: vec![],
+            restore_from: None,
         }
     }
 }
@@ -121,7 +125,8 @@ impl Cluster {
             extra_args: options.extra_args,
             log_env: "METROKV_TEST_LOG".into(),
         };
-        let inner = metrokv_testkit::Cluster::prepare(binary, &specs, dir.path(), cluster_options)?;
+        let inner =
+            metrokv_testkit::Cluster::prepare(binary.clone(), &specs, dir.path(), cluster_options)?;
         let nodes = inner
             .addrs()
             .into_iter()
@@ -143,6 +148,24 @@ impl Cluster {
             http,
             _dir: dir,
         };
+        if let Some(backup) = &options.restore_from {
+            let n1 = cluster.node(1);
+            let out = std::process::Command::new(&binary)
+                .arg("restore")
+                .arg("--from")
+                .arg(backup)
+                .arg("--data-dir")
+                .arg(&n1.data_dir)
+                .arg("--member")
+                .arg(format!("1={}/{}/{}", n1.zone, n1.client_addr, n1.peer_addr))
+                .output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "restore failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         cluster.inner.start_all()?;
         cluster.wait_ready(Duration::from_secs(60)).await?;
         Ok(cluster)
@@ -171,6 +194,21 @@ impl Cluster {
     /// SIGKILL node `id`.
     pub fn kill(&mut self, id: u64) {
         self.inner.kill(&name(id)).expect("kill -9");
+    }
+
+    /// SIGTERM node `id` (a graceful stop) and wait until it exited, at most `timeout`.
+    pub async fn terminate(
+        &mut self,
+        id: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        self.inner.terminate(&name(id))?;
+        self.inner.wait_exit(&name(id), timeout).await
+    }
+
+    /// Start node `id` (stopped) on its data directory.
+    pub fn start_node(&mut self, id: u64) -> anyhow::Result<()> {
+        self.inner.start(&name(id))
     }
 
     /// Start node `id` again on its data directory.

@@ -82,7 +82,8 @@ pub async fn health() -> Response {
 /// Ready when a leader is known and this node has applied everything it knows is committed.
 pub async fn ready(State(state): State<AppState>) -> Response {
     let s = state.service.status();
-    let ready = s.leader.is_some() && s.applied_index >= s.commit_index;
+    let ready =
+        s.leader.is_some() && s.applied_index >= s.commit_index && !state.service.is_draining();
     let body = Ready {
         ready,
         leader: s.leader,

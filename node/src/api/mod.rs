@@ -11,6 +11,7 @@
 //! Every input is checked before anything is proposed, so a refused request changes nothing.
 
 pub mod accounts;
+pub mod backup;
 pub mod cluster;
 pub mod error;
 pub mod extract;
@@ -58,6 +59,8 @@ pub struct AppState {
     inflight_max: usize,
     /// One permit per byte of request body held in memory.
     body_bytes: Arc<Semaphore>,
+    /// One backup at a time.
+    backup_slot: Arc<Semaphore>,
 }
 
 pub fn router(
@@ -71,6 +74,7 @@ pub fn router(
         inflight: Arc::new(Semaphore::new(max_inflight_requests)),
         inflight_max: max_inflight_requests,
         body_bytes: Arc::new(Semaphore::new(limits::API_BODY_BYTES_INFLIGHT_MAX)),
+        backup_slot: Arc::new(Semaphore::new(1)),
     };
     Router::new()
         .route("/v1/kv", get(kv::list))
@@ -102,6 +106,7 @@ pub fn router(
             "/v1/cluster/transfer-leader",
             post(cluster::transfer_leader),
         )
+        .route("/v1/backup", get(backup::backup))
         .route("/health", get(cluster::health))
         .route("/ready", get(cluster::ready))
         .route("/metrics", get(cluster::metrics))

@@ -104,6 +104,23 @@ enum Sub {
     /// the node stopped, then start the node as before; new nodes join it afterwards. Refuses
     /// while any old member still answers on its peer address.
     Recover(RecoverArgs),
+    /// Create the first node of a new cluster from a backup (`metrokv backup save`) in a new
+    /// data directory. Then start the node with the same id, data directory and addresses; it
+    /// elects itself and serves the backup's state, and new members join it as usual.
+    Restore(RestoreArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RestoreArgs {
+    /// The backup file.
+    #[arg(long)]
+    from: PathBuf,
+    /// The new node's data directory (must not exist yet or be empty).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The new node, as ID=ZONE/CLIENT_ADDR/PEER_ADDR (as for starting a node).
+    #[arg(long)]
+    member: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -200,6 +217,32 @@ fn recover(args: &RecoverArgs) -> anyhow::Result<()> {
         None => println!("  zone safety: {:?}, not degraded as of the last applied entry: with strict or adaptive mode every acknowledged write is in this log", r.zones.mode),
     }
     println!("Start the node as before: it elects itself, commits everything in its log and serves. Then add new members.");
+    Ok(())
+}
+
+/// `metrokv-node restore`: see [`Sub::Restore`] and `storage::restore`.
+fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
+    let (id, info) = config::parse_member(&args.member)?;
+    let r = metrokv_node::storage::restore::restore(&args.data_dir, &args.from, id, info)?;
+    println!(
+        "restored {} into {}: node {id} is the only member of a new cluster.",
+        args.from.display(),
+        args.data_dir.display()
+    );
+    match &r.info {
+        Some(info) => println!(
+            "  backup of cluster {:?} taken by node {} at revision {} (log index {}, term {})",
+            info.cluster_id, info.node, info.revision, info.applied_index, info.applied_term
+        ),
+        None => println!("  a Raft snapshot file without a backup description"),
+    }
+    println!("  state records: {}", r.records);
+    println!(
+        "  last applied entry: {}",
+        r.applied
+            .map_or_else(|| "none".to_string(), |l| l.to_string())
+    );
+    println!("Start the node with --id {id}, this data directory and these addresses; then add new members.");
     Ok(())
 }
 
@@ -352,12 +395,22 @@ fn raise_file_limit(wanted: u64) {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Some(Sub::Recover(recover_args)) = &args.command {
-        if let Err(e) = recover(recover_args) {
-            eprintln!("metrokv-node recover: {e:#}");
-            std::process::exit(1);
+    match &args.command {
+        Some(Sub::Recover(recover_args)) => {
+            if let Err(e) = recover(recover_args) {
+                eprintln!("metrokv-node recover: {e:#}");
+                std::process::exit(1);
+            }
+            return Ok(());
         }
-        return Ok(());
+        Some(Sub::Restore(restore_args)) => {
+            if let Err(e) = restore(restore_args) {
+                eprintln!("metrokv-node restore: {e:#}");
+                std::process::exit(1);
+            }
+            return Ok(());
+        }
+        None => {}
     }
     let config = match build_config(&args) {
         Ok(c) => c,

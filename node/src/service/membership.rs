@@ -245,6 +245,43 @@ impl Service {
         }
     }
 
+    /// The first step of a graceful shutdown: say not ready, and as leader hand leadership to a
+    /// caught-up voter, so the cluster does not wait an election timeout for a new leader. The
+    /// node still serves meanwhile (writes reach the new leader by forwarding). A hand-over that
+    /// cannot be made (no other voter caught up) is logged and the node stops anyway: the others
+    /// elect a leader as after a crash.
+    pub async fn drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Release);
+        if self.metrics().state != ServerState::Leader {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_millis(limits::DRAIN_HANDOVER_MS);
+        // A voter that just restarted may still be catching up: try until the deadline.
+        loop {
+            let error = match self.transfer_leader(None, deadline).await {
+                Ok(()) => {
+                    tracing::info!(
+                        leader = ?self.metrics().current_leader,
+                        "leadership handed over before shutting down"
+                    );
+                    return;
+                }
+                Err(e) => e,
+            };
+            let retry = matches!(error, MembershipError::NoTransferTarget(_))
+                && self.metrics().state == ServerState::Leader;
+            if !retry || Instant::now() >= deadline {
+                tracing::warn!(error = %error, "could not hand leadership over before shutting down; the others will elect a leader");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(
+                self.timeouts.heartbeat_interval_ms.max(1),
+            ))
+            .await;
+        }
+    }
+
     /// Whether voter `to` may take leadership now: a voter, not a witness, with every entry.
     async fn check_can_lead(&self, to: NodeId) -> Result<(), MembershipError> {
         let (voters, _) = self.membership_ids();
@@ -252,7 +289,7 @@ impl Service {
             return Err(MembershipError::CannotLead(to, "it is not a voter".into()));
         }
         let (matched, last) = self.matched(to);
-        if matched.is_none_or(|i| i < last) {
+        if matched.is_none_or(|i| i + limits::TRANSFER_LAG_ENTRIES_MAX < last) {
             return Err(MembershipError::CannotLead(
                 to,
                 format!("it has entries up to {matched:?} of the leader's {last}"),

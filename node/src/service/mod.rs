@@ -81,6 +81,8 @@ pub struct Service {
     /// A leader transfer our leader asked for: the candidate, and when. A vote request from that
     /// candidate may then bypass the leader lease.
     transfer_hint: Mutex<Option<(NodeId, Instant)>>,
+    /// Set once a shutdown began: `/ready` says no, so a load balancer stops sending here.
+    draining: AtomicBool,
 }
 
 /// Whether leader `me` heard from a quorum within `lease`. A sole voter is its own quorum:
@@ -130,6 +132,7 @@ impl Service {
             incoming: Mutex::default(),
             leader_contact: Mutex::default(),
             transfer_hint: Mutex::default(),
+            draining: AtomicBool::new(false),
         })
     }
 
@@ -168,6 +171,11 @@ impl Service {
     /// Refuse (false) or take (true) Raft requests from peers.
     pub fn set_raft_open(&self, open: bool) {
         self.raft_open.store(open, Ordering::Release);
+    }
+
+    /// Whether a shutdown began (see [`Service::drain`]).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     fn raft_is_open(&self) -> bool {

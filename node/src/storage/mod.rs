@@ -24,6 +24,7 @@ pub mod keys;
 pub mod log;
 pub mod read;
 pub mod recover;
+pub mod restore;
 pub mod snapshot;
 pub mod state;
 

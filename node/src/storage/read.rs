@@ -83,6 +83,19 @@ impl StateReader {
         }
     }
 
+    /// Write a backup of the state applied now (blocking work, off the runtime): an open file
+    /// that is already unlinked, and what it holds.
+    pub async fn backup(
+        &self,
+        cluster_id: String,
+        node: u64,
+    ) -> io::Result<(metrokv_api::snapshot_file::BackupInfo, super::SnapshotFile)> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || super::state::write_backup(&db, &cluster_id, node))
+            .await
+            .map_err(io::Error::other)?
+    }
+
     pub async fn meta(&self) -> io::Result<SmMeta> {
         self.meta_in(&self.view().await)
     }

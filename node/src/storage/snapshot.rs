@@ -1,13 +1,9 @@
 //! Snapshot files: the state machine's column family, written from a consistent RocksDB view into
 //! one file that can be streamed to a follower in chunks and checked before it is installed.
+//! The format (framing, record count, checksum) is `metrokv_api::snapshot_file`'s, shared with
+//! the client, which checks backups (they are snapshot files) the same way; the meta in the
+//! header is openraft's `SnapshotMeta` (postcard, with our version byte).
 //!
-//! Layout (all integers big-endian):
-//! ```text
-//! "MKVSNAP1"                      magic and format version
-//! u32 meta_len, meta              openraft SnapshotMeta (postcard, with our version byte)
-//! { u32 key_len, u32 value_len, key, value }*      the `sm` records in key order
-//! u32 0xFFFF_FFFF, u64 record_count, u32 crc32     end marker; crc over every byte before it
-//! ```
 //! A file is written under a temporary name, fsync'd, then renamed, so a crash never leaves a
 //! half-written file under a snapshot name. Readers verify the checksum before trusting
 //! anything but the header; a record larger than [`limits::SNAPSHOT_RECORD_BYTES_MAX`] is
@@ -22,13 +18,14 @@ use std::io::Write;
 use std::path::Path;
 use std::path::PathBuf;
 
+use metrokv_api::snapshot_file::FrameReader;
+use metrokv_api::snapshot_file::FrameWriter;
+
 use super::decode;
 use super::encode;
 use crate::limits;
 use crate::raft::types::SnapshotMeta;
 
-const MAGIC: &[u8; 8] = b"MKVSNAP1";
-const END_MARKER: u32 = u32::MAX;
 const FILE_PREFIX: &str = "snapshot-";
 const FILE_SUFFIX: &str = ".snap";
 
@@ -90,17 +87,11 @@ pub fn read_meta(file: &File) -> io::Result<SnapshotMeta> {
     Ok(meta)
 }
 
-fn bad(msg: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg.into())
-}
-
 /// Writes a snapshot file record by record.
 pub struct SnapshotWriter {
     tmp_path: PathBuf,
     final_path: PathBuf,
-    out: BufWriter<File>,
-    crc: crc32fast::Hasher,
-    records: u64,
+    out: FrameWriter<BufWriter<File>>,
 }
 
 impl SnapshotWriter {
@@ -114,52 +105,26 @@ impl SnapshotWriter {
         let final_path = dir.join(format!("{name}{FILE_SUFFIX}"));
         let tmp_path = dir.join(format!("{name}.tmp"));
         let file = File::create(&tmp_path)?;
-        let mut w = Self {
+        let out = FrameWriter::new(
+            BufWriter::with_capacity(1 << 20, file),
+            &encode(meta),
+            limits::SNAPSHOT_RECORD_BYTES_MAX,
+        )?;
+        Ok(Self {
             tmp_path,
             final_path,
-            out: BufWriter::with_capacity(1 << 20, file),
-            crc: crc32fast::Hasher::new(),
-            records: 0,
-        };
-        w.write_all(MAGIC)?;
-        let meta = encode(meta);
-        w.write_all(
-            &u32::try_from(meta.len())
-                .map_err(|_| bad("snapshot meta too large"))?
-                .to_be_bytes(),
-        )?;
-        w.write_all(&meta)?;
-        Ok(w)
-    }
-
-    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.crc.update(bytes);
-        self.out.write_all(bytes)
+            out,
+        })
     }
 
     pub fn record(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
-        if key.len() + value.len() + 8 > limits::SNAPSHOT_RECORD_BYTES_MAX {
-            return Err(bad(format!(
-                "snapshot record of {} bytes is over the limit",
-                key.len() + value.len()
-            )));
-        }
-        self.write_all(&(key.len() as u32).to_be_bytes())?;
-        self.write_all(&(value.len() as u32).to_be_bytes())?;
-        self.write_all(key)?;
-        self.write_all(value)?;
-        self.records += 1;
-        Ok(())
+        self.out.record(key, value)
     }
 
     /// Seal, fsync and rename the file into place; returns its final path.
-    pub fn finish(mut self) -> io::Result<PathBuf> {
-        self.write_all(&END_MARKER.to_be_bytes())?;
-        let records = self.records;
-        self.write_all(&records.to_be_bytes())?;
-        let crc = self.crc.clone().finalize();
-        self.out.write_all(&crc.to_be_bytes())?;
-        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+    pub fn finish(self) -> io::Result<PathBuf> {
+        let (out, _records) = self.out.finish()?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         std::fs::rename(&self.tmp_path, &self.final_path)?;
         sync_dir(self.final_path.parent().unwrap_or(Path::new(".")))?;
@@ -174,11 +139,7 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Reads a snapshot file: the header, then the records in order.
 pub struct SnapshotReader<R> {
-    input: R,
-    crc: crc32fast::Hasher,
-    remaining_check: bool,
-    /// Records read so far, checked against the trailer's count.
-    records: u64,
+    inner: FrameReader<R>,
 }
 
 impl SnapshotReader<BufReader<File>> {
@@ -190,84 +151,14 @@ impl SnapshotReader<BufReader<File>> {
 
 impl<R: Read> SnapshotReader<R> {
     pub fn new(input: R) -> io::Result<(SnapshotMeta, Self)> {
-        let mut r = Self {
-            input,
-            crc: crc32fast::Hasher::new(),
-            remaining_check: true,
-            records: 0,
-        };
-        let mut magic = [0u8; 8];
-        r.read_exact(&mut magic)?;
-        if &magic != MAGIC {
-            return Err(bad("not a metrokv snapshot file (bad magic)"));
-        }
-        let meta_len = r.read_u32()? as usize;
-        if meta_len > limits::SNAPSHOT_META_BYTES_MAX {
-            return Err(bad("snapshot meta length is implausible"));
-        }
-        let mut meta = vec![0u8; meta_len];
-        r.read_exact(&mut meta)?;
+        let (meta, inner) = FrameReader::new(input, limits::SNAPSHOT_RECORD_BYTES_MAX)?;
         let meta = decode(&meta, "snapshot meta")?;
-        Ok((meta, r))
-    }
-
-    fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
-        self.input.read_exact(buf).map_err(|e| match e.kind() {
-            io::ErrorKind::UnexpectedEof => bad("snapshot file is truncated"),
-            _ => e,
-        })?;
-        self.crc.update(buf);
-        Ok(())
-    }
-
-    fn read_u32(&mut self) -> io::Result<u32> {
-        let mut b = [0u8; 4];
-        self.read_exact(&mut b)?;
-        Ok(u32::from_be_bytes(b))
+        Ok((meta, Self { inner }))
     }
 
     /// The next record, or `None` after the last one (once the trailer checked out).
     pub fn next_record(&mut self) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
-        if !self.remaining_check {
-            return Ok(None);
-        }
-        let key_len = self.read_u32()?;
-        if key_len == END_MARKER {
-            let mut count = [0u8; 8];
-            self.read_exact(&mut count)?;
-            let want = self.crc.clone().finalize();
-            let mut crc = [0u8; 4];
-            self.input
-                .read_exact(&mut crc)
-                .map_err(|_| bad("snapshot file is truncated"))?;
-            if u32::from_be_bytes(crc) != want {
-                return Err(bad("snapshot checksum mismatch"));
-            }
-            // The checksum covers the count, so only a writer bug (or a forged file) gets here
-            // with a wrong one; either way the file does not hold what it says.
-            let count = u64::from_be_bytes(count);
-            if count != self.records {
-                return Err(bad(format!(
-                    "snapshot trailer counts {count} records, the file holds {}",
-                    self.records
-                )));
-            }
-            self.remaining_check = false;
-            return Ok(None);
-        }
-        let value_len = self.read_u32()?;
-        let total = key_len as usize + value_len as usize;
-        if total + 8 > limits::SNAPSHOT_RECORD_BYTES_MAX {
-            return Err(bad(format!(
-                "snapshot record of {total} bytes is over the limit"
-            )));
-        }
-        let mut key = vec![0u8; key_len as usize];
-        self.read_exact(&mut key)?;
-        let mut value = vec![0u8; value_len as usize];
-        self.read_exact(&mut value)?;
-        self.records += 1;
-        Ok(Some((key, value)))
+        self.inner.next_record()
     }
 }
 

@@ -30,6 +30,8 @@ use std::sync::Arc;
 
 use futures::Stream;
 use futures::StreamExt;
+use metrokv_api::snapshot_file::BackupInfo;
+use metrokv_api::snapshot_file::BACKUP_INFO_KEY;
 use rocksdb::WriteBatch;
 
 use super::decode;
@@ -531,7 +533,8 @@ fn load_snapshot(db: &Db, path: &Path) -> io::Result<()> {
 
     let mut batch = WriteBatch::default();
     while let Some((key, value)) = reader.next_record()? {
-        if key == keys::SM_INSTALLING {
+        // A backup's description is about the file, not state.
+        if key == keys::SM_INSTALLING || key == BACKUP_INFO_KEY {
             continue;
         }
         batch.put_cf(sm, key, value);
@@ -597,39 +600,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
-fn build(db: &Db, unique: u64) -> io::Result<Snapshot> {
+pub(crate) fn build(db: &Db, unique: u64) -> io::Result<Snapshot> {
     if failpoint::fail(failpoint::SNAPSHOT_BUILD_ERROR) {
         return Err(failpoint::injected(failpoint::SNAPSHOT_BUILD_ERROR));
     }
     let started = std::time::Instant::now();
-    let view = {
-        let _guard = db.install_lock.blocking_read();
-        db.db.snapshot()
-    };
-    let sm = db.cf(keys::CF_SM);
-    let last_log_id: Option<LogId> = match view.get_cf(sm, keys::SM_APPLIED).map_err(rocks_err)? {
-        Some(b) => decode(&b, "applied log id")?,
-        None => None,
-    };
-    let last_membership = match view.get_cf(sm, keys::SM_MEMBERSHIP).map_err(rocks_err)? {
-        Some(b) => decode::<StoredMembership>(&b, "membership")?,
-        None => StoredMembership::default(),
-    };
-    let meta = SnapshotMeta {
-        last_log_id,
-        last_membership,
-    };
-    let mut writer = SnapshotWriter::create(&db.snapshot_dir, &meta, unique)?;
-    let mut it = view.raw_iterator_cf(sm);
-    it.seek_to_first();
-    let mut records = 0u64;
-    while let (Some(key), Some(value)) = (it.key(), it.value()) {
-        writer.record(key, value)?;
-        records += 1;
-        it.next();
-    }
-    it.status().map_err(rocks_err)?;
-    let path = writer.finish()?;
+    let (meta, path, records, _) = write_state(db, &db.snapshot_dir, unique, None)?;
     // Open before pruning: an install may have placed a newer file meanwhile, and then ours goes.
     let file = SnapshotFile::open(&path)?;
     {
@@ -650,4 +626,97 @@ fn build(db: &Db, unique: u64) -> io::Result<Snapshot> {
         meta,
         snapshot: file,
     })
+}
+
+/// Where backups are written before they are streamed (each file is unlinked as soon as it is
+/// open, so a crash leaves at most one, which the next backup removes).
+fn backup_dir(db: &Db) -> PathBuf {
+    db.snapshot_dir.join("backup")
+}
+
+/// Write the state as of one consistent RocksDB view into a snapshot file in `dir`; with
+/// `backup` (the cluster id and this node's id), the file is a backup, its description first.
+/// Returns the meta, the file, its record count and the description.
+fn write_state(
+    db: &Db,
+    dir: &Path,
+    unique: u64,
+    backup: Option<(&str, u64)>,
+) -> io::Result<(SnapshotMeta, PathBuf, u64, Option<BackupInfo>)> {
+    let view = {
+        let _guard = db.install_lock.blocking_read();
+        db.db.snapshot()
+    };
+    let sm = db.cf(keys::CF_SM);
+    let last_log_id: Option<LogId> = match view.get_cf(sm, keys::SM_APPLIED).map_err(rocks_err)? {
+        Some(b) => decode(&b, "applied log id")?,
+        None => None,
+    };
+    let last_membership = match view.get_cf(sm, keys::SM_MEMBERSHIP).map_err(rocks_err)? {
+        Some(b) => decode::<StoredMembership>(&b, "membership")?,
+        None => StoredMembership::default(),
+    };
+    let meta = SnapshotMeta {
+        last_log_id,
+        last_membership,
+    };
+    let mut writer = SnapshotWriter::create(dir, &meta, unique)?;
+    let mut records = 0u64;
+    let info = match backup {
+        None => None,
+        Some((cluster_id, node)) => {
+            let sm_meta: SmMeta = match view.get_cf(sm, keys::SM_META).map_err(rocks_err)? {
+                Some(b) => decode(&b, "state machine meta")?,
+                None => SmMeta::default(),
+            };
+            let info = BackupInfo {
+                cluster_id: cluster_id.to_string(),
+                node,
+                revision: sm_meta.revision,
+                applied_index: last_log_id.map_or(0, |l| l.index),
+                applied_term: last_log_id.map_or(0, |l| l.leader_id.term),
+                taken_at_ms: sm_meta.clock_ms,
+            };
+            let json = serde_json::to_vec(&info).map_err(io::Error::other)?;
+            writer.record(BACKUP_INFO_KEY, &json)?;
+            records += 1;
+            Some(info)
+        }
+    };
+    let mut it = view.raw_iterator_cf(sm);
+    it.seek_to_first();
+    while let (Some(key), Some(value)) = (it.key(), it.value()) {
+        writer.record(key, value)?;
+        records += 1;
+        it.next();
+    }
+    it.status().map_err(rocks_err)?;
+    let path = writer.finish()?;
+    Ok((meta, path, records, info))
+}
+
+/// Write a backup of the applied state (see `GET /v1/backup`): an open, already unlinked file
+/// and what it holds. Blocking.
+pub(crate) fn write_backup(
+    db: &Db,
+    cluster_id: &str,
+    node: u64,
+) -> io::Result<(BackupInfo, SnapshotFile)> {
+    let dir = backup_dir(db);
+    std::fs::create_dir_all(&dir)?;
+    // A file left by a crash is useless; one being streamed is open, so removing it is harmless.
+    snapshot::remove_all_but(&dir, None)?;
+    let unique = rand::random::<u64>();
+    let (_, path, records, info) = write_state(db, &dir, unique, Some((cluster_id, node)))?;
+    let file = SnapshotFile::open(&path)?;
+    std::fs::remove_file(&path)?;
+    let info = info.ok_or_else(|| io::Error::other("a backup without its description"))?;
+    tracing::info!(
+        revision = info.revision,
+        applied_index = info.applied_index,
+        records,
+        bytes = file.len,
+        "backup written"
+    );
+    Ok((info, file))
 }
