@@ -26,6 +26,10 @@ pub enum ErrorCode {
     /// Proposed, fate unknown: resend with the same idempotency key or transfer id.
     Indeterminate,
     MethodNotAllowed,
+    /// No token, or one the node does not know: nothing was done.
+    Unauthenticated,
+    /// The token's role or scope does not allow this request: nothing was done.
+    Forbidden,
     #[default]
     Internal,
     /// A code this version does not know (a newer server); judge it by its status.
@@ -38,6 +42,8 @@ impl ErrorCode {
     pub fn status(self) -> Option<u16> {
         Some(match self {
             ErrorCode::InvalidRequest => 400,
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::Forbidden => 403,
             ErrorCode::NotFound | ErrorCode::AccountNotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Timeout => 408,
@@ -68,13 +74,15 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::Indeterminate => "indeterminate",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::Internal => "internal",
             ErrorCode::Unknown => "unknown",
         }
     }
 
     /// Every known code, for tests and documentation.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::InvalidRequest,
         ErrorCode::NotFound,
         ErrorCode::TooLarge,
@@ -88,6 +96,8 @@ impl ErrorCode {
         ErrorCode::Timeout,
         ErrorCode::Indeterminate,
         ErrorCode::MethodNotAllowed,
+        ErrorCode::Unauthenticated,
+        ErrorCode::Forbidden,
         ErrorCode::Internal,
     ];
 }

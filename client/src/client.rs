@@ -52,6 +52,17 @@ pub struct ClientBuilder {
     deadline: Duration,
     max_attempts: u32,
     seed: Option<u64>,
+    token: Option<Secret>,
+}
+
+/// A token, never shown by `Debug`.
+#[derive(Clone)]
+struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<token>")
+    }
 }
 
 impl ClientBuilder {
@@ -71,7 +82,15 @@ impl ClientBuilder {
             deadline: limits::DEADLINE_DEFAULT,
             max_attempts: limits::ATTEMPTS_MAX_DEFAULT,
             seed: None,
+            token: None,
         }
+    }
+
+    /// Send `Authorization: Bearer <token>` with every request (nodes started with
+    /// `--auth-file` require one).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(Secret(token.into()));
+        self
     }
 
     /// The local three-node cluster of `scripts/cluster.sh`.
@@ -156,7 +175,17 @@ impl ClientBuilder {
             self.learn_zones,
             rng.random::<u32>() as usize,
         )?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(Secret(token)) = &self.token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| Error::Config {
+                    message: "the token holds characters a header cannot carry".into(),
+                })?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .no_proxy()
             .tcp_nodelay(true)
             .tcp_keepalive(Some(limits::TCP_KEEPALIVE))

@@ -95,6 +95,15 @@ pub enum Error {
     #[error("too large: {message}")]
     TooLarge { message: String },
 
+    /// 401 `unauthenticated`: no token, or one the node does not know (see
+    /// `ClientBuilder::token`). Nothing was done.
+    #[error("not authenticated by {node}: {message}")]
+    Unauthenticated { node: String, message: String },
+
+    /// 403 `forbidden`: the token's role or scope does not allow the request. Nothing was done.
+    #[error("forbidden by {node}: {message}")]
+    Forbidden { node: String, message: String },
+
     /// No node could serve the request before the deadline, and no attempt can have applied it:
     /// every attempt failed to connect or was answered 503 (not proposed). Safe to retry.
     #[error("{}", unavailable_text(operation, tried, last_error))]
@@ -165,6 +174,8 @@ impl Error {
             Error::IdempotencyConflict { .. } => "idempotency_conflict",
             Error::InvalidRequest { .. } => "invalid_request",
             Error::TooLarge { .. } => "too_large",
+            Error::Unauthenticated { .. } => "unauthenticated",
+            Error::Forbidden { .. } => "forbidden",
             Error::Unavailable { .. } => "unavailable",
             Error::Indeterminate { .. } => "indeterminate",
             Error::Server { .. } => "server",
@@ -174,7 +185,7 @@ impl Error {
     }
 
     /// The CLI exit code for this error: 1 the server refused (condition failed, insufficient
-    /// funds, not found, exists, conflict), 2 a usage error (invalid or too large input, bad
+    /// funds, not found, exists, conflict, not authenticated or not allowed), 2 a usage error (invalid or too large input, bad
     /// configuration), 3 unavailable, indeterminate or an unexpected answer.
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -183,7 +194,9 @@ impl Error {
             | Error::AccountNotFound { .. }
             | Error::AccountExists { .. }
             | Error::InsufficientFunds { .. }
-            | Error::IdempotencyConflict { .. } => 1,
+            | Error::IdempotencyConflict { .. }
+            | Error::Unauthenticated { .. }
+            | Error::Forbidden { .. } => 1,
             Error::InvalidRequest { .. } | Error::TooLarge { .. } | Error::Config { .. } => 2,
             Error::Server { status, .. } if (400..500).contains(status) => 1,
             Error::Unavailable { .. }
@@ -455,6 +468,14 @@ fn map_code(
         ErrorCode::TooLarge => Error::TooLarge {
             message: body.message,
         },
+        ErrorCode::Unauthenticated => Error::Unauthenticated {
+            node: node.to_string(),
+            message: body.message,
+        },
+        ErrorCode::Forbidden => Error::Forbidden {
+            node: node.to_string(),
+            message: body.message,
+        },
         code => Error::Server {
             node: node.to_string(),
             status,
@@ -555,6 +576,20 @@ mod tests {
             map(413, r#"{"error":"too_large","message":"big"}"#, &key),
             Error::TooLarge {
                 message: "big".into()
+            }
+        );
+        assert_eq!(
+            map(401, r#"{"error":"unauthenticated","message":"m"}"#, &key),
+            Error::Unauthenticated {
+                node: NODE.into(),
+                message: "m".into()
+            }
+        );
+        assert_eq!(
+            map(403, r#"{"error":"forbidden","message":"m"}"#, &key),
+            Error::Forbidden {
+                node: NODE.into(),
+                message: "m".into()
             }
         );
         assert_eq!(

@@ -139,21 +139,8 @@ fn error_endpoint(error: &Error) -> Option<String> {
 
 /// A short code and the message, capped at [`ERROR_TEXT_BYTES_MAX`].
 pub fn error_text(error: &Error) -> String {
-    let code = match error {
-        Error::PreconditionFailed { .. } => "precondition-failed",
-        Error::NotFound { .. } => "not-found",
-        Error::AccountNotFound { .. } => "account-not-found",
-        Error::AccountExists { .. } => "account-exists",
-        Error::InsufficientFunds { .. } => "insufficient-funds",
-        Error::IdempotencyConflict { .. } => "idempotency-conflict",
-        Error::InvalidRequest { .. } => "invalid-request",
-        Error::TooLarge { .. } => "too-large",
-        Error::Unavailable { .. } => "unavailable",
-        Error::Indeterminate { .. } => "indeterminate",
-        Error::Server { .. } => "server",
-        Error::Protocol { .. } => "protocol",
-        Error::Config { .. } => "config",
-    };
+    // The client's kind names, in the history's dashed style.
+    let code = error.kind().replace('_', "-");
     truncate(format!("{code}: {error}"))
 }
 

@@ -123,6 +123,8 @@ pub struct FileConfig {
     pub raft: Option<RaftTimeouts>,
     pub max_inflight_requests: Option<usize>,
     pub max_connections: Option<usize>,
+    pub auth_file: Option<PathBuf>,
+    pub auth_open: Option<Vec<String>>,
 }
 
 impl FileConfig {
@@ -163,6 +165,10 @@ pub struct NodeConfig {
     /// creating one with `members`.
     pub join: bool,
     pub role: NodeRole,
+    /// Tokens with roles (`api::auth`); `None`: every request is allowed.
+    pub auth_file: Option<PathBuf>,
+    /// Paths served without a token besides `/health`.
+    pub auth_open: Vec<String>,
 }
 
 /// What a member is for, from its own command line (the node reports it in its status, and

@@ -55,6 +55,18 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let shutdown = shutdown.boxed().shared();
+    // A bad auth file stops the node before it touches anything.
+    let auth = match &config.auth_file {
+        Some(path) => {
+            let auth = Arc::new(
+                api::auth::Auth::load(path, config.auth_open.clone())
+                    .map_err(anyhow::Error::msg)?,
+            );
+            api::auth::spawn_reloader(auth.clone());
+            Some(auth)
+        }
+        None => None,
+    };
     // Bind first: a port in use is reported before the data directory is touched.
     let peer_listener = TcpListener::bind(config.peer_addr)
         .await
@@ -192,6 +204,7 @@ pub async fn run(
         service.clone(),
         metrics_handle,
         config.max_inflight_requests,
+        auth,
     );
     // Stop serving on a shutdown signal, or when the Raft core stops on its own (a storage
     // failure, a broken invariant): a node that cannot apply must not keep answering.

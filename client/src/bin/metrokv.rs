@@ -51,6 +51,9 @@ struct Cli {
     /// Give up on one node after this long.
     #[arg(long, global = true, default_value_t = 2_000, value_name = "MS")]
     attempt_timeout_ms: u64,
+    /// Bearer token for nodes that require one (`metrokv-node --auth-file`).
+    #[arg(long, env = "METROKV_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -380,6 +383,9 @@ fn client_builder(cli: &Cli) -> ClientBuilder {
     .attempt_timeout(Duration::from_millis(cli.attempt_timeout_ms));
     if let Some(zone) = &cli.zone {
         builder = builder.zone(zone);
+    }
+    if let Some(token) = &cli.token {
+        builder = builder.token(token);
     }
     builder
 }
@@ -1171,6 +1177,8 @@ fn error_json(error: &Error, exit_code: u8) -> Value {
         Error::IdempotencyConflict { key, .. } => ("idempotency_conflict", json!({"key": key})),
         Error::InvalidRequest { .. } => ("invalid_request", json!({})),
         Error::TooLarge { .. } => ("too_large", json!({})),
+        Error::Unauthenticated { node, .. } => ("unauthenticated", json!({"node": node})),
+        Error::Forbidden { node, .. } => ("forbidden", json!({"node": node})),
         Error::Unavailable { tried, .. } => {
             let tried: Vec<Value> = tried
                 .iter()

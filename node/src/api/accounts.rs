@@ -13,6 +13,7 @@ use metrokv_api::ledger::TransferRecord;
 use metrokv_api::ledger::TransferRejected;
 use metrokv_api::ledger::TransferRequest;
 
+use super::auth::Caller;
 use super::check_id;
 use super::extract::AccountId;
 use super::extract::Fresh;
@@ -71,10 +72,12 @@ pub(crate) fn transfer_command(body: TransferRequest) -> Result<Command, ApiErro
 
 pub async fn create(
     State(state): State<AppState>,
+    caller: Caller,
     _: NoQuery,
     IdempotencyKey(idempotency_key): IdempotencyKey,
     JsonBody(body): JsonBody<CreateAccount>,
 ) -> Result<Response, ApiError> {
+    caller.account(&body.id)?;
     let command = create_command(body)?;
     let served = write(&state.service, command, idempotency_key).await?;
     let Success::AccountCreated {
@@ -95,9 +98,11 @@ pub async fn create(
 
 pub async fn get(
     State(state): State<AppState>,
+    caller: Caller,
     AccountId(id): AccountId,
     fresh: Fresh,
 ) -> Result<Response, ApiError> {
+    caller.account(&id)?;
     let Some(account) = state.service.reader().account(&id).await? else {
         return fresh
             .answer(
@@ -120,8 +125,10 @@ pub async fn get(
 
 pub async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     list: Listing<{ limits::ID_BYTES_MAX }>,
 ) -> Result<Response, ApiError> {
+    caller.account_listing(&list.prefix)?;
     let page = state
         .service
         .reader()
@@ -165,9 +172,12 @@ fn receipt_body(r: &TransferReceipt) -> TransferRecord {
 
 pub async fn transfer(
     State(state): State<AppState>,
+    caller: Caller,
     _: NoQuery,
     JsonBody(body): JsonBody<TransferRequest>,
 ) -> Result<Response, ApiError> {
+    caller.account(&body.from)?;
+    caller.account(&body.to)?;
     let command = transfer_command(body)?;
     // The transfer id is the idempotency key; an Idempotency-Key header is not needed.
     let served = write(&state.service, command, None).await?;
@@ -179,6 +189,7 @@ pub async fn transfer(
 
 pub async fn get_transfer(
     State(state): State<AppState>,
+    caller: Caller,
     TransferId(id): TransferId,
     fresh: Fresh,
 ) -> Result<Response, ApiError> {
@@ -208,5 +219,12 @@ pub async fn get_transfer(
             })
         }
     };
+    // A scoped token sees the records of transfers between its own accounts only.
+    let (from, to) = match &body {
+        TransferRecord::Committed(r) => (Some(r.from.as_str()), Some(r.to.as_str())),
+        TransferRecord::Rejected(r) => (r.from.as_deref(), r.to.as_deref()),
+    };
+    caller.account(from.unwrap_or_default())?;
+    caller.account(to.unwrap_or_default())?;
     fresh.answer(&state, Json(body)).await
 }

@@ -35,6 +35,10 @@ pub enum ApiError {
     Rejected(#[from] Rejection),
     #[error("{0}")]
     MethodNotAllowed(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Forbidden(String),
     /// A storage failure on a read; the node keeps serving other requests.
     #[error("internal error: {0}")]
     Internal(String),
@@ -83,6 +87,8 @@ impl ApiError {
             ApiError::Timeout(_) => ErrorCode::Timeout,
             ApiError::Indeterminate(_) => ErrorCode::Indeterminate,
             ApiError::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
+            ApiError::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            ApiError::Forbidden(_) => ErrorCode::Forbidden,
             ApiError::Internal(_) => ErrorCode::Internal,
             ApiError::Rejected(r) => match r {
                 Rejection::PreconditionFailed { .. } => ErrorCode::PreconditionFailed,
@@ -145,6 +151,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let mut response = (status, axum::Json(self.body())).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             // Both 503s changed nothing; `Retry-After` is in whole seconds, the smallest is 1.
             response

@@ -10,6 +10,7 @@ use metrokv_api::kv::KvItem;
 use metrokv_api::kv::KvPage;
 use metrokv_api::kv::PutAnswer;
 
+use super::auth::Caller;
 use super::extract::Fresh;
 use super::extract::IdempotencyKey;
 use super::extract::KvKey;
@@ -27,9 +28,11 @@ use crate::state_machine::Success;
 
 pub async fn get(
     State(state): State<AppState>,
+    caller: Caller,
     KvKey(key): KvKey,
     fresh: Fresh,
 ) -> Result<Response, ApiError> {
+    caller.key(&key)?;
     let Some(record) = state.service.reader().kv(&key).await? else {
         return fresh
             .answer(
@@ -52,12 +55,14 @@ pub async fn get(
 
 pub async fn put(
     State(state): State<AppState>,
+    caller: Caller,
     KvKey(key): KvKey,
     _: NoQuery,
     WriteCondition(condition): WriteCondition,
     IdempotencyKey(idempotency_key): IdempotencyKey,
     ValueBody(value): ValueBody,
 ) -> Result<Response, ApiError> {
+    caller.key(&key)?;
     let command = Command::Put {
         key,
         value,
@@ -72,11 +77,13 @@ pub async fn put(
 
 pub async fn delete(
     State(state): State<AppState>,
+    caller: Caller,
     KvKey(key): KvKey,
     _: NoQuery,
     WriteCondition(condition): WriteCondition,
     IdempotencyKey(idempotency_key): IdempotencyKey,
 ) -> Result<Response, ApiError> {
+    caller.key(&key)?;
     let command = Command::Delete { key, condition };
     let served = write(&state.service, command, idempotency_key).await?;
     let Success::Delete { deleted, revision } = served.value else {
@@ -87,8 +94,10 @@ pub async fn delete(
 
 pub async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     list: Listing<{ limits::KEY_BYTES_MAX }>,
 ) -> Result<Response, ApiError> {
+    caller.key_listing(&list.prefix)?;
     let page = state
         .service
         .reader()

@@ -11,6 +11,7 @@
 //! Every input is checked before anything is proposed, so a refused request changes nothing.
 
 pub mod accounts;
+pub mod auth;
 pub mod backup;
 pub mod cluster;
 pub mod error;
@@ -50,6 +51,9 @@ use crate::service::Service;
 use crate::state_machine::Command;
 use crate::state_machine::Response as SmResponse;
 use crate::state_machine::Success;
+use auth::Auth;
+use auth::Caller;
+use auth::Role;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -61,12 +65,15 @@ pub struct AppState {
     body_bytes: Arc<Semaphore>,
     /// One backup at a time.
     backup_slot: Arc<Semaphore>,
+    /// Tokens, when `--auth-file` is given; `None` allows every request.
+    auth: Option<Arc<Auth>>,
 }
 
 pub fn router(
     service: Arc<Service>,
     metrics: Option<PrometheusHandle>,
     max_inflight_requests: usize,
+    auth: Option<Arc<Auth>>,
 ) -> Router {
     let state = AppState {
         service,
@@ -75,6 +82,7 @@ pub fn router(
         inflight_max: max_inflight_requests,
         body_bytes: Arc::new(Semaphore::new(limits::API_BODY_BYTES_INFLIGHT_MAX)),
         backup_slot: Arc::new(Semaphore::new(1)),
+        auth,
     };
     Router::new()
         .route("/v1/kv", get(kv::list))
@@ -133,7 +141,7 @@ async fn method_not_allowed(request: Request) -> ApiError {
 }
 
 /// Count and time every request by route and status; refuse past the load limits.
-async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+async fn track(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = request
         .extensions()
@@ -153,15 +161,17 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
             leader,
             None,
         )
-    } else if exempt {
-        next.run(request).await
     } else {
-        match admit(&state, &request) {
-            Ok(_permits) => next.run(request).await,
-            Err(e) => {
-                metrics::counter!("metrokv_http_overloaded_total").increment(1);
-                e.into_response()
-            }
+        match authorize(&state, &route, &mut request) {
+            Err(e) => e.into_response(),
+            Ok(()) if exempt => next.run(request).await,
+            Ok(()) => match admit(&state, &request) {
+                Ok(_permits) => next.run(request).await,
+                Err(e) => {
+                    metrics::counter!("metrokv_http_overloaded_total").increment(1);
+                    e.into_response()
+                }
+            },
         }
     };
     let status = response.status().as_u16().to_string();
@@ -169,6 +179,38 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
     metrics::counter!("metrokv_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status.clone()).increment(1);
     metrics::histogram!("metrokv_http_request_duration_seconds", "route" => route, "method" => method, "status" => status).record(elapsed);
     response
+}
+
+/// With auth on: find the caller's token (401 without a known one) and check its role for the
+/// route (403), and leave the caller for the handlers, which check scopes. Open paths pass.
+fn authorize(state: &AppState, route: &str, request: &mut Request) -> Result<(), ApiError> {
+    let Some(auth) = &state.auth else {
+        return Ok(());
+    };
+    if auth.is_open(request.uri().path()) {
+        return Ok(());
+    }
+    let header = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let principal = auth.authenticate(header)?;
+    let what = format!("{} {route}", request.method());
+    principal.need(required_role(request.method(), route), &what)?;
+    request.extensions_mut().insert(Caller(Some(principal)));
+    Ok(())
+}
+
+/// The least role a route needs (see `auth`): admin for operations, write for changes, read for
+/// the rest. A txn needs read here; its handler asks for write when it writes.
+fn required_role(method: &axum::http::Method, route: &str) -> Role {
+    if route == "/v1/backup" || route.starts_with("/v1/cluster/") {
+        Role::Admin
+    } else if method == axum::http::Method::GET || route == "/v1/txn" {
+        Role::Read
+    } else {
+        Role::Write
+    }
 }
 
 /// Whether `route` reads or writes data (a witness refuses those; it answers the cluster and

@@ -7,6 +7,8 @@ use axum::response::Response;
 use axum::Json;
 use metrokv_api::txn as wire;
 
+use super::auth::Caller;
+use super::auth::Role;
 use super::check_key;
 use super::extract::IdempotencyKey;
 use super::extract::JsonBody;
@@ -143,11 +145,21 @@ fn result_body(result: &TxnOpResult) -> wire::OpResult {
 
 pub async fn txn(
     State(state): State<AppState>,
+    caller: Caller,
     _: NoQuery,
     IdempotencyKey(idempotency_key): IdempotencyKey,
     JsonBody(body): JsonBody<wire::TxnRequest>,
 ) -> Result<Response, ApiError> {
     let txn = parse(body)?;
+    if !txn.is_read_only() {
+        caller.need(Role::Write, "write in a txn")?;
+    }
+    let ops = txn.success.iter().chain(&txn.failure).map(|op| match op {
+        TxnOp::Put { key, .. } | TxnOp::Delete { key } | TxnOp::Get { key } => key,
+    });
+    for key in txn.compare.iter().map(|c| &c.key).chain(ops) {
+        caller.key(key)?;
+    }
     // A txn that writes nothing is a read: it is answered from a linearizable view, with no log
     // entry and no stored answer.
     let served = if txn.is_read_only() {

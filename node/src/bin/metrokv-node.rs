@@ -93,6 +93,14 @@ struct Args {
     /// --join and add it with `POST /v1/cluster/members`.
     #[arg(long)]
     learner: bool,
+    /// Require a bearer token on every request but /health: the tokens, their roles and scopes
+    /// are in this TOML file (see the README's "Running in production"), reread when it
+    /// changes. Without it every request is allowed.
+    #[arg(long)]
+    auth_file: Option<PathBuf>,
+    /// Paths served without a token besides /health, comma-separated. Default: /ready.
+    #[arg(long, value_delimiter = ',')]
+    auth_open: Option<Vec<String>>,
     #[command(subcommand)]
     command: Option<Sub>,
 }
@@ -108,6 +116,25 @@ enum Sub {
     /// data directory. Then start the node with the same id, data directory and addresses; it
     /// elects itself and serves the backup's state, and new members join it as usual.
     Restore(RestoreArgs),
+    /// Make a new random API token: prints the token (give it to the client) and the
+    /// `[[token]]` entry for the auth file (which holds only its hash).
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct TokenArgs {
+    /// A name for logs and metrics.
+    #[arg(long)]
+    name: String,
+    /// read, write or admin.
+    #[arg(long, value_parser = ["read", "write", "admin"])]
+    role: String,
+    /// Only keys starting with this (repeatable).
+    #[arg(long = "key-prefix")]
+    key_prefixes: Vec<String>,
+    /// Only accounts starting with this (repeatable).
+    #[arg(long = "account-prefix")]
+    account_prefixes: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -327,6 +354,12 @@ fn build_config(args: &Args) -> Result<NodeConfig, config::ConfigError> {
             .or(file.max_connections)
             .unwrap_or(limits::HTTP_CONNECTIONS_DEFAULT),
         join: args.join,
+        auth_file: args.auth_file.clone().or(file.auth_file),
+        auth_open: args
+            .auth_open
+            .clone()
+            .or(file.auth_open)
+            .unwrap_or_else(|| vec!["/ready".to_string()]),
         role: if args.witness {
             config::NodeRole::Witness
         } else if args.learner {
@@ -407,6 +440,28 @@ fn main() -> anyhow::Result<()> {
             if let Err(e) = restore(restore_args) {
                 eprintln!("metrokv-node restore: {e:#}");
                 std::process::exit(1);
+            }
+            return Ok(());
+        }
+        Some(Sub::Token(t)) => {
+            let (token, hash) = metrokv_node::api::auth::new_token();
+            let list = |v: &[String]| {
+                v.iter()
+                    .map(|p| format!("{p:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            println!("token: {token}");
+            println!("# for the auth file:");
+            println!(
+                "[[token]]\nname = {:?}\nhash = {hash:?}\nrole = {:?}",
+                t.name, t.role
+            );
+            if !t.key_prefixes.is_empty() {
+                println!("key_prefixes = [{}]", list(&t.key_prefixes));
+            }
+            if !t.account_prefixes.is_empty() {
+                println!("account_prefixes = [{}]", list(&t.account_prefixes));
             }
             return Ok(());
         }
