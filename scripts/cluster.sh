@@ -2,13 +2,16 @@
 # A local metrokv cluster. Layouts: 2+1 (default: n1, n2 in zone dc-a, n3 in dc-b) and 2+2+1
 # (n1, n2 in dc-a, n3, n4 in dc-b, n5 in dc-c; --witness makes n5 a witness).
 #
-#   scripts/cluster.sh up [--layout 2+1|2+2+1] [--witness] | down | wipe | status
+#   scripts/cluster.sh up [--layout 2+1|2+2+1] [--witness] [--tls] | down | wipe | status
 #   scripts/cluster.sh add N --zone Z [--learner] | remove N
 #   scripts/cluster.sh kill N | stop N | restart N | pause N | resume N | logs N [-f]
 #
 # up       install build dependencies if missing, build (release), start the nodes that are not
 #          running, wait until the cluster is ready, print the endpoints. Running it twice is
 #          harmless; the layout is chosen when the cluster is first made (wipe to change it).
+#          --tls (when the cluster is made): a throwaway CA and node certificates under
+#          $DIR/certs (metrokv-node certs), HTTPS on the client ports and mutual TLS between
+#          members; curl and metrokv then need --cacert $DIR/certs/ca.pem.
 # down     stop every node (SIGTERM, then SIGKILL after 10 s), keeping the data.
 # wipe     down, then delete the data directory.
 # add N    start node N with new storage in zone Z, add it as a learner, wait until it has
@@ -36,6 +39,10 @@ client_addr() { echo "127.0.0.1:$((CLIENT_BASE + $1))"; }
 peer_addr() { echo "127.0.0.1:$((PEER_BASE + $1))"; }
 node_dir() { echo "$DIR/n$1"; }
 pid_file() { echo "$(node_dir "$1")/pid"; }
+CERTS=$DIR/certs
+tls_on() { [ -f "$DIR/tls" ]; }
+url_of() { if tls_on; then echo "https://$(client_addr "$1")"; else echo "http://$(client_addr "$1")"; fi; }
+ccurl() { if tls_on; then curl --cacert "$CERTS/ca.pem" "$@"; else curl "$@"; fi; }
 
 # The node list: one line per node, "N ZONE FLAGS" (FLAGS: "-" or a comma list of witness,
 # learner, join). Written by `up` (from the layout) and `add`, read by every other command.
@@ -93,13 +100,17 @@ start_node() {
   has_flag "$n" witness && extra+=(--witness)
   has_flag "$n" learner && extra+=(--learner)
   has_flag "$n" join && extra+=(--join)
+  if tls_on; then
+    extra+=(--tls-cert "$CERTS/node-$n.pem" --tls-key "$CERTS/node-$n.key"
+            --peer-tls-cert "$CERTS/node-$n.pem" --peer-tls-key "$CERTS/node-$n.key" --peer-ca "$CERTS/ca.pem")
+  fi
   # shellcheck disable=SC2046
   nohup "$METROKV_BIN/metrokv-node" --id "$n" --zone "$(zone_of "$n")" \
     --client-addr "$(client_addr "$n")" --peer-addr "$(peer_addr "$n")" \
     --data-dir "$(node_dir "$n")/data" --cluster-id metrokv-local $(members) "${extra[@]}" \
     >>"$(node_dir "$n")/node.log" 2>&1 </dev/null &
   echo $! >"$(pid_file "$n")"
-  say "started n$n (pid $!, zone $(zone_of "$n"), http://$(client_addr "$n"))"
+  say "started n$n (pid $!, zone $(zone_of "$n"), $(url_of "$n"))"
 }
 
 signal_node() {
@@ -126,7 +137,7 @@ wait_ready() {
   while ((SECONDS < deadline)); do
     ok=0
     for n in "${NODES[@]}"; do
-      curl -fsS -m 1 "http://$(client_addr "$n")/ready" >/dev/null 2>&1 && ok=$((ok + 1))
+      ccurl -fsS -m 1 "$(url_of "$n")/ready" >/dev/null 2>&1 && ok=$((ok + 1))
     done
     if ((ok == ${#NODES[@]})); then return 0; fi
     sleep 0.2
@@ -145,25 +156,33 @@ check_node_arg() {
 # The client endpoints (witnesses serve no client requests).
 endpoints() {
   local out=() n
-  for n in "${NODES[@]}"; do has_flag "$n" witness || out+=("http://$(client_addr "$n")"); done
+  for n in "${NODES[@]}"; do has_flag "$n" witness || out+=("$(url_of "$n")"); done
   (IFS=,; echo "${out[*]}")
 }
-cli() { "$METROKV_BIN/metrokv" --endpoints "$(endpoints)" "$@"; }
+cli() {
+  if tls_on; then "$METROKV_BIN/metrokv" --endpoints "$(endpoints)" --cacert "$CERTS/ca.pem" "$@"
+  else "$METROKV_BIN/metrokv" --endpoints "$(endpoints)" "$@"; fi
+}
 
 cmd=${1:-}
 case "$cmd" in
   up)
     shift
-    layout="" witness=0
+    layout="" witness=0 tls=0
     while (($#)); do
       case "$1" in
         --layout) layout=${2:-}; shift 2 ;;
         --witness) witness=1; shift ;;
+        --tls) tls=1; shift ;;
         *) say "unknown option $1"; exit 2 ;;
       esac
     done
     if [ ! -f "$NODES_FILE" ]; then
       write_layout "${layout:-2+1}" "$witness"
+      [ "$tls" = 1 ] && touch "$DIR/tls"
+    elif [ "$tls" = 1 ] && ! tls_on; then
+      say "the cluster in $DIR was made without TLS; run wipe first to make a TLS cluster"
+      exit 2
     elif [ -n "$layout" ] && [ "$(layout_of)" != "$layout" ]; then
       say "the cluster in $DIR has layout $(layout_of); run wipe first to make a $layout cluster"
       exit 2
@@ -171,6 +190,9 @@ case "$cmd" in
     load_nodes
     ensure_build_deps
     build_release
+    if tls_on && [ ! -f "$CERTS/ca.pem" ]; then
+      "$METROKV_BIN/metrokv-node" certs --dir "$CERTS" --nodes 9 >/dev/null
+    fi
     for n in "${NODES[@]}"; do start_node "$n"; done
     wait_ready
     echo
@@ -179,13 +201,14 @@ case "$cmd" in
       role=""
       has_flag "$n" witness && role=", witness"
       has_flag "$n" learner && role=", learner"
-      printf '  n%s  http://%s  (%s%s)\n' "$n" "$(client_addr "$n")" "$(zone_of "$n")" "$role"
+      printf '  n%s  %s  (%s%s)\n' "$n" "$(url_of "$n")" "$(zone_of "$n")" "$role"
     done
     echo
     echo "Try:"
-    echo "  curl -X PUT --data-binary 'hello' http://$(client_addr 1)/v1/kv/greeting"
-    echo "  curl http://$(client_addr 3)/v1/kv/greeting"
-    echo "  $METROKV_BIN/metrokv --endpoints $(endpoints) cluster status"
+    ca=""; tls_on && ca=" --cacert $CERTS/ca.pem"
+    echo "  curl$ca -X PUT --data-binary 'hello' $(url_of 1)/v1/kv/greeting"
+    echo "  curl$ca $(url_of 3)/v1/kv/greeting"
+    echo "  $METROKV_BIN/metrokv --endpoints $(endpoints)$ca cluster status"
     ;;
   add)
     n=${2:-}
@@ -240,10 +263,10 @@ case "$cmd" in
     for n in "${NODES[@]}"; do
       pid=$(running_pid "$n")
       state=$( [ -n "$pid" ] && (grep -q '^State:.*T' "/proc/$pid/status" 2>/dev/null && echo paused || echo running) || echo stopped)
-      printf 'n%s  %-8s pid %-8s http://%s  zone %s\n' "$n" "$state" "${pid:--}" "$(client_addr "$n")" "$(zone_of "$n")"
+      printf 'n%s  %-8s pid %-8s %s  zone %s\n' "$n" "$state" "${pid:--}" "$(url_of "$n")" "$(zone_of "$n")"
     done
     for n in "${NODES[@]}"; do
-      if body=$(curl -fsS -m 2 "http://$(client_addr "$n")/v1/cluster" 2>/dev/null); then
+      if body=$(ccurl -fsS -m 2 "$(url_of "$n")/v1/cluster" 2>/dev/null); then
         echo "cluster view from n$n:"
         if command -v jq >/dev/null 2>&1; then echo "$body" | jq .; else echo "$body"; fi
         break

@@ -53,6 +53,63 @@ pub struct ClientBuilder {
     max_attempts: u32,
     seed: Option<u64>,
     token: Option<Secret>,
+    tls: Option<TlsOptions>,
+}
+
+/// TLS to the nodes (etcdctl's `--cacert`, `--cert`, `--key`).
+#[derive(Clone, Debug, Default)]
+pub struct TlsOptions {
+    /// The CA (PEM) that issued the nodes' certificates.
+    pub ca: Option<std::path::PathBuf>,
+    /// A client certificate and its key (PEM), for nodes that require one (`--client-ca`).
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl TlsOptions {
+    fn config(&self) -> Result<rustls::ClientConfig> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::PrivateKeyDer;
+        let bad = |what: &std::path::Path, e: &dyn std::fmt::Display| Error::Config {
+            message: format!("{}: {e}", what.display()),
+        };
+        let certs = |p: &std::path::Path| {
+            CertificateDer::pem_file_iter(p)
+                .and_then(|i| i.collect::<std::result::Result<Vec<_>, _>>())
+                .map_err(|e| bad(p, &e))
+        };
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        if let Some(ca) = &self.ca {
+            for c in certs(ca)? {
+                roots.add(c).map_err(|e| bad(ca, &e))?;
+            }
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Config {
+                message: e.to_string(),
+            })?
+            .with_root_certificates(roots);
+        let mut config = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => builder
+                .with_client_auth_cert(
+                    certs(cert)?,
+                    PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?,
+                )
+                .map_err(|e| bad(cert, &e))?,
+            (None, None) => builder.with_no_client_auth(),
+            _ => {
+                return Err(Error::Config {
+                    message: "a client certificate needs its key, and the key its certificate"
+                        .into(),
+                })
+            }
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    }
 }
 
 /// A token, never shown by `Debug`.
@@ -83,7 +140,14 @@ impl ClientBuilder {
             max_attempts: limits::ATTEMPTS_MAX_DEFAULT,
             seed: None,
             token: None,
+            tls: None,
         }
+    }
+
+    /// Trust `tls.ca` for `https://` endpoints and present `tls.cert` when given.
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Send `Authorization: Bearer <token>` with every request (nodes started with
@@ -184,7 +248,11 @@ impl ClientBuilder {
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder();
+        if let Some(tls) = &self.tls {
+            http = http.use_preconfigured_tls(tls.config()?);
+        }
+        let http = http
             .default_headers(headers)
             .no_proxy()
             .tcp_nodelay(true)

@@ -33,8 +33,8 @@ pub(crate) struct Endpoint {
     pub authority: String,
 }
 
-/// Parses `http://host:port` or a bare `host:port`. Paths, queries and HTTPS are refused: the
-/// client appends API paths itself and is built without TLS.
+/// Parses `http://host:port`, `https://host:port` or a bare `host:port` (http). Paths and
+/// queries are refused: the client appends API paths itself.
 pub(crate) fn parse_endpoint(raw: &str) -> Result<Endpoint, Error> {
     let raw = raw.trim();
     let bad = |why: &str| Error::Config {
@@ -46,8 +46,9 @@ pub(crate) fn parse_endpoint(raw: &str) -> Result<Endpoint, Error> {
         format!("http://{raw}")
     };
     let url = reqwest::Url::parse(&with_scheme).map_err(|e| bad(&format!("is not a URL ({e})")))?;
-    if url.scheme() != "http" {
-        return Err(bad("must use http (this client has no TLS)"));
+    let scheme = url.scheme().to_string();
+    if scheme != "http" && scheme != "https" {
+        return Err(bad("must use http or https"));
     }
     if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
         return Err(bad("must not have a path or query"));
@@ -61,7 +62,7 @@ pub(crate) fn parse_endpoint(raw: &str) -> Result<Endpoint, Error> {
         .ok_or_else(|| bad("has no port"))?;
     let authority = format!("{host}:{port}");
     Ok(Endpoint {
-        url: format!("http://{authority}"),
+        url: format!("{scheme}://{authority}"),
         authority,
     })
 }
@@ -277,8 +278,11 @@ mod tests {
             parse_endpoint("[::1]:7001").expect("valid").url,
             "http://[::1]:7001"
         );
+        assert_eq!(
+            parse_endpoint("https://h:1").expect("valid").url,
+            "https://h:1"
+        );
         for bad in [
-            "https://h:1",
             "http://h:1/v1",
             "http://h:1?x=1",
             "http://u:p@h:1",

@@ -80,6 +80,7 @@ mod types;
 
 pub use client::Client;
 pub use client::ClientBuilder;
+pub use client::TlsOptions;
 pub use error::Error;
 pub use error::NodeFailure;
 pub use error::Result;

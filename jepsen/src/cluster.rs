@@ -67,6 +67,7 @@ pub fn prepare(
         cluster_id: CLUSTER_ID.to_string(),
         extra_args,
         log_env: NODE_LOG_ENV.to_string(),
+        api_ca: None,
     };
     Cluster::prepare_in(binary, &specs, base_dir, options, placements.as_ref())
 }

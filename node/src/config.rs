@@ -30,6 +30,8 @@ pub enum ConfigError {
     },
     #[error("missing required setting `{0}` (give it as a flag or in the config file)")]
     Missing(&'static str),
+    #[error("{0}")]
+    Tls(String),
     #[error("bad member {spec:?}: {reason} (expected ID=ZONE/CLIENT_ADDR/PEER_ADDR, e.g. 1=dc-a/127.0.0.1:7001/127.0.0.1:7101)")]
     BadMember { spec: String, reason: String },
     #[error("this node's id {0} is not among the initial members")]
@@ -125,6 +127,12 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     pub auth_file: Option<PathBuf>,
     pub auth_open: Option<Vec<String>>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+    pub peer_tls_cert: Option<PathBuf>,
+    pub peer_tls_key: Option<PathBuf>,
+    pub peer_ca: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -169,6 +177,10 @@ pub struct NodeConfig {
     pub auth_file: Option<PathBuf>,
     /// Paths served without a token besides `/health`.
     pub auth_open: Vec<String>,
+    /// HTTPS on the client API (`tls`); `None`: plaintext.
+    pub api_tls: Option<crate::tls::TlsFiles>,
+    /// Mutual TLS between members; `None`: plaintext.
+    pub peer_tls: Option<crate::tls::TlsFiles>,
 }
 
 /// What a member is for, from its own command line (the node reports it in its status, and

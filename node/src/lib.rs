@@ -20,6 +20,7 @@ pub mod raft;
 pub mod service;
 pub mod state_machine;
 pub mod storage;
+pub mod tls;
 pub mod transport;
 
 /// The modules depend on each other one way, as the README draws them: each may use only
@@ -29,7 +30,7 @@ mod layering {
     /// Lowest first. `raft::types` is the Raft vocabulary storage and transport implement;
     /// `raft` (its `mod.rs`) assembles openraft over storage.
     const LAYERS: &[&[&str]] = &[
-        &["limits"],
+        &["limits", "tls"],
         &["state_machine"],
         &["raft::types", "failpoint"],
         &["clock", "config", "metrics"],

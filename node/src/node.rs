@@ -55,6 +55,20 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let shutdown = shutdown.boxed().shared();
+    // Bad certificates stop the node before it touches anything.
+    let api_tls = config
+        .api_tls
+        .clone()
+        .map(crate::tls::api_tls)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let peer_tls = config
+        .peer_tls
+        .clone()
+        .map(crate::tls::peer_tls)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    crate::tls::spawn_reloader(api_tls.clone(), peer_tls.clone());
     // A bad auth file stops the node before it touches anything.
     let auth = match &config.auth_file {
         Some(path) => {
@@ -98,6 +112,7 @@ pub async fn run(
             cluster_id: config.cluster_id.clone(),
             storage_id,
             ids: ids.clone(),
+            tls: peer_tls.clone(),
         },
         config.peer_routes.clone(),
     );
@@ -153,6 +168,7 @@ pub async fn run(
         peer_listener,
         identity,
         Arc::new(service.clone()),
+        peer_tls,
     ));
 
     if pristine && config.join {
@@ -235,7 +251,7 @@ pub async fn run(
             }
         }
     };
-    api::server::serve(client_listener, app, config.max_connections, stop).await;
+    api::server::serve(client_listener, app, config.max_connections, stop, api_tls).await;
 
     peer_task.abort();
     if let Err(e) = raft.shutdown().await {

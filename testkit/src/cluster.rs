@@ -143,6 +143,9 @@ pub struct ClusterOptions {
     pub extra_args: Vec<String>,
     /// An environment variable that, when set, overrides [`NODE_LOG_FILTER_DEFAULT`].
     pub log_env: String,
+    /// The CA (PEM) of nodes that serve their API over HTTPS: set, the control plane speaks
+    /// https and trusts it.
+    pub api_ca: Option<PathBuf>,
 }
 
 /// Where one node lives.
@@ -159,6 +162,8 @@ pub struct NodeAddrs {
     pub dir: PathBuf,
     /// The network namespace it runs in (`--net netns`), if any.
     pub netns: Option<String>,
+    /// Whether its API is HTTPS.
+    pub https: bool,
 }
 
 impl NodeAddrs {
@@ -176,7 +181,8 @@ impl NodeAddrs {
 
     /// The node's own HTTP address (control plane; workloads use the proxies).
     pub fn url(&self) -> String {
-        format!("http://{}", self.client_addr)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.client_addr)
     }
 }
 
@@ -298,6 +304,7 @@ impl Cluster {
                     peer_addr,
                     dir,
                     netns,
+                    https: options.api_ca.is_some(),
                 },
                 routes: Vec::new(),
                 env: Vec::new(),
@@ -316,9 +323,16 @@ impl Cluster {
                 )
             })
             .collect();
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .no_proxy()
-            .timeout(Duration::from_millis(CONTROL_TIMEOUT_MS))
+            .timeout(Duration::from_millis(CONTROL_TIMEOUT_MS));
+        if let Some(ca) = &options.api_ca {
+            let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+            http = http
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
+        }
+        let http = http
             .build()
             .context("building the control-plane HTTP client")?;
         Ok(Cluster {
@@ -985,6 +999,7 @@ mod tests {
             cluster_id: "test".into(),
             extra_args: vec![],
             log_env: "METROKV_TESTKIT_NODE_LOG".into(),
+            api_ca: None,
         }
     }
 

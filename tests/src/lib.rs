@@ -43,6 +43,9 @@ pub struct Options {
     /// Before the first start, restore node 1's data directory from this backup
     /// (`metrokv-node restore`): with `nodes: 1`, a new cluster holding the backup's state.
     pub restore_from: Option<PathBuf>,
+    /// TLS on both ports with a throwaway CA (`metrokv-node certs`): HTTPS for the API,
+    /// mutual TLS between members. The cluster's clients trust the CA.
+    pub tls: bool,
 }
 
 impl Default for Options {
@@ -53,6 +56,7 @@ impl Default for Options {
             extra_args: vec![],
             node_args: vec![],
             restore_from: None,
+            tls: false,
         }
     }
 }
@@ -74,6 +78,8 @@ impl Options {
 #[derive(Clone, Debug)]
 pub struct Node {
     pub id: u64,
+    /// Whether its API is HTTPS.
+    pub https: bool,
     pub zone: String,
     pub client_addr: String,
     pub peer_addr: String,
@@ -83,12 +89,15 @@ pub struct Node {
 
 impl Node {
     pub fn url(&self) -> String {
-        format!("http://{}", self.client_addr)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.client_addr)
     }
 }
 
 pub struct Cluster {
     inner: metrokv_testkit::Cluster,
+    /// The CA of a `tls` cluster's certificates (and `client.pem`/`.key` beside it).
+    pub ca: Option<PathBuf>,
     nodes: Vec<Node>,
     http: reqwest::Client,
     /// Declared last: removed after the processes are gone.
@@ -120,10 +129,42 @@ impl Cluster {
                 spec
             })
             .collect();
+        let certs = dir.path().join("certs");
+        let mut specs = specs;
+        if options.tls {
+            let out = std::process::Command::new(&binary)
+                .args(["certs", "--nodes", &options.nodes.to_string(), "--dir"])
+                .arg(&certs)
+                .output()?;
+            anyhow::ensure!(out.status.success(), "metrokv-node certs failed");
+            for (i, spec) in specs.iter_mut().enumerate() {
+                let file = |ext: &str| {
+                    certs
+                        .join(format!("node-{}.{ext}", i + 1))
+                        .display()
+                        .to_string()
+                };
+                let ca = certs.join("ca.pem").display().to_string();
+                spec.args.extend([
+                    "--tls-cert".to_string(),
+                    file("pem"),
+                    "--tls-key".to_string(),
+                    file("key"),
+                    "--peer-tls-cert".to_string(),
+                    file("pem"),
+                    "--peer-tls-key".to_string(),
+                    file("key"),
+                    "--peer-ca".to_string(),
+                    ca,
+                ]);
+            }
+        }
+        let api_ca = options.tls.then(|| certs.join("ca.pem"));
         let cluster_options = ClusterOptions {
             cluster_id: "metrokv-test".into(),
             extra_args: options.extra_args,
             log_env: "METROKV_TEST_LOG".into(),
+            api_ca: api_ca.clone(),
         };
         let inner =
             metrokv_testkit::Cluster::prepare(binary.clone(), &specs, dir.path(), cluster_options)?;
@@ -134,15 +175,21 @@ impl Cluster {
                 id: a.id,
                 zone: a.zone.clone(),
                 client_addr: a.client_addr.to_string(),
+                https: a.https,
                 peer_addr: a.peer_addr.to_string(),
                 data_dir: a.data_dir(),
                 log_path: a.log_path(),
             })
             .collect();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()?;
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        if let Some(ca) = &api_ca {
+            http = http
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(ca)?)?);
+        }
+        let http = http.build()?;
         let mut cluster = Self {
+            ca: api_ca,
             inner,
             nodes,
             http,

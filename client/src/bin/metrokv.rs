@@ -51,6 +51,15 @@ struct Cli {
     /// Give up on one node after this long.
     #[arg(long, global = true, default_value_t = 2_000, value_name = "MS")]
     attempt_timeout_ms: u64,
+    /// The CA certificate (PEM) that issued the nodes' certificates, for https:// endpoints.
+    #[arg(long, env = "METROKV_CACERT", global = true)]
+    cacert: Option<PathBuf>,
+    /// A client certificate (PEM), for nodes started with --client-ca.
+    #[arg(long = "cert", env = "METROKV_CERT", global = true)]
+    tls_cert: Option<PathBuf>,
+    /// The key (PEM) of --cert.
+    #[arg(long = "key", env = "METROKV_KEY", global = true)]
+    tls_key: Option<PathBuf>,
     /// Bearer token for nodes that require one (`metrokv-node --auth-file`).
     #[arg(long, env = "METROKV_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
@@ -386,6 +395,13 @@ fn client_builder(cli: &Cli) -> ClientBuilder {
     }
     if let Some(token) = &cli.token {
         builder = builder.token(token);
+    }
+    if cli.cacert.is_some() || cli.tls_cert.is_some() || cli.tls_key.is_some() {
+        builder = builder.tls(TlsOptions {
+            ca: cli.cacert.clone(),
+            cert: cli.tls_cert.clone(),
+            key: cli.tls_key.clone(),
+        });
     }
     builder
 }

@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::limits;
+use crate::tls::ApiTls;
 
 /// How long shutdown waits for requests in progress before it closes their connections.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -37,9 +38,18 @@ pub async fn serve(
     app: Router,
     max_connections: usize,
     shutdown: impl Future<Output = ()>,
+    tls: Option<Arc<ApiTls>>,
 ) {
     let header_timeout = Duration::from_millis(limits::HTTP_HEADER_READ_TIMEOUT_MS);
-    serve_with(listener, app, max_connections, header_timeout, shutdown).await
+    serve_with(
+        listener,
+        app,
+        max_connections,
+        header_timeout,
+        shutdown,
+        tls,
+    )
+    .await
 }
 
 async fn serve_with(
@@ -48,6 +58,7 @@ async fn serve_with(
     max_connections: usize,
     header_timeout: Duration,
     shutdown: impl Future<Output = ()>,
+    tls: Option<Arc<ApiTls>>,
 ) {
     let open = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
@@ -77,13 +88,46 @@ async fn serve_with(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%remote, error = %e, "client connection ended with an error");
+        match &tls {
+            None => {
+                let connection =
+                    graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(%remote, error = %e, "client connection ended with an error");
+                    }
+                    drop(slot);
+                });
             }
-            drop(slot);
-        });
+            Some(tls) => {
+                // The handshake runs in the connection's task, bounded like the headers: a
+                // slow or plaintext client holds only its own slot. Plaintext to a TLS port
+                // fails the handshake and is closed.
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+                let http = http.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let connection =
+                                watcher.watch(http.serve_connection(TokioIo::new(stream), service));
+                            if let Err(e) = connection.await {
+                                tracing::debug!(%remote, error = %e, "client connection ended with an error");
+                            }
+                        }
+                        Ok(Err(e)) => {
+                            metrics::counter!("metrokv_http_tls_refused_total").increment(1);
+                            tracing::debug!(%remote, error = %e, "client TLS handshake failed");
+                        }
+                        Err(_) => {
+                            metrics::counter!("metrokv_http_tls_refused_total").increment(1);
+                            tracing::debug!(%remote, "client TLS handshake timed out");
+                        }
+                    }
+                    drop(slot);
+                });
+            }
+        }
     }
     drop(listener);
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
@@ -112,6 +156,7 @@ mod tests {
             max_connections,
             header_timeout,
             std::future::pending(),
+            None,
         ));
         addr
     }

@@ -101,6 +101,26 @@ struct Args {
     /// Paths served without a token besides /health, comma-separated. Default: /ready.
     #[arg(long, value_delimiter = ',')]
     auth_open: Option<Vec<String>>,
+    /// Serve the client API over HTTPS with this certificate chain (PEM); needs --tls-key. A
+    /// node with TLS refuses plaintext. Reread on SIGHUP and when the file changes.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates issued by this CA (PEM) on the client API.
+    #[arg(long)]
+    client_ca: Option<PathBuf>,
+    /// Mutual TLS between members: this node's certificate (PEM), which must carry the DNS
+    /// name node-<id>; needs --peer-tls-key and --peer-ca.
+    #[arg(long)]
+    peer_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --peer-tls-cert.
+    #[arg(long)]
+    peer_tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM): a peer must present a certificate it issued, naming its member id.
+    #[arg(long)]
+    peer_ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Sub>,
 }
@@ -116,6 +136,16 @@ enum Sub {
     /// data directory. Then start the node with the same id, data directory and addresses; it
     /// elects itself and serves the backup's state, and new members join it as usual.
     Restore(RestoreArgs),
+    /// Write a throwaway CA and certificates for members 1..=N (and a client) into a
+    /// directory: for the local cluster's `--tls`, never for production.
+    Certs {
+        /// Where to write ca.pem, node-<id>.pem/.key, client.pem/.key.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Members 1..=N.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+    },
     /// Make a new random API token: prints the token (give it to the client) and the
     /// `[[token]]` entry for the auth file (which holds only its hash).
     Token(TokenArgs),
@@ -360,6 +390,18 @@ fn build_config(args: &Args) -> Result<NodeConfig, config::ConfigError> {
             .clone()
             .or(file.auth_open)
             .unwrap_or_else(|| vec!["/ready".to_string()]),
+        api_tls: tls_files(
+            "--tls-cert",
+            args.tls_cert.clone().or(file.tls_cert),
+            args.tls_key.clone().or(file.tls_key),
+            args.client_ca.clone().or(file.client_ca),
+        )?,
+        peer_tls: tls_files(
+            "--peer-tls-cert",
+            args.peer_tls_cert.clone().or(file.peer_tls_cert),
+            args.peer_tls_key.clone().or(file.peer_tls_key),
+            args.peer_ca.clone().or(file.peer_ca),
+        )?,
         role: if args.witness {
             config::NodeRole::Witness
         } else if args.learner {
@@ -369,6 +411,22 @@ fn build_config(args: &Args) -> Result<NodeConfig, config::ConfigError> {
         },
     }
     .validate()
+}
+
+/// A certificate and its key, both or neither (a CA alone is not TLS).
+fn tls_files(
+    what: &'static str,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+) -> Result<Option<metrokv_node::tls::TlsFiles>, config::ConfigError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(metrokv_node::tls::TlsFiles { cert, key, ca })),
+        (None, None) if ca.is_none() => Ok(None),
+        _ => Err(config::ConfigError::Tls(format!(
+            "{what} and its key are given together, and a CA only with them"
+        ))),
+    }
 }
 
 fn init_logging(format: &str) {
@@ -442,6 +500,21 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
             return Ok(());
+        }
+        Some(Sub::Certs { dir, nodes }) => {
+            let ids: Vec<u64> = (1..=*nodes).collect();
+            match metrokv_node::tls::write_dev_certs(dir, &ids) {
+                Ok(files) => {
+                    for f in files {
+                        println!("{}", f.display());
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    eprintln!("metrokv-node certs: {e}");
+                    std::process::exit(1);
+                }
+            }
         }
         Some(Sub::Token(t)) => {
             let (token, hash) = metrokv_node::api::auth::new_token();

@@ -485,6 +485,7 @@ mod tests {
             cluster_id: "c".into(),
             storage_id: 11,
             ids: Arc::new(StorageIds::new()),
+            tls: None,
         };
         PeerClient::new(dialer, 2, addr, Channel::Forward)
     }

@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+
+use crate::tls::PeerTls;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 use tokio::sync::watch;
@@ -101,7 +103,13 @@ pub struct Dialer {
     pub cluster_id: String,
     pub storage_id: u64,
     pub ids: Arc<StorageIds>,
+    /// Mutual TLS to every peer, when configured.
+    pub tls: Option<Arc<PeerTls>>,
 }
+
+/// A dialed peer connection, plain or TLS.
+trait PeerIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> PeerIo for T {}
 
 #[derive(Clone)]
 pub struct PeerClient {
@@ -284,12 +292,28 @@ impl PeerClient {
             reason,
         };
         let handshake = async {
-            let mut stream = TcpStream::connect(&inner.addr)
+            let tcp = TcpStream::connect(&inner.addr)
                 .await
                 .map_err(|e| unreachable(e.to_string()))?;
-            stream
-                .set_nodelay(true)
+            tcp.set_nodelay(true)
                 .map_err(|e| unreachable(e.to_string()))?;
+            let mut stream: Box<dyn PeerIo> = match &inner.dialer.tls {
+                None => Box::new(tcp),
+                Some(tls) => {
+                    // The peer must hold the certificate of the member we meant to reach.
+                    let name = rustls::pki_types::ServerName::try_from(crate::tls::member_name(
+                        inner.target,
+                    ))
+                    .map_err(|e| unreachable(e.to_string()))?;
+                    let connector = tokio_rustls::TlsConnector::from(tls.current().client.clone());
+                    Box::new(
+                        connector
+                            .connect(name, tcp)
+                            .await
+                            .map_err(|e| unreachable(format!("TLS handshake: {e}")))?,
+                    )
+                }
+            };
             let hello = Hello {
                 protocol_version: codec::PROTOCOL_VERSION,
                 cluster_id: inner.dialer.cluster_id.clone(),
@@ -332,7 +356,7 @@ impl PeerClient {
             .await
             .map_err(|_| unreachable("connect timed out".into()))??;
 
-        let (mut read_half, mut write_half) = stream.into_split();
+        let (mut read_half, mut write_half) = tokio::io::split(stream);
         let (frames_tx, mut frames_rx) = mpsc::channel::<Vec<u8>>(limits::PEER_SEND_QUEUE_FRAMES);
         let pending: Pending = Arc::default();
         let dead = Arc::new(AtomicBool::new(false));

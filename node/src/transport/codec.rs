@@ -80,6 +80,9 @@ pub enum Refusal {
         recorded: u64,
         presented: u64,
     },
+    /// Mutual TLS is on and the dialer's certificate does not name the member it claims to be.
+    #[error("the peer claims to be node {from}, but its certificate names {named:?}")]
+    Certificate { from: NodeId, named: Vec<NodeId> },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

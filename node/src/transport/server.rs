@@ -17,6 +17,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::tls::PeerConfigs;
+use crate::tls::PeerTls;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::net::TcpStream;
@@ -56,7 +58,12 @@ pub struct Identity {
 }
 
 /// Accept peer connections until the listener fails or the task is dropped.
-pub async fn serve<H: PeerHandler>(listener: TcpListener, identity: Identity, handler: Arc<H>) {
+pub async fn serve<H: PeerHandler>(
+    listener: TcpListener,
+    identity: Identity,
+    handler: Arc<H>,
+    tls: Option<Arc<PeerTls>>,
+) {
     let open = Arc::new(Semaphore::new(limits::PEER_CONNECTIONS_MAX));
     loop {
         match listener.accept().await {
@@ -70,8 +77,24 @@ pub async fn serve<H: PeerHandler>(listener: TcpListener, identity: Identity, ha
                 };
                 let identity = identity.clone();
                 let handler = handler.clone();
+                let tls = tls.as_ref().map(|t| t.current());
+                let _ = stream.set_nodelay(true);
                 tokio::spawn(async move {
-                    if let Err(e) = serve_connection(stream, &identity, handler).await {
+                    let served = match tls {
+                        None => serve_connection(stream, &identity, handler, None).await,
+                        Some(tls) => match accept_tls(stream, &tls).await {
+                            Ok((stream, named)) => {
+                                serve_connection(stream, &identity, handler, Some(named)).await
+                            }
+                            Err(e) => {
+                                metrics::counter!("metrokv_peer_tls_refused_total").increment(1);
+                                tracing::warn!(%remote, error = %e, "peer connection refused in the TLS handshake");
+                                drop(slot);
+                                return;
+                            }
+                        },
+                    };
+                    if let Err(e) = served {
                         tracing::warn!(%remote, error = %e, "peer connection closed on a protocol error");
                         metrics::counter!("metrokv_peer_protocol_errors_total").increment(1);
                     }
@@ -110,12 +133,37 @@ pub(crate) fn check_hello(hello: &Hello, identity: &Identity) -> Result<(), Refu
     Ok(())
 }
 
-async fn serve_connection<H: PeerHandler>(
-    mut stream: TcpStream,
+/// The TLS handshake of a peer connection (bounded like ours): the stream and the member ids
+/// the dialer's certificate names. A dialer without a certificate from the cluster CA fails
+/// here, before a frame is read.
+async fn accept_tls(
+    stream: TcpStream,
+    tls: &PeerConfigs,
+) -> std::io::Result<(tokio_rustls::server::TlsStream<TcpStream>, Vec<NodeId>)> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
+    let handshake = Duration::from_millis(limits::PEER_HANDSHAKE_TIMEOUT_MS);
+    let stream = tokio::time::timeout(handshake, acceptor.accept(stream))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no TLS handshake"))??;
+    let named = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(crate::tls::member_ids)
+        .unwrap_or_default();
+    Ok((stream, named))
+}
+
+async fn serve_connection<H: PeerHandler, S>(
+    mut stream: S,
     identity: &Identity,
     handler: Arc<H>,
-) -> Result<(), codec::FrameError> {
-    stream.set_nodelay(true)?;
+    certificate_names: Option<Vec<NodeId>>,
+) -> Result<(), codec::FrameError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let handshake = Duration::from_millis(limits::PEER_HANDSHAKE_TIMEOUT_MS);
     let hello: Hello = match tokio::time::timeout(handshake, codec::read_hello(&mut stream)).await {
         Err(_) => {
@@ -125,7 +173,15 @@ async fn serve_connection<H: PeerHandler>(
         Ok(Err(codec::FrameError::Closed)) => return Ok(()),
         Ok(result) => result?,
     };
-    let admitted = check_hello(&hello, identity).and_then(|()| handler.admit(&hello));
+    let admitted = check_hello(&hello, identity)
+        .and_then(|()| match &certificate_names {
+            Some(named) if !named.contains(&hello.from) => Err(Refusal::Certificate {
+                from: hello.from,
+                named: named.clone(),
+            }),
+            _ => Ok(()),
+        })
+        .and_then(|()| handler.admit(&hello));
     let storage_id = match admitted {
         Ok(storage_id) => storage_id,
         Err(why) => {
@@ -138,7 +194,7 @@ async fn serve_connection<H: PeerHandler>(
     codec::write_value(&mut stream, &HelloReply::Accepted { storage_id }).await?;
     let from = hello.from;
 
-    let (mut read_half, mut write_half) = stream.into_split();
+    let (mut read_half, mut write_half) = tokio::io::split(stream);
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(limits::PEER_SEND_QUEUE_FRAMES);
     let writer = tokio::spawn(async move {
         while let Some(frame) = out_rx.recv().await {
@@ -246,7 +302,7 @@ mod tests {
             me: 2,
             cluster_id: "test".into(),
         };
-        tokio::spawn(serve(listener, identity, Arc::new(Echo)));
+        tokio::spawn(serve(listener, identity, Arc::new(Echo), None));
         addr
     }
 
@@ -261,6 +317,7 @@ mod tests {
                 cluster_id: cluster.into(),
                 storage_id: 0x1111,
                 ids: Arc::new(crate::storage::StorageIds::new()),
+                tls: None,
             },
             to,
             addr.into(),
@@ -357,6 +414,7 @@ mod tests {
                 cluster_id: "test".into(),
                 storage_id: 0x1111,
                 ids: ids.clone(),
+                tls: None,
             },
             2,
             addr.clone(),
@@ -572,6 +630,7 @@ mod tests {
                 cluster_id: "test".into(),
             },
             Arc::new(Echo),
+            None,
         ));
         assert!(matches!(
             c.call(PeerRequest::Status, Duration::from_secs(5)).await,
