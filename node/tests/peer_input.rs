@@ -25,21 +25,13 @@ use metrokv_node::transport::codec::Hello;
 use metrokv_node::transport::codec::HelloReply;
 use metrokv_node::transport::codec::PeerRequest;
 use metrokv_node::transport::codec::PeerResponse;
+use metrokv_tests::storage_id_in_log;
 use metrokv_tests::Cluster;
 use metrokv_tests::Options;
 use tokio::net::TcpStream;
 
 fn lid(term: u64, node: u64, index: u64) -> LogId {
     openraft::testing::log_id::<TypeConfig>(term, node, index)
-}
-
-fn storage_id_in_log(log: &str) -> u64 {
-    let line = log
-        .lines()
-        .find(|l| l.contains("created the storage id"))
-        .expect("the node logs its storage id");
-    let hex = line.split("storage_id=\"0x").nth(1).unwrap();
-    u64::from_str_radix(&hex[..16], 16).unwrap()
 }
 
 async fn connect_as(addr: &str, from: u64, to: u64, storage_id: u64) -> TcpStream {

@@ -17,17 +17,9 @@ use metrokv_node::transport::codec::Channel;
 use metrokv_node::transport::codec::PeerRequest;
 use metrokv_node::transport::codec::PeerResponse;
 use metrokv_node::transport::codec::Refusal;
+use metrokv_tests::storage_id_in_log;
 use metrokv_tests::Cluster;
 use metrokv_tests::Options;
-
-fn storage_id_in_log(log: &str) -> u64 {
-    let line = log
-        .lines()
-        .find(|l| l.contains("created the storage id"))
-        .expect("the node logs its storage id");
-    let hex = line.split("storage_id=\"0x").nth(1).unwrap();
-    u64::from_str_radix(&hex[..16], 16).unwrap()
-}
 
 fn files(dir: &Path, name: &str, ca: &Path) -> TlsFiles {
     TlsFiles {

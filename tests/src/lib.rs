@@ -21,6 +21,19 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     metrokv_testkit::find_binary(name)
 }
 
+/// The storage id a node logged when it created its data directory.
+pub fn storage_id_in_log(log: &str) -> u64 {
+    let line = log
+        .lines()
+        .find(|l| l.contains("created the storage id"))
+        .expect("the node logs its storage id");
+    let hex = line
+        .split("storage_id=\"0x")
+        .nth(1)
+        .expect("a hex storage id");
+    u64::from_str_radix(&hex[..16], 16).expect("a hex storage id")
+}
+
 /// A free port on 127.0.0.1. The listener is closed before it is used; another process could
 /// take it in between, which shows up as a clear connect error.
 pub fn free_port() -> u16 {
