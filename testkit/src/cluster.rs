@@ -202,11 +202,6 @@ pub struct PortReservation {
 }
 
 impl PortReservation {
-    fn take() -> anyhow::Result<(SocketAddr, TcpListener)> {
-        let listener = TcpListener::bind("127.0.0.1:0").context("reserving a port")?;
-        Ok((listener.local_addr().context("reserved port")?, listener))
-    }
-
     /// Frees the ports, right before the nodes bind them.
     fn release(self) {
         drop(self.listeners);
@@ -285,8 +280,8 @@ impl Cluster {
             let (client_addr, peer_addr, netns) = match placed {
                 Some(p) => (p.client_addr, p.peer_addr, Some(p.netns.clone())),
                 None => {
-                    let (client_addr, client_listener) = PortReservation::take()?;
-                    let (peer_addr, peer_listener) = PortReservation::take()?;
+                    let (client_addr, client_listener) = crate::ports::reserve_port()?;
+                    let (peer_addr, peer_listener) = crate::ports::reserve_port()?;
                     listeners.push(client_listener);
                     listeners.push(peer_listener);
                     (client_addr, peer_addr, None)

@@ -4,5 +4,6 @@
 //! pid (never by name), die-with-parent, readiness and leader queries, `eventually`, log tails.
 
 pub mod cluster;
+pub mod ports;
 
 pub use cluster::*;
