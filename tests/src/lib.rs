@@ -8,7 +8,6 @@
 
 pub mod report;
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -34,13 +33,9 @@ pub fn storage_id_in_log(log: &str) -> u64 {
     u64::from_str_radix(&hex[..16], 16).expect("a hex storage id")
 }
 
-/// A free port on 127.0.0.1. The listener is closed before it is used; another process could
-/// take it in between, which shows up as a clear connect error.
+/// A free port on 127.0.0.1 (below the kernel's ephemeral range: see `metrokv_testkit::ports`).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    metrokv_testkit::ports::free_port().expect("a free port")
 }
 
 /// Options for a test cluster.
@@ -57,9 +52,22 @@ pub struct Options {
     /// (`metrokv-node restore`): with `nodes: 1`, a new cluster holding the backup's state.
     pub restore_from: Option<PathBuf>,
     /// TLS on both ports with a throwaway CA (`metrokv-node certs`): HTTPS for the API,
-    /// mutual TLS between members. The cluster's clients trust the CA.
+    /// mutual TLS between members. The cluster's clients trust the CA. Defaults to on when
+    /// [`TLS_ENV`] is `1`: the suite runs its cluster tests a second time that way.
     pub tls: bool,
 }
+
+/// Set to `1`, every test cluster runs with TLS on both ports unless the test says otherwise
+/// (`scripts/test.sh` runs the cluster tests once more so).
+pub const TLS_ENV: &str = "METROKV_TEST_TLS";
+
+/// Whether this run's clusters use TLS by default ([`TLS_ENV`]).
+pub fn tls_by_default() -> bool {
+    std::env::var(TLS_ENV).is_ok_and(|v| v == "1")
+}
+
+/// Certificates made beyond the cluster's nodes, for nodes a test adds later (ids nodes+1...).
+const SPARE_CERTS: usize = 2;
 
 impl Default for Options {
     fn default() -> Self {
@@ -69,7 +77,7 @@ impl Default for Options {
             extra_args: vec![],
             node_args: vec![],
             restore_from: None,
-            tls: false,
+            tls: tls_by_default(),
         }
     }
 }
@@ -121,6 +129,24 @@ fn name(id: u64) -> String {
     format!("n{id}")
 }
 
+/// The TLS flags of node `id` whose certificates `metrokv-node certs` wrote to `certs`.
+fn tls_args(certs: &std::path::Path, id: u64) -> Vec<String> {
+    let file = |ext: &str| certs.join(format!("node-{id}.{ext}")).display().to_string();
+    let ca = certs.join("ca.pem").display().to_string();
+    vec![
+        "--tls-cert".to_string(),
+        file("pem"),
+        "--tls-key".to_string(),
+        file("key"),
+        "--peer-tls-cert".to_string(),
+        file("pem"),
+        "--peer-tls-key".to_string(),
+        file("key"),
+        "--peer-ca".to_string(),
+        ca,
+    ]
+}
+
 impl Cluster {
     /// Start the nodes and wait until the cluster has a leader and every node is ready.
     pub async fn start(options: Options) -> anyhow::Result<Self> {
@@ -146,30 +172,17 @@ impl Cluster {
         let mut specs = specs;
         if options.tls {
             let out = std::process::Command::new(&binary)
-                .args(["certs", "--nodes", &options.nodes.to_string(), "--dir"])
+                .args([
+                    "certs",
+                    "--nodes",
+                    &(options.nodes + SPARE_CERTS).to_string(),
+                ])
+                .arg("--dir")
                 .arg(&certs)
                 .output()?;
             anyhow::ensure!(out.status.success(), "metrokv-node certs failed");
             for (i, spec) in specs.iter_mut().enumerate() {
-                let file = |ext: &str| {
-                    certs
-                        .join(format!("node-{}.{ext}", i + 1))
-                        .display()
-                        .to_string()
-                };
-                let ca = certs.join("ca.pem").display().to_string();
-                spec.args.extend([
-                    "--tls-cert".to_string(),
-                    file("pem"),
-                    "--tls-key".to_string(),
-                    file("key"),
-                    "--peer-tls-cert".to_string(),
-                    file("pem"),
-                    "--peer-tls-key".to_string(),
-                    file("key"),
-                    "--peer-ca".to_string(),
-                    ca,
-                ]);
+                spec.args.extend(tls_args(&certs, i as u64 + 1));
             }
         }
         let api_ca = options.tls.then(|| certs.join("ca.pem"));
@@ -249,6 +262,44 @@ impl Cluster {
 
     pub fn http(&self) -> &reqwest::Client {
         &self.http
+    }
+
+    /// `http` or `https`: what this cluster's API speaks.
+    pub fn scheme(&self) -> &'static str {
+        if self.ca.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// A client library builder for every node, trusting the cluster's CA if it has one.
+    pub fn client_builder(&self) -> metrokv_client::ClientBuilder {
+        let builder = metrokv_client::ClientBuilder::new(self.urls());
+        match &self.ca {
+            Some(ca) => builder.tls(metrokv_client::TlsOptions {
+                ca: Some(ca.clone()),
+                ..Default::default()
+            }),
+            None => builder,
+        }
+    }
+
+    /// The `metrokv` CLI's flags for this cluster's TLS (`--cacert CA`), or none.
+    pub fn cli_tls_args(&self) -> Vec<String> {
+        match &self.ca {
+            Some(ca) => vec!["--cacert".to_string(), ca.display().to_string()],
+            None => Vec::new(),
+        }
+    }
+
+    /// The TLS flags a node the test starts itself, as member `id`, needs to join this cluster
+    /// (certificates exist for [`SPARE_CERTS`] ids beyond the cluster's nodes), or none.
+    pub fn node_tls_args(&self, id: u64) -> Vec<String> {
+        match &self.ca {
+            Some(ca) => tls_args(ca.parent().expect("the certs directory"), id),
+            None => Vec::new(),
+        }
     }
 
     /// SIGKILL node `id`.

@@ -7,7 +7,6 @@ use std::process::Output;
 use std::time::Duration;
 
 use metrokv_client::AccountListOptions;
-use metrokv_client::ClientBuilder;
 use metrokv_client::Error;
 use metrokv_client::TransferRequest;
 use metrokv_tests::Cluster;
@@ -20,6 +19,7 @@ fn cli(cluster: &Cluster, args: &[&str]) -> Output {
     Command::new(bin)
         .arg("--endpoints")
         .arg(cluster.urls().join(","))
+        .args(cluster.cli_tls_args())
         .args(args)
         .output()
         .expect("run metrokv")
@@ -145,7 +145,8 @@ async fn every_cli_command_round_trips() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfers_survive_leader_failover_exactly_once() {
     let mut c = Cluster::start(Options::default()).await.unwrap();
-    let client = ClientBuilder::new(c.urls())
+    let client = c
+        .client_builder()
         .zone("dc-a")
         .deadline(Duration::from_secs(10))
         .seed(7)

@@ -700,7 +700,14 @@ async fn bad_input_gets_the_documented_error_and_changes_nothing() {
 async fn malformed_peer_traffic_never_crashes_a_node() {
     use tokio::io::AsyncReadExt;
     use tokio::io::AsyncWriteExt;
-    let mut c = Cluster::start(Options::default()).await.unwrap();
+    // Raw frames test the plaintext wire format; a TLS port refuses them in the handshake
+    // (node/tests/peer_tls.rs).
+    let mut c = Cluster::start(Options {
+        tls: false,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
     let target = c.node(1).peer_addr.clone();
     let garbage: Vec<Vec<u8>> = vec![
         vec![0xff; 4096],                   // a huge length prefix
@@ -737,4 +744,28 @@ async fn malformed_peer_traffic_never_crashes_a_node() {
         log.contains("protocol error"),
         "garbage should be logged:\n{log}"
     );
+}
+
+/// The suite runs these tests twice (`scripts/test.sh`): the second time, with
+/// `METROKV_TEST_TLS=1`, every cluster must really speak TLS, and a plaintext request must be
+/// refused; the first time, plain HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clusters_speak_tls_exactly_when_the_run_asks_for_it() {
+    let c = Cluster::start(Options::default()).await.unwrap();
+    let tls = metrokv_tests::tls_by_default();
+    assert_eq!(c.url(1).starts_with("https://"), tls, "{}", c.url(1));
+    let plaintext = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+        .get(format!("http://{}/health", c.node(1).client_addr))
+        .send()
+        .await;
+    assert_eq!(
+        plaintext.is_ok(),
+        !tls,
+        "plaintext to a {} node: {plaintext:?}",
+        if tls { "TLS" } else { "plaintext" }
+    );
+    assert_eq!(put(&c, 1, "k", "v").await.status(), 200);
 }

@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use metrokv_client::AccountListOptions;
 use metrokv_client::Client;
-use metrokv_client::ClientBuilder;
 use metrokv_client::Error;
 use metrokv_client::ListOptions;
 use metrokv_client::TransferOutcome;
@@ -244,7 +243,8 @@ async fn check_state(client: &Client, acked: &[Acked], accounts: usize, upto: Op
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_under_a_bank_load_loses_nothing() {
     let mut c = Cluster::start(Options::three_sites()).await.unwrap();
-    let client = ClientBuilder::new(c.urls())
+    let client = c
+        .client_builder()
         .deadline(Duration::from_secs(10))
         .seed(3)
         .build()
@@ -299,7 +299,8 @@ async fn a_rolling_restart_under_a_bank_load_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_taken_under_load_restores_to_the_state_at_its_revision() {
     let source = Cluster::start(Options::default()).await.unwrap();
-    let client = ClientBuilder::new(source.urls())
+    let client = source
+        .client_builder()
         .deadline(Duration::from_secs(10))
         .build()
         .unwrap();
@@ -311,6 +312,7 @@ async fn a_backup_taken_under_load_restores_to_the_state_at_its_revision() {
         let out = std::process::Command::new(metrokv_tests::binary("metrokv").unwrap())
             .arg("--endpoints")
             .arg(source.urls().join(","))
+            .args(source.cli_tls_args())
             .arg("--json")
             .args(args)
             .output()
@@ -364,7 +366,8 @@ async fn a_backup_taken_under_load_restores_to_the_state_at_its_revision() {
     })
     .await
     .unwrap();
-    let restored_client = ClientBuilder::new(restored.urls())
+    let restored_client = restored
+        .client_builder()
         .deadline(Duration::from_secs(10))
         .build()
         .unwrap();
@@ -373,4 +376,109 @@ async fn a_backup_taken_under_load_restores_to_the_state_at_its_revision() {
     check_state(&client, &acked, 4, None).await;
     restored_client.put("after-restore", "x").await.unwrap();
     drop(source);
+}
+
+/// `--backup-dir` with a short `--backup-interval`: backups appear on schedule while a load goes
+/// on, only the newest `--backup-keep` stay, each is whole (it verifies, readable by the node's
+/// user only), and the newest restores to exactly the source's state at its revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_backups_keep_the_newest_and_restore() {
+    const KEEP: usize = 2;
+    let backups = tempfile::tempdir().unwrap();
+    // The node creates the directory.
+    let dir = backups.path().join("n2");
+    let mut source = Cluster::start(Options {
+        node_args: vec![(
+            2,
+            vec![
+                "--backup-dir".into(),
+                dir.display().to_string(),
+                "--backup-interval".into(),
+                "1s".into(),
+                "--backup-keep".into(),
+                KEEP.to_string(),
+            ],
+        )],
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let client = source
+        .client_builder()
+        .deadline(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let bank = Bank::start(&client, 4).await;
+    let files = |dir: &std::path::Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    // More backups taken than kept, and at that moment the directory holds just the kept ones.
+    Cluster::eventually(
+        "scheduled backups pruned to the newest",
+        Duration::from_secs(60),
+        || async {
+            let ok = source
+                .metric(2, "metrokv_scheduled_backups_total{result=\"ok\"}")
+                .await
+                .unwrap_or(0.0);
+            let names = files(&dir);
+            (ok >= (KEEP + 2) as f64 && names.len() == KEEP)
+                .then_some(())
+                .ok_or(format!("{ok} taken; {names:?}"))
+        },
+    )
+    .await
+    .unwrap();
+    let (acked, failed, _) = bank.stop().await;
+    assert!(failed.is_empty(), "failed writes: {failed:?}");
+    // Stopped, the node writes no more: what is in the directory stays put.
+    let status = source.terminate(2, Duration::from_secs(30)).await.unwrap();
+    assert!(status.success(), "{status:?}");
+    let names: Vec<String> = files(&dir)
+        .into_iter()
+        .filter(|n| n.ends_with(".backup"))
+        .collect();
+    assert!(names.len() == KEEP || names.len() == KEEP + 1, "{names:?}");
+    let mut revisions = Vec::new();
+    for name in &names {
+        let path = dir.join(name);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{name}");
+        let (info, _) = metrokv_client::backup::verify(&path).unwrap();
+        assert_eq!((info.cluster_id.as_str(), info.node), ("metrokv-test", 2));
+        assert!(name.contains(&format!("r{:020}", info.revision)), "{name}");
+        revisions.push(info.revision);
+    }
+    assert!(
+        revisions.windows(2).all(|w| w[0] <= w[1]),
+        "names sort oldest first: {revisions:?}"
+    );
+    let newest = dir.join(names.last().unwrap());
+    let revision = *revisions.last().unwrap();
+    eprintln!(
+        "scheduled backups kept: {names:?}; the newest at revision {revision} of {} acknowledged writes",
+        acked.len()
+    );
+    let restored = Cluster::start(Options {
+        nodes: 1,
+        restore_from: Some(newest),
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let restored_client = restored
+        .client_builder()
+        .deadline(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    check_state(&restored_client, &acked, 4, Some(revision)).await;
 }

@@ -81,10 +81,7 @@ impl Writers {
         let failed = Arc::new(Mutex::new(Vec::new()));
         let tasks = (0..count)
             .map(|task| {
-                let http = reqwest::Client::builder()
-                    .timeout(Duration::from_secs(10))
-                    .build()
-                    .unwrap();
+                let http = c.http().clone();
                 let url = c.url(node);
                 let (stop, acked, failed) = (stop.clone(), acked.clone(), failed.clone());
                 tokio::spawn(async move {
@@ -358,6 +355,7 @@ fn start_joiner(
         .arg(dir.path().join("data"))
         .args(["--cluster-id", "metrokv-test", "--join"])
         .args(flags)
+        .args(c.node_tls_args(id))
         .arg("--member")
         .arg(format!("{id}={zone}/{client}/{peer}"));
     for k in known {
@@ -375,7 +373,7 @@ fn start_joiner(
     (
         Extra {
             child,
-            url: format!("http://{client}"),
+            url: format!("{}://{client}", c.scheme()),
             _dir: dir,
         },
         body,
