@@ -133,6 +133,10 @@ pub struct FileConfig {
     pub peer_tls_cert: Option<PathBuf>,
     pub peer_tls_key: Option<PathBuf>,
     pub peer_ca: Option<PathBuf>,
+    pub backup_dir: Option<PathBuf>,
+    /// A duration such as `1h` or `15m`.
+    pub backup_interval: Option<String>,
+    pub backup_keep: Option<usize>,
 }
 
 impl FileConfig {
@@ -181,6 +185,8 @@ pub struct NodeConfig {
     pub api_tls: Option<crate::tls::TlsFiles>,
     /// Mutual TLS between members; `None`: plaintext.
     pub peer_tls: Option<crate::tls::TlsFiles>,
+    /// Scheduled backups; `None`: only those asked for with `GET /v1/backup`.
+    pub backups: Option<crate::api::backup::BackupSchedule>,
 }
 
 /// What a member is for, from its own command line (the node reports it in its status, and
@@ -225,6 +231,12 @@ impl NodeConfig {
                 "max_inflight_requests and max_connections must be > 0".into(),
             ));
         }
+        if self.role == NodeRole::Witness && self.backups.is_some() {
+            return Err(ConfigError::Invalid(
+                "a witness serves no reads and takes no backups: give --backup-dir to a voter or a learner"
+                    .into(),
+            ));
+        }
         let me = self
             .members
             .get(&self.id)
@@ -239,6 +251,48 @@ impl NodeConfig {
         }
         Ok(self)
     }
+}
+
+/// The schedule of `--backup-dir`, `--backup-interval` (a duration: `90s`, `15m`, `1h`) and
+/// `--backup-keep`; the last two mean nothing without a directory.
+pub fn backup_schedule(
+    dir: Option<PathBuf>,
+    interval: Option<&str>,
+    keep: Option<usize>,
+) -> Result<Option<crate::api::backup::BackupSchedule>, ConfigError> {
+    let Some(dir) = dir else {
+        if interval.is_some() || keep.is_some() {
+            return Err(ConfigError::Invalid(
+                "--backup-interval and --backup-keep need --backup-dir".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let interval = match interval {
+        None => std::time::Duration::from_secs(limits::BACKUP_INTERVAL_S_DEFAULT),
+        Some(text) => humantime::parse_duration(text).map_err(|e| {
+            ConfigError::Invalid(format!(
+                "--backup-interval {text:?}: {e} (give a duration such as 90s, 15m or 1h)"
+            ))
+        })?,
+    };
+    if interval < std::time::Duration::from_secs(limits::BACKUP_INTERVAL_S_MIN) {
+        return Err(ConfigError::Invalid(format!(
+            "--backup-interval must be at least {}s",
+            limits::BACKUP_INTERVAL_S_MIN
+        )));
+    }
+    let keep = keep.unwrap_or(limits::BACKUP_KEEP_DEFAULT);
+    if keep == 0 {
+        return Err(ConfigError::Invalid(
+            "--backup-keep must be at least 1".into(),
+        ));
+    }
+    Ok(Some(crate::api::backup::BackupSchedule {
+        dir,
+        interval,
+        keep,
+    }))
 }
 
 /// Check a member as `parse_member` would have parsed it (for a member that arrives whole,
@@ -369,6 +423,39 @@ mod tests {
         let routes = parse_peer_routes(&["2=127.0.0.1:9000".to_string()]).unwrap();
         assert_eq!(routes[&2], "127.0.0.1:9000");
         assert!(parse_peer_routes(&["2=nowhere".to_string()]).is_err());
+    }
+
+    #[test]
+    fn backup_schedules_are_checked() {
+        let dir = || Some(PathBuf::from("/var/backups/metrokv"));
+        let s = backup_schedule(dir(), None, None).unwrap().unwrap();
+        assert_eq!(
+            (s.interval.as_secs(), s.keep),
+            (
+                limits::BACKUP_INTERVAL_S_DEFAULT,
+                limits::BACKUP_KEEP_DEFAULT
+            )
+        );
+        let s = backup_schedule(dir(), Some("15m"), Some(3))
+            .unwrap()
+            .unwrap();
+        assert_eq!((s.interval.as_secs(), s.keep), (900, 3));
+        assert_eq!(backup_schedule(None, None, None).unwrap(), None);
+        for (interval, keep) in [
+            (Some("soon"), None),
+            (Some("10ms"), None),
+            (Some("1h"), Some(0)),
+        ] {
+            assert!(
+                matches!(
+                    backup_schedule(dir(), interval, keep),
+                    Err(ConfigError::Invalid(_))
+                ),
+                "{interval:?} {keep:?}"
+            );
+        }
+        assert!(backup_schedule(None, Some("1h"), None).is_err());
+        assert!(backup_schedule(None, None, Some(2)).is_err());
     }
 
     #[test]

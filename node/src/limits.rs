@@ -70,6 +70,15 @@ pub const DRAIN_HANDOVER_MS: u64 = 3_000;
 /// two, a long one would stall writes while it copies.
 pub const TRANSFER_LAG_ENTRIES_MAX: u64 = 256;
 
+/// How often a node with `--backup-dir` takes a scheduled backup when `--backup-interval` is
+/// not given (s).
+pub const BACKUP_INTERVAL_S_DEFAULT: u64 = 60 * 60;
+/// The shortest `--backup-interval` (s): each backup is a full copy of the state.
+pub const BACKUP_INTERVAL_S_MIN: u64 = 1;
+/// How many scheduled backups a node keeps in `--backup-dir` when `--backup-keep` is not given:
+/// a day's worth at the default interval.
+pub const BACKUP_KEEP_DEFAULT: usize = 24;
+
 /// Most members (voters and learners) a cluster may have; a longer member list is refused at
 /// startup. Bounds the membership record and the number of peer connections.
 pub const CLUSTER_MEMBERS_MAX: usize = 15;

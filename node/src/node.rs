@@ -81,6 +81,14 @@ pub async fn run(
         }
         None => None,
     };
+    if let Some(schedule) = &config.backups {
+        std::fs::create_dir_all(&schedule.dir).with_context(|| {
+            format!(
+                "cannot create the backup directory {}",
+                schedule.dir.display()
+            )
+        })?;
+    }
     // Bind first: a port in use is reported before the data directory is touched.
     let peer_listener = TcpListener::bind(config.peer_addr)
         .await
@@ -216,11 +224,16 @@ pub async fn run(
         storage_id = format!("{storage_id:#018x}"),
         "metrokv node serving"
     );
+    let backup_slot = api::backup::backup_slot();
+    if let Some(schedule) = config.backups.clone() {
+        api::backup::spawn_schedule(service.clone(), backup_slot.clone(), schedule);
+    }
     let app = api::router(
         service.clone(),
         metrics_handle,
         config.max_inflight_requests,
         auth,
+        backup_slot,
     );
     // Stop serving on a shutdown signal, or when the Raft core stops on its own (a storage
     // failure, a broken invariant): a node that cannot apply must not keep answering.

@@ -63,8 +63,8 @@ pub struct AppState {
     inflight_max: usize,
     /// One permit per byte of request body held in memory.
     body_bytes: Arc<Semaphore>,
-    /// One backup at a time.
-    backup_slot: Arc<Semaphore>,
+    /// One backup at a time, shared with the scheduled ones.
+    backup_slot: backup::BackupSlot,
     /// Tokens, when `--auth-file` is given; `None` allows every request.
     auth: Option<Arc<Auth>>,
 }
@@ -74,6 +74,7 @@ pub fn router(
     metrics: Option<PrometheusHandle>,
     max_inflight_requests: usize,
     auth: Option<Arc<Auth>>,
+    backup_slot: backup::BackupSlot,
 ) -> Router {
     let state = AppState {
         service,
@@ -81,7 +82,7 @@ pub fn router(
         inflight: Arc::new(Semaphore::new(max_inflight_requests)),
         inflight_max: max_inflight_requests,
         body_bytes: Arc::new(Semaphore::new(limits::API_BODY_BYTES_INFLIGHT_MAX)),
-        backup_slot: Arc::new(Semaphore::new(1)),
+        backup_slot,
         auth,
     };
     Router::new()

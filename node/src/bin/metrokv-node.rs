@@ -121,6 +121,17 @@ struct Args {
     /// The cluster CA (PEM): a peer must present a certificate it issued, naming its member id.
     #[arg(long)]
     peer_ca: Option<PathBuf>,
+    /// Take a backup into this directory every --backup-interval (the same file as
+    /// `metrokv backup save`, named by cluster, node, revision and time), keeping the newest
+    /// --backup-keep. Created if missing.
+    #[arg(long)]
+    backup_dir: Option<PathBuf>,
+    /// How often to take a scheduled backup: a duration such as 90s, 15m or 1h. Default 1h.
+    #[arg(long)]
+    backup_interval: Option<String>,
+    /// How many scheduled backups of this node to keep in --backup-dir. Default 24.
+    #[arg(long)]
+    backup_keep: Option<usize>,
     #[command(subcommand)]
     command: Option<Sub>,
 }
@@ -401,6 +412,13 @@ fn build_config(args: &Args) -> Result<NodeConfig, config::ConfigError> {
             args.peer_tls_cert.clone().or(file.peer_tls_cert),
             args.peer_tls_key.clone().or(file.peer_tls_key),
             args.peer_ca.clone().or(file.peer_ca),
+        )?,
+        backups: config::backup_schedule(
+            args.backup_dir.clone().or(file.backup_dir),
+            args.backup_interval
+                .as_deref()
+                .or(file.backup_interval.as_deref()),
+            args.backup_keep.or(file.backup_keep),
         )?,
         role: if args.witness {
             config::NodeRole::Witness
