@@ -2,6 +2,7 @@
 # metrokv and etcd side by side, on this machine, with the same load generator (`metrokv bench`).
 #
 #   scripts/bench.sh [--duration S] [--warmup S] [--trials N] [--clients "1 8 64 256"]
+#                    [--scale-keys N]
 #
 # Installs etcd from Debian's packages when missing and builds metrokv (release). Then, for each
 # system in turn (never both at once), starts a fresh 3-node cluster on 127.0.0.1 (metrokv:
@@ -11,6 +12,9 @@
 #   - put at 64 clients with 4 KiB and 64 KiB values;
 #   - leader failover: SIGKILL the leader during a put load (8 clients), the longest time without
 #     an acknowledged put, N trials; the killed member is restarted between trials.
+# Then metrokv alone (`metrokv-bench scale`, its own cluster): a cluster filled with N keys
+# (default 1,000,000; 0 skips it): resident memory, backup and restore, a killed node's restart,
+# a new member's catch-up by snapshot, puts under each zone-safety mode, 1,024 clients.
 # Every row is `metrokv bench --json` with the servers' pids, so it also has their CPU per op.
 # Writes bench-results/<date>/results.jsonl, and from it report.md (the side-by-side table with
 # the ratio in every row), chart.svg and results.json.
@@ -18,14 +22,15 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-DURATION=8 WARMUP=2 TRIALS=5 CLIENTS="1 8 64 256"
+DURATION=8 WARMUP=2 TRIALS=5 CLIENTS="1 8 64 256" SCALE_KEYS=1000000
 while (($#)); do
   case "$1" in
     --duration) DURATION=$2; shift 2 ;;
     --warmup) WARMUP=$2; shift 2 ;;
     --trials) TRIALS=$2; shift 2 ;;
     --clients) CLIENTS=$2; shift 2 ;;
-    *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    --scale-keys) SCALE_KEYS=$2; shift 2 ;;
+    *) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
   esac
 done
 
@@ -42,6 +47,7 @@ OUT=$METROKV_ROOT/bench-results/$(date -u +%F)
 mkdir -p "$OUT"
 RESULTS=$OUT/results.jsonl
 : >"$RESULTS"
+rm -f "$OUT/scale.json"
 WORK=$(mktemp -d)
 BENCH="$METROKV_BIN/metrokv"
 
@@ -170,5 +176,9 @@ run_system() { # SYSTEM ENDPOINTS up pids leader kill restart down
 }
 
 run_system metrokv "$MK_ENDPOINTS" mk_up mk_pids mk_leader mk_kill mk_restart mk_down
+if [ "$SCALE_KEYS" -gt 0 ]; then
+  say "== metrokv alone, $SCALE_KEYS keys"
+  "$METROKV_BIN/metrokv-bench" scale --keys "$SCALE_KEYS" --json "$OUT/scale.json"
+fi
 run_system etcd "$ETCD_ENDPOINTS" etcd_up etcd_pids etcd_leader etcd_kill etcd_restart etcd_down
 "$METROKV_BIN/metrokv-bench" report "$OUT"

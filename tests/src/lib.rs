@@ -7,6 +7,7 @@
 //! what the nodes saw; dropping it kills every process it started.
 
 pub mod report;
+pub mod scale;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -112,6 +113,28 @@ impl Node {
     pub fn url(&self) -> String {
         let scheme = if self.https { "https" } else { "http" };
         format!("{scheme}://{}", self.client_addr)
+    }
+}
+
+/// A node started by hand (not part of the test cluster's member list, as a joiner is);
+/// SIGKILLed by pid when dropped.
+pub struct Extra {
+    child: std::process::Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Extra {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Extra {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -300,6 +323,54 @@ impl Cluster {
             Some(ca) => tls_args(ca.parent().expect("the certs directory"), id),
             None => Vec::new(),
         }
+    }
+
+    /// Start node `id` in `zone` with new storage and `--join` (and `flags`), knowing the
+    /// members `known`; and the body of the `POST /v1/cluster/members` that adds it.
+    pub fn start_joiner(
+        &self,
+        id: u64,
+        zone: &str,
+        known: &[u64],
+        flags: &[&str],
+    ) -> (Extra, Value) {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let client = format!("127.0.0.1:{}", free_port());
+        let peer = format!("127.0.0.1:{}", free_port());
+        let log = std::fs::File::create(dir.path().join("node.log")).expect("the joiner's log");
+        let mut command = std::process::Command::new(binary("metrokv-node").expect("metrokv-node"));
+        command
+            .args(["--id", &id.to_string(), "--zone", zone])
+            .args(["--client-addr", &client, "--peer-addr", &peer])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--cluster-id", "metrokv-test", "--join"])
+            .args(flags)
+            .args(self.node_tls_args(id))
+            .arg("--member")
+            .arg(format!("{id}={zone}/{client}/{peer}"));
+        for k in known {
+            let n = self.node(*k);
+            command
+                .arg("--member")
+                .arg(format!("{k}={}/{}/{}", n.zone, n.client_addr, n.peer_addr));
+        }
+        let child = command
+            .stdout(log.try_clone().expect("the joiner's log"))
+            .stderr(log)
+            .spawn()
+            .expect("start the joiner");
+        let body =
+            serde_json::json!({ "id": id, "zone": zone, "client_addr": client, "peer_addr": peer });
+        (
+            Extra {
+                child,
+                url: format!("{}://{client}", self.scheme()),
+                data_dir: dir.path().join("data"),
+                _dir: dir,
+            },
+            body,
+        )
     }
 
     /// SIGKILL node `id`.

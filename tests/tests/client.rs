@@ -407,3 +407,30 @@ fn which(name: &str) -> Result<std::path::PathBuf, ()> {
         })
         .ok_or(())
 }
+
+/// The smoke of `metrokv-bench scale` on a small cluster: every chore it times is done (the
+/// new member catches up by snapshot, the backup restores with the last key, the killed node
+/// comes back) and its loads see no errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scale_bench_does_every_chore_it_times() {
+    let report = metrokv_tests::scale::run(&metrokv_tests::scale::ScaleOptions {
+        keys: 3_000,
+        value_size: 100,
+        clients: 32,
+        seconds: 0.5,
+    })
+    .await
+    .unwrap();
+    assert!(report.catch_up_snapshots >= 1.0, "{report:?}");
+    assert!(report.backup_bytes > 3_000 * 100, "{report:?}");
+    assert_eq!(report.loads.len(), 4, "{report:?}");
+    for load in &report.loads {
+        assert!(load.ops_per_sec > 0.0, "{load:?}");
+        assert!(load.errors.is_empty(), "{load:?}");
+    }
+    let markdown = metrokv_tests::scale::markdown(&report);
+    assert!(
+        markdown.contains("| restart of a killed node until ready |"),
+        "{markdown}"
+    );
+}

@@ -320,72 +320,12 @@ async fn lose_dc_a_while_dc_b_stalls(mode: &str) -> (usize, Vec<String>) {
     (acked.len(), missing)
 }
 
-/// A node started by hand (not part of the test cluster's member list); SIGKILLed by pid when
-/// dropped.
-struct Extra {
-    child: std::process::Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Extra {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Start node `id` in `zone` with `--join` (and `flags`), knowing the members `known`.
-fn start_joiner(
-    c: &Cluster,
-    id: u64,
-    zone: &str,
-    known: &[u64],
-    flags: &[&str],
-) -> (Extra, serde_json::Value) {
-    let dir = tempfile::tempdir().unwrap();
-    let client = format!("127.0.0.1:{}", metrokv_tests::free_port());
-    let peer = format!("127.0.0.1:{}", metrokv_tests::free_port());
-    let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
-    let mut command = std::process::Command::new(metrokv_tests::binary("metrokv-node").unwrap());
-    command
-        .args(["--id", &id.to_string(), "--zone", zone])
-        .args(["--client-addr", &client, "--peer-addr", &peer])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .args(["--cluster-id", "metrokv-test", "--join"])
-        .args(flags)
-        .args(c.node_tls_args(id))
-        .arg("--member")
-        .arg(format!("{id}={zone}/{client}/{peer}"));
-    for k in known {
-        let n = c.node(*k);
-        command
-            .arg("--member")
-            .arg(format!("{k}={}/{}/{}", n.zone, n.client_addr, n.peer_addr));
-    }
-    let child = command
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let body = json!({ "id": id, "zone": zone, "client_addr": client, "peer_addr": peer });
-    (
-        Extra {
-            child,
-            url: format!("{}://{client}", c.scheme()),
-            _dir: dir,
-        },
-        body,
-    )
-}
-
 /// After a recovery: two fresh dc-a nodes join the survivor as learners, are promoted once
 /// caught up, and the cluster is zone-safe again with every acknowledged write on them.
 async fn grow_back(c: &Cluster, acked: &[Acked]) {
     let mut extras = Vec::new();
     for id in [4, 5] {
-        let (extra, body) = start_joiner(c, id, "dc-a", &[3], &[]);
+        let (extra, body) = c.start_joiner(id, "dc-a", &[3], &[]);
         let url = format!("{}/v1/cluster/members", c.url(3));
         Cluster::eventually("n3 adds the learner", Duration::from_secs(20), || async {
             let r = c
@@ -729,7 +669,7 @@ async fn members_change_under_load_without_losing_a_write() {
             Duration::from_secs(20),
         )
         .await;
-    let (n4, body) = start_joiner(&c, 4, "dc-a", &[1, 2, 3], &[]);
+    let (n4, body) = c.start_joiner(4, "dc-a", &[1, 2, 3], &[]);
     let added = membership_call_ok(
         &c,
         reqwest::Method::POST,
@@ -826,7 +766,7 @@ async fn a_remote_learner_copies_the_data_and_never_votes() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let c = Cluster::start(Options::default()).await.unwrap();
     assert_eq!(c.put(1, "k", "v").await.status(), StatusCode::OK);
-    let (learner, body) = start_joiner(&c, 4, "far", &[1, 2, 3], &["--learner"]);
+    let (learner, body) = c.start_joiner(4, "far", &[1, 2, 3], &["--learner"]);
     membership_call_ok(
         &c,
         reqwest::Method::POST,

@@ -4,6 +4,7 @@
 //!   metrokv-bench zone-loss [--layout 2+2+1|2+1] [--witness] [--trials N]
 //!   metrokv-bench report DIR
 //!   metrokv-bench load [--workload put|get|get-stale|transfer] [--clients N] [--seconds S]
+//!   metrokv-bench scale [--keys N] [--value-size B] [--clients N] [--seconds S] [--json FILE]
 //!
 //! `failover` starts a local three-node cluster of real processes, keeps a stream of writes
 //! going through the surviving nodes, kills the leader with SIGKILL, and reports the longest time
@@ -23,6 +24,9 @@
 //!
 //! `load` runs closed-loop clients (each sends its next request when the last one is answered)
 //! against a fresh local cluster, or `--endpoints`, and prints throughput and latency.
+//!
+//! `scale` fills a fresh cluster with `--keys` keys and measures what that costs: see
+//! `metrokv_tests::scale`.
 
 use std::time::Duration;
 use std::time::Instant;
@@ -66,6 +70,23 @@ enum Cmd {
         /// off, adaptive or strict (default: the cluster's default, adaptive).
         #[arg(long, value_parser = ["off", "adaptive", "strict"])]
         zone_safety: Option<String>,
+    },
+    /// One cluster holding many keys: fill rate, resident memory, backup and restore, a
+    /// crashed node's restart, a new member's catch-up by snapshot, many clients, zone modes.
+    Scale {
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: u64,
+        #[arg(long, default_value_t = 100)]
+        value_size: usize,
+        /// Clients of the many-clients row.
+        #[arg(long, default_value_t = 1_024)]
+        clients: usize,
+        /// Measured seconds of each load row.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Also write the figures as JSON to this file.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
     },
     /// Closed-loop load: CLIENTS concurrent clients for SECONDS, spread over the nodes.
     Load {
@@ -477,7 +498,18 @@ fn report(dir: &std::path::Path) -> anyhow::Result<()> {
         dir.file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().to_string())
     );
-    std::fs::write(dir.join("report.md"), report::markdown(&rows, &title))?;
+    let mut markdown = report::markdown(&rows, &title);
+    // `metrokv-bench scale`'s figures, when the run took them.
+    let scale = dir.join("scale.json");
+    if scale.exists() {
+        let text = std::fs::read_to_string(&scale)
+            .with_context(|| format!("reading {}", scale.display()))?;
+        let figures: metrokv_tests::scale::ScaleReport =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", scale.display()))?;
+        markdown.push('\n');
+        markdown.push_str(&metrokv_tests::scale::markdown(&figures));
+    }
+    std::fs::write(dir.join("report.md"), markdown)?;
     std::fs::write(dir.join("chart.svg"), report::svg(&rows))?;
     std::fs::write(
         dir.join("results.json"),
@@ -506,6 +538,26 @@ async fn main() -> anyhow::Result<()> {
             trials,
             zone_safety,
         } => zone_loss(&layout, witness, trials.max(1), zone_safety).await,
+        Cmd::Scale {
+            keys,
+            value_size,
+            clients,
+            seconds,
+            json,
+        } => {
+            let options = metrokv_tests::scale::ScaleOptions {
+                keys: keys.max(1),
+                value_size,
+                clients: clients.max(1),
+                seconds,
+            };
+            let report = metrokv_tests::scale::run(&options).await?;
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
         Cmd::Load {
             workload,
             clients,
