@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::path::PathBuf;
 
+use anyhow::Context;
 pub use metrokv_testkit::cluster::clock_failpoints;
 pub use metrokv_testkit::cluster::eventually;
 pub use metrokv_testkit::cluster::find_node_binary;
@@ -37,8 +38,9 @@ pub fn prepare(
     base_dir: &Path,
     extra_args: Vec<String>,
     namespaces: Option<&BTreeMap<String, NodeNet>>,
+    tls: bool,
 ) -> anyhow::Result<Cluster> {
-    let specs: Vec<NodeSpec> = topology
+    let mut specs: Vec<NodeSpec> = topology
         .nodes
         .iter()
         .map(|n| NodeSpec {
@@ -63,13 +65,77 @@ pub fn prepare(
             })
             .collect()
     });
+    let api_ca = if tls {
+        // In namespaces the control plane reaches each node at its own address.
+        let ips: Vec<String> = placements
+            .iter()
+            .flat_map(|p| p.values())
+            .map(|p| p.client_addr.ip().to_string())
+            .collect();
+        Some(write_certs(&binary, &mut specs, base_dir, &ips)?)
+    } else {
+        None
+    };
     let options = ClusterOptions {
         cluster_id: CLUSTER_ID.to_string(),
         extra_args,
         log_env: NODE_LOG_ENV.to_string(),
-        api_ca: None,
+        api_ca,
     };
     Cluster::prepare_in(binary, &specs, base_dir, options, placements.as_ref())
+}
+
+/// A throwaway CA and a certificate per node under `base_dir/certs` (`metrokv-node certs`),
+/// and each node's flags for TLS on both ports; the CA's path.
+fn write_certs(
+    binary: &Path,
+    specs: &mut [NodeSpec],
+    base_dir: &Path,
+    ips: &[String],
+) -> anyhow::Result<PathBuf> {
+    let certs = base_dir.join("certs");
+    let ids = specs
+        .iter()
+        .map(|s| {
+            s.name
+                .strip_prefix('n')
+                .and_then(|d| d.parse::<u64>().ok())
+                .with_context(|| format!("node name {:?} is not n<id>", s.name))
+        })
+        .collect::<anyhow::Result<Vec<u64>>>()?;
+    let count = ids.iter().copied().max().unwrap_or(0);
+    let mut command = std::process::Command::new(binary);
+    command
+        .args(["certs", "--nodes", &count.to_string(), "--dir"])
+        .arg(&certs);
+    for ip in ips {
+        command.args(["--ip", ip]);
+    }
+    let out = command
+        .output()
+        .with_context(|| format!("running {} certs", binary.display()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "metrokv-node certs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ca = certs.join("ca.pem");
+    for (spec, id) in specs.iter_mut().zip(ids) {
+        let file = |ext: &str| certs.join(format!("node-{id}.{ext}")).display().to_string();
+        spec.args.extend([
+            "--tls-cert".to_owned(),
+            file("pem"),
+            "--tls-key".to_owned(),
+            file("key"),
+            "--peer-tls-cert".to_owned(),
+            file("pem"),
+            "--peer-tls-key".to_owned(),
+            file("key"),
+            "--peer-ca".to_owned(),
+            ca.display().to_string(),
+        ]);
+    }
+    Ok(ca)
 }
 
 #[cfg(test)]
@@ -86,6 +152,7 @@ mod tests {
             dir.path(),
             vec![],
             None,
+            false,
         )
         .expect("prepare");
         let addrs = cluster.addrs();

@@ -216,6 +216,10 @@ struct RunArgs {
     /// (repeatable).
     #[arg(long = "node-arg", allow_hyphen_values = true)]
     node_args: Vec<String>,
+    /// TLS on both ports of every node: HTTPS for the clients, mutual TLS between members,
+    /// with a throwaway CA (`metrokv-node certs`) under the output directory.
+    #[arg(long)]
+    tls: bool,
     /// The test network: proxies on loopback, or network namespaces with nftables (root).
     #[arg(long, value_enum, default_value = "proxy")]
     net: NetArg,
@@ -399,6 +403,7 @@ fn run_config(args: RunArgs) -> anyhow::Result<RunConfig> {
         op_deadline_ms: args.op_deadline_ms,
         op_attempt_timeout_ms: args.op_attempt_timeout_ms,
         node_args: args.node_args,
+        tls: args.tls,
         zone_safety: args.zone_safety.as_deref().map(|m| match m {
             "off" => metrokv_client::api::cluster::ZoneMode::Off,
             "strict" => metrokv_client::api::cluster::ZoneMode::Strict,

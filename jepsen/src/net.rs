@@ -27,6 +27,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
+use std::path::PathBuf;
 
 use anyhow::Context;
 
@@ -172,6 +174,8 @@ pub struct Network {
     topology: Topology,
     inter_zone_latency_ms: u64,
     proxies: BTreeMap<Link, Proxy>,
+    /// The CA of the nodes' API certificates when they speak HTTPS (`--tls`).
+    api_ca: Option<PathBuf>,
 }
 
 impl Network {
@@ -202,6 +206,7 @@ impl Network {
             topology: topology.clone(),
             inter_zone_latency_ms,
             proxies,
+            api_ca: None,
         };
         network.shape(&Shape::Healthy)?;
         Ok(network)
@@ -215,12 +220,18 @@ impl Network {
         inter_zone_latency_ms: u64,
         seed: u64,
     ) -> anyhow::Result<Network> {
-        let network =
+        let mut network =
             Network::start(topology, &cluster.addrs(), inter_zone_latency_ms, seed).await?;
+        network.api_ca = cluster.api_ca().map(Path::to_path_buf);
         for node in cluster.addrs() {
             cluster.set_routes(&node.name, &network.peer_routes(&node.name))?;
         }
         Ok(network)
+    }
+
+    /// The CA to trust for the nodes' API, when it speaks HTTPS (`--tls`).
+    pub fn api_ca(&self) -> Option<&Path> {
+        self.api_ca.as_deref()
     }
 
     /// Sets every proxy's mode for `shape`.
@@ -263,7 +274,7 @@ impl Network {
             .filter_map(|(link, proxy)| match link {
                 Link::Client { zone: z, node } if z == zone && !self.topology.is_witness(node) => {
                     Some((
-                        format!("http://{}", proxy.local_addr()),
+                        format!("{}://{}", scheme(&self.api_ca), proxy.local_addr()),
                         node.clone(),
                         self.topology.zone_of(node).unwrap_or_default().to_owned(),
                     ))
@@ -280,7 +291,7 @@ impl Network {
                 zone: zone.to_owned(),
                 node: node.to_owned(),
             })
-            .map(|proxy| format!("http://{}", proxy.local_addr()))
+            .map(|proxy| format!("{}://{}", scheme(&self.api_ca), proxy.local_addr()))
     }
 
     /// Maps every client endpoint URL back to its node name.
@@ -288,9 +299,10 @@ impl Network {
         self.proxies
             .iter()
             .filter_map(|(link, proxy)| match link {
-                Link::Client { node, .. } => {
-                    Some((format!("http://{}", proxy.local_addr()), node.clone()))
-                }
+                Link::Client { node, .. } => Some((
+                    format!("{}://{}", scheme(&self.api_ca), proxy.local_addr()),
+                    node.clone(),
+                )),
                 Link::Peer { .. } => None,
             })
             .collect()
@@ -335,6 +347,14 @@ impl TestNet {
         match self {
             TestNet::Proxies(_) => NetMode::Proxy,
             TestNet::Netns(_) => NetMode::Netns,
+        }
+    }
+
+    /// The CA to trust for the nodes' API, when it speaks HTTPS (`--tls`).
+    pub fn api_ca(&self) -> Option<&Path> {
+        match self {
+            TestNet::Proxies(network) => network.api_ca(),
+            TestNet::Netns(network) => network.api_ca(),
         }
     }
 
@@ -387,6 +407,15 @@ impl TestNet {
             }
             TestNet::Netns(network) => network.stop().await,
         }
+    }
+}
+
+/// `https` when the nodes' API has a CA (`--tls`), else `http`.
+pub fn scheme(api_ca: &Option<PathBuf>) -> &'static str {
+    if api_ca.is_some() {
+        "https"
+    } else {
+        "http"
     }
 }
 

@@ -551,6 +551,8 @@ pub struct NetnsNetwork {
     /// Nodes whose eth0 has a tc root now.
     shaped: std::sync::Mutex<BTreeSet<String>>,
     torn_down: bool,
+    /// The CA of the nodes' API certificates when they speak HTTPS (`--tls`).
+    api_ca: Option<std::path::PathBuf>,
 }
 
 impl NetnsNetwork {
@@ -574,6 +576,7 @@ impl NetnsNetwork {
             relays: BTreeMap::new(),
             shaped: std::sync::Mutex::new(BTreeSet::new()),
             torn_down: false,
+            api_ca: None,
         };
         // On an error, dropping `network` removes what was made so far.
         network.build()?;
@@ -695,6 +698,16 @@ impl NetnsNetwork {
 
     /// Starts the relay of every (zone, node): a passing proxy whose upstream connections leave
     /// from the zone's address. `seed` is unused by a passing proxy but keeps the proxy's API.
+    /// The nodes' API speaks HTTPS with certificates from this CA (`--tls`): relay URLs say
+    /// https.
+    pub fn set_api_ca(&mut self, ca: Option<std::path::PathBuf>) {
+        self.api_ca = ca;
+    }
+
+    pub fn api_ca(&self) -> Option<&std::path::Path> {
+        self.api_ca.as_deref()
+    }
+
     pub async fn start_relays(&mut self, seed: u64) -> anyhow::Result<()> {
         for (zone, zone_ip) in &self.layout.zones {
             for (name, node) in &self.layout.nodes {
@@ -780,7 +793,11 @@ impl NetnsNetwork {
             .filter(|((z, node), _)| z == zone && !self.topology.is_witness(node))
             .map(|((_, node), relay)| {
                 (
-                    format!("http://{}", relay.local_addr()),
+                    format!(
+                        "{}://{}",
+                        crate::net::scheme(&self.api_ca),
+                        relay.local_addr()
+                    ),
                     node.clone(),
                     self.topology.zone_of(node).unwrap_or_default().to_owned(),
                 )
@@ -792,7 +809,16 @@ impl NetnsNetwork {
     pub fn endpoint_names(&self) -> BTreeMap<String, String> {
         self.relays
             .iter()
-            .map(|((_, node), relay)| (format!("http://{}", relay.local_addr()), node.clone()))
+            .map(|((_, node), relay)| {
+                (
+                    format!(
+                        "{}://{}",
+                        crate::net::scheme(&self.api_ca),
+                        relay.local_addr()
+                    ),
+                    node.clone(),
+                )
+            })
             .collect()
     }
 

@@ -123,6 +123,9 @@ pub struct RunConfig {
     pub node_args: Vec<String>,
     /// Proxies on loopback, or network namespaces.
     pub net: NetMode,
+    /// TLS on both ports of every node (`--tls`): HTTPS for the clients, mutual TLS between
+    /// members, certificates from a throwaway CA (`metrokv-node certs`).
+    pub tls: bool,
     /// Set on the cluster before the workload starts (`None`: the cluster's default).
     pub zone_safety: Option<metrokv_client::api::cluster::ZoneMode>,
     pub check: CheckOptions,
@@ -216,6 +219,9 @@ impl RunConfig {
         put("node_args", self.node_args.join(" "));
         put("node_bin", self.node_bin.display().to_string());
         put("net", self.net.as_str().to_owned());
+        if self.tls {
+            put("tls", "true".to_owned());
+        }
         settings
     }
 }
@@ -254,13 +260,24 @@ pub fn prepare_out_dir(out: &Path) -> anyhow::Result<()> {
 /// A client over the nodes' own addresses (the control plane: never faulted).
 pub fn admin_client(cluster: &Cluster, seed: u64) -> anyhow::Result<Client> {
     let urls: Vec<String> = cluster.addrs().iter().map(|n| n.url()).collect();
-    ClientBuilder::new(urls)
+    trusting(ClientBuilder::new(urls), cluster.api_ca())
         .learn_zones(false)
         .deadline(Duration::from_millis(ADMIN_DEADLINE_MS))
         .attempt_timeout(Duration::from_millis(ADMIN_ATTEMPT_TIMEOUT_MS))
         .seed(seed)
         .build()
         .context("building the control client")
+}
+
+/// `builder`, trusting `api_ca` for the nodes' HTTPS when there is one (`--tls`).
+fn trusting(builder: ClientBuilder, api_ca: Option<&std::path::Path>) -> ClientBuilder {
+    match api_ca {
+        Some(ca) => builder.tls(metrokv_client::TlsOptions {
+            ca: Some(ca.to_path_buf()),
+            ..Default::default()
+        }),
+        None => builder,
+    }
 }
 
 /// A client in `zone` that reaches every node through that zone's proxies, preferring its own
@@ -274,6 +291,7 @@ pub fn zone_client(
 ) -> anyhow::Result<Client> {
     zone_client_at(
         &network.client_endpoints(zone),
+        network.api_ca(),
         zone,
         deadline_ms,
         attempt_timeout_ms,
@@ -284,12 +302,14 @@ pub fn zone_client(
 /// A client in `zone` over these endpoints: (URL, node, node zone).
 pub fn zone_client_at(
     endpoints: &[(String, String, String)],
+    api_ca: Option<&std::path::Path>,
     zone: &str,
     deadline_ms: u64,
     attempt_timeout_ms: u64,
     seed: u64,
 ) -> anyhow::Result<Client> {
-    let mut builder = ClientBuilder::new(endpoints.iter().map(|(url, _, _)| url.clone()))
+    let builder = ClientBuilder::new(endpoints.iter().map(|(url, _, _)| url.clone()));
+    let mut builder = trusting(builder, api_ca)
         .zone(zone)
         .learn_zones(false)
         .deadline(Duration::from_millis(deadline_ms))
@@ -712,6 +732,7 @@ async fn build_network(config: &RunConfig) -> anyhow::Result<(Cluster, TestNet)>
                 &config.out,
                 config.node_args(),
                 None,
+                config.tls,
             )?;
             let network = Network::start_for(
                 &mut cluster,
@@ -738,7 +759,9 @@ async fn build_network(config: &RunConfig) -> anyhow::Result<(Cluster, TestNet)>
                 &config.out,
                 config.node_args(),
                 Some(&network.placement()),
+                config.tls,
             )?;
+            network.set_api_ca(cluster.api_ca().map(std::path::Path::to_path_buf));
             network.start_relays(config.seed).await?;
             let network = TestNet::Netns(network);
             network.shape(&Shape::Healthy)?;
@@ -799,6 +822,7 @@ fn worker_clients(config: &RunConfig, network: &TestNet) -> anyhow::Result<Vec<C
             let zone = &zones[index % zones.len()];
             zone_client_at(
                 &network.client_endpoints(zone),
+                network.api_ca(),
                 zone,
                 config.op_deadline_ms,
                 config.op_attempt_timeout_ms,

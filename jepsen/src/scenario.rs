@@ -705,6 +705,7 @@ pub async fn double_spend(config: ScenarioConfig) -> anyhow::Result<u8> {
         &config.out,
         Vec::new(),
         None,
+        false,
     )?;
     let network = Network::start_for(
         &mut cluster,

@@ -519,6 +519,53 @@ fn netns_smoke_run_on_the_smoke_seed_is_valid_and_leaves_nothing_behind() {
     assert_netns_removed(&netns_tag(&run.stdout));
 }
 
+/// The smoke run with TLS on both ports of every node: in network namespaces (real packet
+/// drops cut TLS sessions mid-record) when this machine has them, else through the proxies.
+/// Members reconnect over mutual TLS after every fault, and the bank stays exact.
+#[test]
+fn smoke_run_with_tls_on_every_port_is_valid() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let dir = out.path().join("run");
+    let dir_text = dir.to_str().expect("utf-8 path");
+    let mut args = smoke_args(dir_text);
+    args.push("--tls");
+    let netns = netns_unavailable().is_none();
+    if netns {
+        args.extend(["--net", "netns"]);
+    }
+    let run = harness(&args);
+    assert_eq!(
+        run.code, 0,
+        "the smoke seed must be valid with TLS too: re-run with --seed 149 --tls and read \
+         {dir_text}/results.json"
+    );
+    let results = results(&dir);
+    assert_eq!(results.valid, Validity::Valid);
+    assert!(
+        results.counts["transfer"].ok > 50,
+        "{:?}",
+        results.counts["transfer"]
+    );
+    let history = history(&dir);
+    let applied: Vec<String> = history
+        .nemesis_ops()
+        .filter_map(|op| match &op.call {
+            Call::StartFault(event) if !event.skipped => Some(event.fault.kind().to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(applied, ["partition-zones", "isolate-leader", "kill"]);
+    let settings = record(&dir).options.settings;
+    assert_eq!(settings.get("tls").map(String::as_str), Some("true"));
+    // The nodes really served TLS: each was given its certificate.
+    assert!(dir.join("certs/ca.pem").exists(), "the run's CA");
+    assert_bank_final_state(&dir, &history);
+    assert_outputs(&dir, 3);
+    if netns {
+        assert_netns_removed(&netns_tag(&run.stdout));
+    }
+}
+
 #[test]
 fn netns_one_way_ring_cuts_under_the_register_are_linearizable() {
     if let Some(why) = netns_unavailable() {

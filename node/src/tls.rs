@@ -273,7 +273,11 @@ pub fn spawn_reloader(api: Option<Arc<ApiTls>>, peer: Option<Arc<PeerTls>>) {
 /// What `metrokv-node certs` writes: a CA and a certificate per member (for the client API and
 /// the peer transport alike: DNS names `node-<id>` and `localhost`, IP 127.0.0.1), plus a
 /// client certificate for `metrokv --cert`.
-pub fn write_dev_certs(dir: &Path, ids: &[u64]) -> Result<Vec<PathBuf>, String> {
+pub fn write_dev_certs(
+    dir: &Path,
+    ids: &[u64],
+    ips: &[std::net::IpAddr],
+) -> Result<Vec<PathBuf>, String> {
     use rcgen::BasicConstraints;
     use rcgen::CertificateParams;
     use rcgen::DnType;
@@ -302,11 +306,12 @@ pub fn write_dev_certs(dir: &Path, ids: &[u64]) -> Result<Vec<PathBuf>, String> 
         let key = KeyPair::generate().map_err(err)?;
         let mut params = CertificateParams::new(sans).map_err(err)?;
         params.distinguished_name.push(DnType::CommonName, name);
-        params
-            .subject_alt_names
-            .push(rcgen::SanType::IpAddress(std::net::IpAddr::from([
-                127, 0, 0, 1,
-            ])));
+        let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+        for ip in std::iter::once(&loopback).chain(ips) {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::IpAddress(*ip));
+        }
         let cert = params.signed_by(&key, &issuer).map_err(err)?;
         Ok((cert.pem(), key.serialize_pem()))
     };
@@ -331,7 +336,7 @@ mod tests {
     #[test]
     fn dev_certificates_load_and_name_their_member() {
         let dir = tempfile::tempdir().unwrap();
-        write_dev_certs(dir.path(), &[1, 2]).unwrap();
+        write_dev_certs(dir.path(), &[1, 2], &[]).unwrap();
         let files = |n: &str| TlsFiles {
             cert: dir.path().join(format!("{n}.pem")),
             key: dir.path().join(format!("{n}.key")),

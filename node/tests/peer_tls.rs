@@ -136,7 +136,7 @@ async fn tls_on_both_ports_serves_refuses_strangers_and_reloads() {
         "{answer:?}"
     );
     let other = tempfile::tempdir().unwrap();
-    metrokv_node::tls::write_dev_certs(other.path(), &[1, 2, 3]).unwrap();
+    metrokv_node::tls::write_dev_certs(other.path(), &[1, 2, 3], &[]).unwrap();
     // It trusts our CA but presents a certificate of another.
     let answer = status_as(&c, 3, n3_storage, Some(files(other.path(), "node-3", &ca))).await;
     assert!(answer.is_err(), "another CA's certificate: {answer:?}");

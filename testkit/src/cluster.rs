@@ -341,6 +341,11 @@ impl Cluster {
         })
     }
 
+    /// The CA the nodes' API certificates come from, when their API speaks HTTPS.
+    pub fn api_ca(&self) -> Option<&Path> {
+        self.options.api_ca.as_deref()
+    }
+
     /// Every node's addresses, in topology order.
     pub fn addrs(&self) -> Vec<NodeAddrs> {
         self.nodes.iter().map(|n| n.addrs.clone()).collect()

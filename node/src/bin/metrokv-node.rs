@@ -156,6 +156,10 @@ enum Sub {
         /// Members 1..=N.
         #[arg(long, default_value_t = 3)]
         nodes: u64,
+        /// An address clients reach the nodes at besides 127.0.0.1, put in every node's
+        /// certificate (repeatable).
+        #[arg(long = "ip")]
+        ips: Vec<std::net::IpAddr>,
     },
     /// Make a new random API token: prints the token (give it to the client) and the
     /// `[[token]]` entry for the auth file (which holds only its hash).
@@ -519,9 +523,9 @@ fn main() -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        Some(Sub::Certs { dir, nodes }) => {
+        Some(Sub::Certs { dir, nodes, ips }) => {
             let ids: Vec<u64> = (1..=*nodes).collect();
-            match metrokv_node::tls::write_dev_certs(dir, &ids) {
+            match metrokv_node::tls::write_dev_certs(dir, &ids, ips) {
                 Ok(files) => {
                     for f in files {
                         println!("{}", f.display());
