@@ -186,7 +186,7 @@ pub struct NodeConfig {
     /// Mutual TLS between members; `None`: plaintext.
     pub peer_tls: Option<crate::tls::TlsFiles>,
     /// Scheduled backups; `None`: only those asked for with `GET /v1/backup`.
-    pub backups: Option<crate::api::backup::BackupSchedule>,
+    pub backups: Option<BackupSchedule>,
 }
 
 /// What a member is for, from its own command line (the node reports it in its status, and
@@ -253,13 +253,23 @@ impl NodeConfig {
     }
 }
 
+/// Where scheduled backups go and how often (`--backup-dir`, `--backup-interval`,
+/// `--backup-keep`); `api::backup` takes them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupSchedule {
+    pub dir: PathBuf,
+    pub interval: std::time::Duration,
+    /// The newest this many backups of this node stay in `dir`; older ones are removed.
+    pub keep: usize,
+}
+
 /// The schedule of `--backup-dir`, `--backup-interval` (a duration: `90s`, `15m`, `1h`) and
 /// `--backup-keep`; the last two mean nothing without a directory.
 pub fn backup_schedule(
     dir: Option<PathBuf>,
     interval: Option<&str>,
     keep: Option<usize>,
-) -> Result<Option<crate::api::backup::BackupSchedule>, ConfigError> {
+) -> Result<Option<BackupSchedule>, ConfigError> {
     let Some(dir) = dir else {
         if interval.is_some() || keep.is_some() {
             return Err(ConfigError::Invalid(
@@ -288,7 +298,7 @@ pub fn backup_schedule(
             "--backup-keep must be at least 1".into(),
         ));
     }
-    Ok(Some(crate::api::backup::BackupSchedule {
+    Ok(Some(BackupSchedule {
         dir,
         interval,
         keep,

@@ -68,7 +68,7 @@ pub fn tls_by_default() -> bool {
 }
 
 /// Certificates made beyond the cluster's nodes, for nodes a test adds later (ids nodes+1...).
-const SPARE_CERTS: usize = 2;
+pub const SPARE_CERTS: usize = 2;
 
 impl Default for Options {
     fn default() -> Self {

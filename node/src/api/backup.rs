@@ -26,21 +26,12 @@ use super::with_headers;
 use super::ApiError;
 use super::AppState;
 use super::Consistency;
+use crate::config::BackupSchedule;
 use crate::service::Service;
 use crate::storage::SnapshotFile;
 
 /// Bytes read from the backup file per chunk of the answer.
 const BACKUP_CHUNK_BYTES: usize = 256 * 1024;
-
-/// Where scheduled backups go and how often (`--backup-dir`, `--backup-interval`,
-/// `--backup-keep`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BackupSchedule {
-    pub dir: PathBuf,
-    pub interval: Duration,
-    /// The newest this many backups of this node stay in `dir`; older ones are removed.
-    pub keep: usize,
-}
 
 /// One backup at a time per node, asked for or scheduled: a backup is a full copy of the state
 /// on disk until it is sent or saved.
