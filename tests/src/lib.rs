@@ -67,6 +67,21 @@ pub fn tls_by_default() -> bool {
     std::env::var(TLS_ENV).is_ok_and(|v| v == "1")
 }
 
+/// How often [`Cluster::start`] tries when a node finds its port taken.
+pub const START_ATTEMPTS: u32 = 3;
+
+/// What a node says when its port is taken (the OS's text for EADDRINUSE).
+const PORT_TAKEN: &str = "Address already in use";
+
+/// The machine's TCP sockets (`ss -tanp`), for a port found taken.
+fn sockets_now() -> String {
+    std::process::Command::new("ss")
+        .arg("-tanp")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_else(|e| format!("(ss: {e})"))
+}
+
 /// Certificates made beyond the cluster's nodes, for nodes a test adds later (ids nodes+1...).
 pub const SPARE_CERTS: usize = 2;
 
@@ -172,7 +187,29 @@ fn tls_args(certs: &std::path::Path, id: u64) -> Vec<String> {
 
 impl Cluster {
     /// Start the nodes and wait until the cluster has a leader and every node is ready.
+    ///
+    /// A node that cannot bind its port at the first start (something took it after the
+    /// harness let go of it: seen in CI, cause unknown) makes the whole cluster start again
+    /// from nothing on new ports, at most [`START_ATTEMPTS`] times; what held the port is
+    /// printed, to find the cause.
     pub async fn start(options: Options) -> anyhow::Result<Self> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(options.clone()).await {
+                Err(e) if attempt < START_ATTEMPTS && format!("{e:#}").contains(PORT_TAKEN) => {
+                    eprintln!(
+                        "test cluster: a port was taken before its node bound it; starting \
+                         again on new ports ({e:#})\n{}",
+                        sockets_now()
+                    );
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn start_once(options: Options) -> anyhow::Result<Self> {
         let binary = binary("metrokv-node")?;
         let dir = tempfile::Builder::new().prefix("metrokv-test-").tempdir()?;
         let specs: Vec<NodeSpec> = (1..=options.nodes as u64)
