@@ -425,6 +425,17 @@ fn kill_loop_under_bank_and_register_loses_nothing_and_counts_every_kill() {
 }
 
 /// The smoke run's arguments, for either network.
+/// The kinds of the faults the nemesis applied (not those it skipped), in order.
+fn applied_faults(history: &History) -> Vec<String> {
+    history
+        .nemesis_ops()
+        .filter_map(|op| match &op.call {
+            Call::StartFault(event) if !event.skipped => Some(event.fault.kind().to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
 fn smoke_args(dir: &str) -> Vec<&str> {
     vec![
         "run",
@@ -505,13 +516,7 @@ fn netns_smoke_run_on_the_smoke_seed_is_valid_and_leaves_nothing_behind() {
     let results = results(&dir);
     assert_eq!(results.valid, Validity::Valid);
     let history = history(&dir);
-    let applied: Vec<String> = history
-        .nemesis_ops()
-        .filter_map(|op| match &op.call {
-            Call::StartFault(event) if !event.skipped => Some(event.fault.kind().to_string()),
-            _ => None,
-        })
-        .collect();
+    let applied = applied_faults(&history);
     assert_eq!(applied, ["partition-zones", "isolate-leader", "kill"]);
     assert_eq!(record(&dir).options.settings["net"], "netns");
     assert_bank_final_state(&dir, &history);
@@ -547,13 +552,7 @@ fn smoke_run_with_tls_on_every_port_is_valid() {
         results.counts["transfer"]
     );
     let history = history(&dir);
-    let applied: Vec<String> = history
-        .nemesis_ops()
-        .filter_map(|op| match &op.call {
-            Call::StartFault(event) if !event.skipped => Some(event.fault.kind().to_string()),
-            _ => None,
-        })
-        .collect();
+    let applied = applied_faults(&history);
     assert_eq!(applied, ["partition-zones", "isolate-leader", "kill"]);
     let settings = record(&dir).options.settings;
     assert_eq!(settings.get("tls").map(String::as_str), Some("true"));

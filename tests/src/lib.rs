@@ -587,9 +587,15 @@ impl Cluster {
 
     /// A sample of metric `name` (without labels) from node `node`'s `/metrics`.
     pub async fn metric(&self, node: u64, name: &str) -> Option<f64> {
+        self.metric_at(&self.url(node), name).await
+    }
+
+    /// A sample of metric `name` from the node at `url` (one outside the cluster's list, such
+    /// as a joiner).
+    pub async fn metric_at(&self, url: &str, name: &str) -> Option<f64> {
         let text = self
             .http
-            .get(format!("{}/metrics", self.url(node)))
+            .get(format!("{url}/metrics"))
             .send()
             .await
             .ok()?

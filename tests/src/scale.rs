@@ -211,35 +211,13 @@ pub async fn run(o: &ScaleOptions) -> anyhow::Result<ScaleReport> {
     let known: Vec<u64> = c.nodes().iter().map(|n| n.id).collect();
     let (joiner, body) = c.start_joiner(id, "dc-b", &known, &[]);
     let members = format!("{}/v1/cluster/members", c.url(leader));
-    Cluster::eventually("the new member is added", CHORE_TIMEOUT, || async {
-        let r = c.http().post(&members).json(&body).send().await;
-        match r {
-            Ok(r) if r.status() == 200 => Ok(()),
-            Ok(r) => Err(format!(
-                "{} {}",
-                r.status(),
-                r.text().await.unwrap_or_default()
-            )),
-            Err(e) => Err(e.to_string()),
-        }
-    })
-    .await?;
+    post_until_ok(c.http(), &members, Some(&body), "the new member is added").await?;
     let started = Instant::now();
     let promote = format!("{}/v1/cluster/members/{id}/promote", c.url(leader));
-    Cluster::eventually("the new member is caught up", CHORE_TIMEOUT, || async {
-        match c.http().post(&promote).send().await {
-            Ok(r) if r.status() == 200 => Ok(()),
-            Ok(r) => Err(format!(
-                "{} {}",
-                r.status(),
-                r.text().await.unwrap_or_default()
-            )),
-            Err(e) => Err(e.to_string()),
-        }
-    })
-    .await?;
+    post_until_ok(c.http(), &promote, None, "the new member is caught up").await?;
     let catch_up_seconds = started.elapsed().as_secs_f64();
-    let catch_up_snapshots = metric_at(&c, &joiner.url, "metrokv_snapshots_installed_total")
+    let catch_up_snapshots = c
+        .metric_at(&joiner.url, "metrokv_snapshots_installed_total")
         .await
         .unwrap_or(0.0);
     say(format!(
@@ -334,6 +312,31 @@ pub fn markdown(r: &ScaleReport) -> String {
     out
 }
 
+/// POSTs `body` to `url` until the answer is 200 (at most [`CHORE_TIMEOUT`]).
+async fn post_until_ok(
+    http: &reqwest::Client,
+    url: &str,
+    body: Option<&serde_json::Value>,
+    what: &str,
+) -> anyhow::Result<()> {
+    Cluster::eventually(what, CHORE_TIMEOUT, || async {
+        let mut request = http.post(url);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        match request.send().await {
+            Ok(r) if r.status() == 200 => Ok(()),
+            Ok(r) => Err(format!(
+                "{} {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await
+}
+
 fn key(k: u64) -> String {
     format!("scale-{k:010}")
 }
@@ -347,21 +350,6 @@ fn rss(c: &Cluster) -> Vec<(u64, u64)> {
         .iter()
         .map(|n| (n.id, c.rss_kib(n.id).unwrap_or(0)))
         .collect()
-}
-
-async fn metric_at(c: &Cluster, url: &str, name: &str) -> Option<f64> {
-    let text = c
-        .http()
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// A closed-loop put load through `metrokv bench`'s engine.

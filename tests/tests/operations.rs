@@ -359,18 +359,7 @@ async fn a_backup_taken_under_load_restores_to_the_state_at_its_revision() {
     let (ok, answer) = cli(&["backup", "verify", corrupt.to_str().unwrap()]);
     assert!(!ok, "a flipped bit passed verify: {answer}");
 
-    let restored = Cluster::start(Options {
-        nodes: 1,
-        restore_from: Some(file.clone()),
-        ..Options::default()
-    })
-    .await
-    .unwrap();
-    let restored_client = restored
-        .client_builder()
-        .deadline(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let (_restored, restored_client) = restore(&file).await;
     check_state(&restored_client, &acked, 4, Some(revision)).await;
     // The source keeps everything, and the new cluster takes writes of its own.
     check_state(&client, &acked, 4, None).await;
@@ -387,7 +376,7 @@ async fn scheduled_backups_keep_the_newest_and_restore() {
     let backups = tempfile::tempdir().unwrap();
     // The node creates the directory.
     let dir = backups.path().join("n2");
-    let mut source = Cluster::start(Options {
+    let (mut source, client) = start_with_client(Options {
         node_args: vec![(
             2,
             vec![
@@ -401,13 +390,7 @@ async fn scheduled_backups_keep_the_newest_and_restore() {
         )],
         ..Options::default()
     })
-    .await
-    .unwrap();
-    let client = source
-        .client_builder()
-        .deadline(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    .await;
     let bank = Bank::start(&client, 4).await;
     let files = |dir: &std::path::Path| {
         let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -468,17 +451,27 @@ async fn scheduled_backups_keep_the_newest_and_restore() {
         "scheduled backups kept: {names:?}; the newest at revision {revision} of {} acknowledged writes",
         acked.len()
     );
-    let restored = Cluster::start(Options {
+    let (_restored, restored_client) = restore(&newest).await;
+    check_state(&restored_client, &acked, 4, Some(revision)).await;
+}
+
+/// A new one-node cluster restored from `backup` (`metrokv-node restore`), and a client of it.
+async fn restore(backup: &std::path::Path) -> (Cluster, Client) {
+    start_with_client(Options {
         nodes: 1,
-        restore_from: Some(newest),
+        restore_from: Some(backup.to_path_buf()),
         ..Options::default()
     })
     .await
-    .unwrap();
-    let restored_client = restored
+}
+
+/// A cluster and a client of it with a 10 s deadline.
+async fn start_with_client(options: Options) -> (Cluster, Client) {
+    let cluster = Cluster::start(options).await.unwrap();
+    let client = cluster
         .client_builder()
         .deadline(Duration::from_secs(10))
         .build()
         .unwrap();
-    check_state(&restored_client, &acked, 4, Some(revision)).await;
+    (cluster, client)
 }
