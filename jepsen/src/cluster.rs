@@ -104,36 +104,10 @@ fn write_certs(
         })
         .collect::<anyhow::Result<Vec<u64>>>()?;
     let count = ids.iter().copied().max().unwrap_or(0);
-    let mut command = std::process::Command::new(binary);
-    command
-        .args(["certs", "--nodes", &count.to_string(), "--dir"])
-        .arg(&certs);
-    for ip in ips {
-        command.args(["--ip", ip]);
-    }
-    let out = command
-        .output()
-        .with_context(|| format!("running {} certs", binary.display()))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "metrokv-node certs failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ca = certs.join("ca.pem");
+    let ca = metrokv_testkit::certs::write(binary, &certs, count, ips)?;
     for (spec, id) in specs.iter_mut().zip(ids) {
-        let file = |ext: &str| certs.join(format!("node-{id}.{ext}")).display().to_string();
-        spec.args.extend([
-            "--tls-cert".to_owned(),
-            file("pem"),
-            "--tls-key".to_owned(),
-            file("key"),
-            "--peer-tls-cert".to_owned(),
-            file("pem"),
-            "--peer-tls-key".to_owned(),
-            file("key"),
-            "--peer-ca".to_owned(),
-            ca.display().to_string(),
-        ]);
+        spec.args
+            .extend(metrokv_testkit::certs::node_args(&certs, id));
     }
     Ok(ca)
 }

@@ -234,6 +234,11 @@ impl Network {
         self.api_ca.as_deref()
     }
 
+    /// The URL a client uses to reach a node through `proxy`.
+    fn proxy_url(&self, proxy: &Proxy) -> String {
+        format!("{}://{}", scheme(&self.api_ca), proxy.local_addr())
+    }
+
     /// Sets every proxy's mode for `shape`.
     pub fn shape(&self, shape: &Shape<'_>) -> anyhow::Result<()> {
         for (link, mode) in plan(&self.topology, shape, self.inter_zone_latency_ms) {
@@ -274,7 +279,7 @@ impl Network {
             .filter_map(|(link, proxy)| match link {
                 Link::Client { zone: z, node } if z == zone && !self.topology.is_witness(node) => {
                     Some((
-                        format!("{}://{}", scheme(&self.api_ca), proxy.local_addr()),
+                        self.proxy_url(proxy),
                         node.clone(),
                         self.topology.zone_of(node).unwrap_or_default().to_owned(),
                     ))
@@ -291,7 +296,7 @@ impl Network {
                 zone: zone.to_owned(),
                 node: node.to_owned(),
             })
-            .map(|proxy| format!("{}://{}", scheme(&self.api_ca), proxy.local_addr()))
+            .map(|proxy| self.proxy_url(proxy))
     }
 
     /// Maps every client endpoint URL back to its node name.
@@ -299,10 +304,7 @@ impl Network {
         self.proxies
             .iter()
             .filter_map(|(link, proxy)| match link {
-                Link::Client { node, .. } => Some((
-                    format!("{}://{}", scheme(&self.api_ca), proxy.local_addr()),
-                    node.clone(),
-                )),
+                Link::Client { node, .. } => Some((self.proxy_url(proxy), node.clone())),
                 Link::Peer { .. } => None,
             })
             .collect()

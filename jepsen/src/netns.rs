@@ -708,6 +708,15 @@ impl NetnsNetwork {
         self.api_ca.as_deref()
     }
 
+    /// The URL a client uses to reach a node through `relay`.
+    fn relay_url(&self, relay: &Proxy) -> String {
+        format!(
+            "{}://{}",
+            crate::net::scheme(&self.api_ca),
+            relay.local_addr()
+        )
+    }
+
     pub async fn start_relays(&mut self, seed: u64) -> anyhow::Result<()> {
         for (zone, zone_ip) in &self.layout.zones {
             for (name, node) in &self.layout.nodes {
@@ -793,11 +802,7 @@ impl NetnsNetwork {
             .filter(|((z, node), _)| z == zone && !self.topology.is_witness(node))
             .map(|((_, node), relay)| {
                 (
-                    format!(
-                        "{}://{}",
-                        crate::net::scheme(&self.api_ca),
-                        relay.local_addr()
-                    ),
+                    self.relay_url(relay),
                     node.clone(),
                     self.topology.zone_of(node).unwrap_or_default().to_owned(),
                 )
@@ -809,16 +814,7 @@ impl NetnsNetwork {
     pub fn endpoint_names(&self) -> BTreeMap<String, String> {
         self.relays
             .iter()
-            .map(|((_, node), relay)| {
-                (
-                    format!(
-                        "{}://{}",
-                        crate::net::scheme(&self.api_ca),
-                        relay.local_addr()
-                    ),
-                    node.clone(),
-                )
-            })
+            .map(|((_, node), relay)| (self.relay_url(relay), node.clone()))
             .collect()
     }
 

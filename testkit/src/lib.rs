@@ -3,6 +3,7 @@
 //! per-node directories, environment and failpoint files, start / SIGKILL / SIGSTOP / SIGCONT by
 //! pid (never by name), die-with-parent, readiness and leader queries, `eventually`, log tails.
 
+pub mod certs;
 pub mod cluster;
 pub mod ports;
 

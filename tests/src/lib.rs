@@ -167,24 +167,6 @@ fn name(id: u64) -> String {
     format!("n{id}")
 }
 
-/// The TLS flags of node `id` whose certificates `metrokv-node certs` wrote to `certs`.
-fn tls_args(certs: &std::path::Path, id: u64) -> Vec<String> {
-    let file = |ext: &str| certs.join(format!("node-{id}.{ext}")).display().to_string();
-    let ca = certs.join("ca.pem").display().to_string();
-    vec![
-        "--tls-cert".to_string(),
-        file("pem"),
-        "--tls-key".to_string(),
-        file("key"),
-        "--peer-tls-cert".to_string(),
-        file("pem"),
-        "--peer-tls-key".to_string(),
-        file("key"),
-        "--peer-ca".to_string(),
-        ca,
-    ]
-}
-
 impl Cluster {
     /// Start the nodes and wait until the cluster has a leader and every node is ready.
     ///
@@ -231,18 +213,11 @@ impl Cluster {
         let certs = dir.path().join("certs");
         let mut specs = specs;
         if options.tls {
-            let out = std::process::Command::new(&binary)
-                .args([
-                    "certs",
-                    "--nodes",
-                    &(options.nodes + SPARE_CERTS).to_string(),
-                ])
-                .arg("--dir")
-                .arg(&certs)
-                .output()?;
-            anyhow::ensure!(out.status.success(), "metrokv-node certs failed");
+            let nodes = (options.nodes + SPARE_CERTS) as u64;
+            metrokv_testkit::certs::write(&binary, &certs, nodes, &[])?;
             for (i, spec) in specs.iter_mut().enumerate() {
-                spec.args.extend(tls_args(&certs, i as u64 + 1));
+                spec.args
+                    .extend(metrokv_testkit::certs::node_args(&certs, i as u64 + 1));
             }
         }
         let api_ca = options.tls.then(|| certs.join("ca.pem"));
@@ -357,7 +332,9 @@ impl Cluster {
     /// (certificates exist for [`SPARE_CERTS`] ids beyond the cluster's nodes), or none.
     pub fn node_tls_args(&self, id: u64) -> Vec<String> {
         match &self.ca {
-            Some(ca) => tls_args(ca.parent().expect("the certs directory"), id),
+            Some(ca) => {
+                metrokv_testkit::certs::node_args(ca.parent().expect("the certs directory"), id)
+            }
             None => Vec::new(),
         }
     }
