@@ -52,7 +52,10 @@ pub struct RaftTimeouts {
     pub election_timeout_ms_max: u64,
     /// Timeout for sending one snapshot chunk and, for the last one, installing it.
     pub install_snapshot_timeout_ms: u64,
-    /// Build a snapshot after this many entries since the last one.
+    /// Build a snapshot after this many entries since the last one. A snapshot is a full copy of
+    /// the state, so this sets how much of a node's CPU goes to them under a steady write load:
+    /// at 10,000 a node busy with 9k puts/s spent about a tenth of its CPU building one every
+    /// second. The state machine is on disk, so a larger value costs log space, not restart time.
     pub snapshot_logs_since_last: u64,
     /// Entries kept in the log behind the latest snapshot (for followers slightly behind).
     pub logs_kept_after_snapshot: u64,
@@ -69,7 +72,7 @@ impl Default for RaftTimeouts {
             election_timeout_ms_min: 120,
             election_timeout_ms_max: 240,
             install_snapshot_timeout_ms: 5_000,
-            snapshot_logs_since_last: 10_000,
+            snapshot_logs_since_last: 100_000,
             logs_kept_after_snapshot: 1_000,
             write_timeout_ms: 5_000,
             read_timeout_ms: 3_000,

@@ -63,7 +63,7 @@ struct Args {
     /// How long a linearizable read may wait for confirmation (ms). Default 3000.
     #[arg(long)]
     read_timeout_ms: Option<u64>,
-    /// Take a snapshot after this many log entries. Default 10000.
+    /// Take a snapshot after this many log entries. Default 100000.
     #[arg(long)]
     snapshot_logs_since_last: Option<u64>,
     /// Log entries kept behind the latest snapshot. Default 1000.
