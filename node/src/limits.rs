@@ -180,6 +180,10 @@ pub const HTTP_BODY_READ_TIMEOUT_MS: u64 = 30_000;
 /// which slows openraft down to the disk's pace instead of queueing without bound.
 pub const FSYNC_QUEUE_MAX: usize = 4096;
 
+/// The memtable bloom filter of the state machine's column family, as a fraction of the
+/// memtable's size (RocksDB's `memtable_prefix_bloom_size_ratio`; 64 MiB memtables: 6.4 MiB).
+pub const MEMTABLE_BLOOM_RATIO: f64 = 0.1;
+
 /// Records written per RocksDB batch while installing a snapshot.
 pub const SNAPSHOT_INSTALL_BATCH_RECORDS: usize = 4096;
 

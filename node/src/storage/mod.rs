@@ -47,6 +47,7 @@ pub use snapshot::SnapshotFile;
 pub use state::StateStore;
 
 use crate::clock::Clock;
+use crate::limits;
 
 /// A snapshot as openraft hands it around: its meta and our file.
 pub type Snapshot =
@@ -184,6 +185,17 @@ pub fn open_db(data_dir: &Path) -> io::Result<Arc<Db>> {
     let cfs = keys::COLUMN_FAMILIES.iter().map(|name| {
         let mut cf_opts = Options::default();
         cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        if *name == keys::CF_SM {
+            // Applying an entry looks its keys up (the record, its idempotency key, most of them
+            // absent): bloom filters answer "absent" without walking the memtable's skip list or
+            // reading SST blocks. In a profile under puts these lookups were ~9 % of the
+            // leader's CPU. 10 bits per key: a 1 % false-positive rate.
+            cf_opts.set_memtable_prefix_bloom_ratio(limits::MEMTABLE_BLOOM_RATIO);
+            cf_opts.set_memtable_whole_key_filtering(true);
+            let mut table = rocksdb::BlockBasedOptions::default();
+            table.set_bloom_filter(10.0, false);
+            cf_opts.set_block_based_table_factory(&table);
+        }
         ColumnFamilyDescriptor::new(*name, cf_opts)
     });
     let db = DB::open_cf_descriptors(&opts, data_dir.join("rocksdb"), cfs).map_err(rocks_err)?;
