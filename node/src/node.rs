@@ -241,15 +241,22 @@ pub async fn run(
     let stop = {
         let fatal = fatal.clone();
         let service = service.clone();
-        let mut metrics_rx = raft.metrics();
+        let metrics_rx = raft.metrics();
+        // The server metrics change with the role, leader and membership only, so this wakes
+        // rarely (the full metrics change on every batch of writes). Their sender lives in the
+        // Raft core: when the core stops, for whatever reason, `changed` fails.
+        let mut server_rx = raft.server_metrics();
         async move {
             let core_stopped = async {
                 loop {
                     if let Err(e) = &metrics_rx.borrow_watched().running_state {
                         return e.to_string();
                     }
-                    if metrics_rx.changed().await.is_err() {
-                        return "the Raft core is gone".to_string();
+                    if server_rx.changed().await.is_err() {
+                        return match &metrics_rx.borrow_watched().running_state {
+                            Err(e) => e.to_string(),
+                            Ok(()) => "the Raft core is gone".to_string(),
+                        };
                     }
                 }
             };

@@ -83,6 +83,8 @@ pub struct Service {
     transfer_hint: Mutex<Option<(NodeId, Instant)>>,
     /// Set once a shutdown began: `/ready` says no, so a load balancer stops sending here.
     draining: AtomicBool,
+    /// The zone-safe index, kept by its own task (see `zones::spawn_zone_safe_watch`).
+    zone_safe: tokio::sync::watch::Receiver<Option<u64>>,
 }
 
 /// Whether leader `me` heard from a quorum within `lease`. A sole voter is its own quorum:
@@ -119,6 +121,7 @@ impl Service {
         snapshot::remove_all_but(&incoming_dir, None)?;
         // Our own storage id is recorded like any member's.
         let _ = ids.check(identity.id, identity.storage_id);
+        let zone_safe = zones::spawn_zone_safe_watch(&raft, identity.initial_members.clone());
         Ok(Self {
             identity,
             raft,
@@ -133,6 +136,7 @@ impl Service {
             leader_contact: Mutex::default(),
             transfer_hint: Mutex::default(),
             draining: AtomicBool::new(false),
+            zone_safe,
         })
     }
 
@@ -224,7 +228,8 @@ impl Service {
     /// even move); this is what it reports instead, so `/ready`, `/v1/cluster` and request
     /// routing do not rely on a leader it cannot reach.
     pub fn leader_in_contact(&self) -> Option<NodeId> {
-        let m = self.metrics();
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
         let leader = m.current_leader?;
         let in_contact = if leader == self.id() {
             // A leader elected a moment ago has not had a quorum's acks yet.

@@ -21,12 +21,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::ReadError;
 use super::Service;
 use crate::config::NodeRole;
 use crate::raft::NodeId;
+use crate::raft::NodeInfo;
+use crate::raft::Raft;
+use crate::raft::RaftMetrics;
 use crate::raft::ServerState;
 use crate::raft::WatchReceiver as _;
 use crate::state_machine::Command;
@@ -143,27 +147,75 @@ pub struct ZoneStatus {
     pub is_leader: bool,
 }
 
+/// Each voter's zone, from openraft's view of the membership (the configured members until it
+/// has one).
+fn voter_zones_of(
+    m: &RaftMetrics,
+    initial: &BTreeMap<NodeId, NodeInfo>,
+) -> BTreeMap<NodeId, String> {
+    let membership = m.membership_config.membership();
+    let voters: Vec<NodeId> = membership.voter_ids().collect();
+    let zones: BTreeMap<NodeId, String> = membership
+        .nodes()
+        .filter(|(id, _)| voters.contains(id))
+        .map(|(id, n)| (*id, n.zone.clone()))
+        .collect();
+    if zones.is_empty() {
+        initial
+            .iter()
+            .map(|(id, n)| (*id, n.zone.clone()))
+            .collect()
+    } else {
+        zones
+    }
+}
+
+/// On the leader: the highest index persisted on voters of two zones. `None` elsewhere, or
+/// while no entry is.
+fn zone_safe_of(m: &RaftMetrics, initial: &BTreeMap<NodeId, NodeInfo>) -> Option<u64> {
+    let zones = voter_zones_of(m, initial);
+    let matched = m
+        .replication
+        .as_ref()?
+        .iter()
+        .map(|(id, log_id)| (*id, log_id.as_ref().map(|l| l.index())));
+    zone_safe_index(matched, |id| zones.get(&id).map(String::as_str))
+}
+
+/// The zone-safe index as a watch, kept by one task that reads openraft's metrics at each of
+/// their changes. Writes waiting for zone safety wait on it, so they wake when the index moves:
+/// the metrics change on every batch the leader handles, and with every waiting write woken at
+/// each change, 64 clients cost the leader a few thousand wake-ups per second for nothing.
+/// The task ends when the Raft core does.
+pub(super) fn spawn_zone_safe_watch(
+    raft: &Raft,
+    initial: BTreeMap<NodeId, NodeInfo>,
+) -> watch::Receiver<Option<u64>> {
+    let (tx, rx) = watch::channel(None);
+    let mut metrics = raft.metrics();
+    tokio::spawn(async move {
+        loop {
+            let index = zone_safe_of(&metrics.borrow_watched(), &initial);
+            tx.send_if_modified(|current| {
+                let changed = *current != index;
+                *current = index;
+                changed
+            });
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 impl Service {
     /// Each voter's zone.
     fn voter_zones(&self) -> BTreeMap<NodeId, String> {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow_watched();
-        let membership = m.membership_config.membership();
-        let voters: Vec<NodeId> = membership.voter_ids().collect();
-        let zones: BTreeMap<NodeId, String> = membership
-            .nodes()
-            .filter(|(id, _)| voters.contains(id))
-            .map(|(id, n)| (*id, n.zone.clone()))
-            .collect();
-        if zones.is_empty() {
-            self.identity
-                .initial_members
-                .iter()
-                .map(|(id, n)| (*id, n.zone.clone()))
-                .collect()
-        } else {
-            zones
-        }
+        voter_zones_of(
+            &self.raft.metrics().borrow_watched(),
+            &self.identity.initial_members,
+        )
     }
 
     pub(super) fn single_zone(&self) -> bool {
@@ -177,14 +229,10 @@ impl Service {
     /// On the leader: the highest index persisted on voters of two zones. `None` elsewhere, or
     /// while no entry is.
     pub fn zone_safe_index(&self) -> Option<u64> {
-        let zones = self.voter_zones();
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow_watched();
-        let replication = m.replication.as_ref()?;
-        let matched = replication
-            .iter()
-            .map(|(id, log_id)| (*id, log_id.as_ref().map(|l| l.index())));
-        zone_safe_index(matched, |id| zones.get(&id).map(String::as_str))
+        zone_safe_of(
+            &self.raft.metrics().borrow_watched(),
+            &self.identity.initial_members,
+        )
     }
 
     /// The replicated zone settings and state (defaults if storage cannot be read: strict is
@@ -219,17 +267,18 @@ impl Service {
         index: u64,
         deadline: Instant,
     ) -> Result<(), NotZoneSafe> {
-        let mut metrics = self.raft.metrics();
+        let mut watched = self.zone_safe.clone();
+        let mut server = self.raft.server_metrics();
         let step = Duration::from_millis(self.timeouts.heartbeat_interval_ms.max(1));
         loop {
-            let zone_safe = self.zone_safe_index();
+            let zone_safe = *watched.borrow_and_update();
             if zone_safe.is_some_and(|z| z >= index) || !self.zone_gated().await {
                 return Ok(());
             }
             // A leader that stepped down, or whose Raft core stopped, learns nothing more about
             // its followers: the answer is indeterminate now, not at the deadline (and a node
             // shutting down is not held up by requests waiting here).
-            let state = self.metrics().state;
+            let state = server.borrow_watched().state;
             if Instant::now() >= deadline || state != ServerState::Leader {
                 return Err(NotZoneSafe {
                     index,
@@ -237,8 +286,15 @@ impl Service {
                     stepped_down: !matches!(state, ServerState::Leader | ServerState::Shutdown),
                 });
             }
+            // Wake when the index moves or the role changes, and at the heartbeat's pace for
+            // the gate (an adaptive degrade is a replicated entry, not a metrics change). A
+            // closed watch means the Raft core is gone: then only the pace is left.
             let next = (Instant::now() + step).min(deadline);
-            let _ = tokio::time::timeout_at(next, metrics.changed()).await;
+            tokio::select! {
+                Ok(()) = watched.changed() => {}
+                Ok(()) = server.changed() => {}
+                () = tokio::time::sleep_until(next) => {}
+            }
         }
     }
 
@@ -286,7 +342,9 @@ impl Service {
 
     /// The last applied index (what a read of the local state sees at least).
     pub fn applied_index(&self) -> u64 {
-        self.metrics()
+        self.raft
+            .metrics()
+            .borrow_watched()
             .last_applied
             .as_ref()
             .map_or(0, |id| id.index())
