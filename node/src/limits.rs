@@ -184,6 +184,15 @@ pub const FSYNC_QUEUE_MAX: usize = 4096;
 /// memtable's size (RocksDB's `memtable_prefix_bloom_size_ratio`; 64 MiB memtables: 6.4 MiB).
 pub const MEMTABLE_BLOOM_RATIO: f64 = 0.1;
 
+/// Most entries applied into one RocksDB write (see `storage::state`). openraft hands over up
+/// to its `max_append_entries` (4,096) at once after a catch-up; this keeps such a batch from
+/// holding its answers back long.
+pub const APPLY_BATCH_ENTRIES_MAX: usize = 1024;
+
+/// Most bytes of keys and values applied into one RocksDB write: a batch of large values is
+/// written when it reaches this, so pending writes stay a bounded copy.
+pub const APPLY_BATCH_BYTES_MAX: usize = 16 << 20;
+
 /// Records written per RocksDB batch while installing a snapshot.
 pub const SNAPSHOT_INSTALL_BATCH_RECORDS: usize = 4096;
 

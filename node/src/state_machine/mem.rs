@@ -47,11 +47,15 @@ impl StateView for MemState {
     fn dedup(&self, key: &DedupKey) -> Result<Option<DedupRecord>, Infallible> {
         Ok(self.dedup.get(key).cloned())
     }
-    fn oldest_dedup(&self, limit: usize) -> Result<Vec<(u64, DedupKey)>, Infallible> {
+    fn expired_dedup(
+        &self,
+        recorded_at_or_before_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, DedupKey)>, Infallible> {
         let mut all: Vec<_> = self
             .dedup
             .iter()
-            .filter(|(k, _)| k.expires())
+            .filter(|(k, r)| k.expires() && r.recorded_ms <= recorded_at_or_before_ms)
             .map(|(k, r)| (r.recorded_ms, k.clone()))
             .collect();
         all.sort();

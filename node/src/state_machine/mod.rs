@@ -44,9 +44,15 @@ pub trait StateView {
     fn kv(&self, key: &str) -> Result<Option<KvRecord>, Self::Error>;
     fn account(&self, id: &str) -> Result<Option<AccountRecord>, Self::Error>;
     fn dedup(&self, key: &DedupKey) -> Result<Option<DedupRecord>, Self::Error>;
-    /// Up to `limit` expiring dedup records ([`DedupKey::expires`]) with the smallest
-    /// `recorded_ms`, oldest first.
-    fn oldest_dedup(&self, limit: usize) -> Result<Vec<(u64, DedupKey)>, Self::Error>;
+    /// Up to `limit` expiring dedup records ([`DedupKey::expires`]) with `recorded_ms` at or
+    /// before `recorded_at_or_before_ms`, oldest first (ties in key order). Asking for what
+    /// expired, rather than for the oldest records, lets storage answer "nothing" from what it
+    /// knows of the oldest without a search.
+    fn expired_dedup(
+        &self,
+        recorded_at_or_before_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, DedupKey)>, Self::Error>;
     /// The storage id recorded for member `node`, if any.
     fn storage_of(&self, node: u64) -> Result<Option<u64>, Self::Error>;
     /// The zone settings and state (the defaults until a command sets them).
@@ -196,16 +202,16 @@ fn expire_dedup<V: StateView>(
     changes: &mut Vec<Change>,
 ) -> Result<Vec<DedupKey>, V::Error> {
     let mut expired = Vec::new();
-    for (recorded_ms, key) in view.oldest_dedup(limits::DEDUP_EXPIRE_PER_ENTRY_MAX)? {
-        // The record's age, not its expiry time: `recorded_ms + retention` saturates at the end
-        // of the clock's range, where it would expire a record the moment it was written.
-        // (The clock never goes back, so the age is never negative.)
-        if clock_ms.saturating_sub(recorded_ms) < limits::DEDUP_RETENTION_MS {
-            break;
-        }
+    // A record expires at the age of the retention. (The age, not `recorded_ms + retention`,
+    // which saturates at the end of the clock's range and would expire a record the moment it
+    // was written. The clock never goes back, so the age is never negative.)
+    let Some(cutoff) = clock_ms.checked_sub(limits::DEDUP_RETENTION_MS) else {
+        return Ok(expired);
+    };
+    for (recorded_ms, key) in view.expired_dedup(cutoff, limits::DEDUP_EXPIRE_PER_ENTRY_MAX)? {
         assert!(
-            key.expires(),
-            "only expiring records are in the expiry index"
+            recorded_ms <= cutoff && key.expires(),
+            "only expired records of the expiry index are returned"
         );
         changes.push(Change::DeleteDedup {
             key: key.clone(),

@@ -110,6 +110,19 @@ pub fn expiry_prefix() -> [u8; 1] {
     [TAG_EXPIRY]
 }
 
+/// The first expiry index key past every record with `recorded_ms <= ms`: the exclusive upper
+/// bound of a search for those records.
+pub fn expiry_bound_after(ms: u64) -> Vec<u8> {
+    match ms.checked_add(1) {
+        Some(next) => {
+            let mut out = vec![TAG_EXPIRY];
+            out.extend_from_slice(&next.to_be_bytes());
+            out
+        }
+        None => vec![TAG_EXPIRY + 1],
+    }
+}
+
 /// Decode an expiry index key into (recorded_ms, dedup key).
 pub fn parse_expiry(raw: &[u8]) -> Option<(u64, DedupKey)> {
     let rest = raw.strip_prefix(&[TAG_EXPIRY])?;

@@ -301,7 +301,7 @@ impl StateView for SnapView<'_, '_> {
     }
 
     /// A query never expires anything.
-    fn oldest_dedup(&self, _limit: usize) -> io::Result<Vec<(u64, DedupKey)>> {
+    fn expired_dedup(&self, _before_ms: u64, _limit: usize) -> io::Result<Vec<(u64, DedupKey)>> {
         Ok(Vec::new())
     }
 

@@ -293,6 +293,133 @@ proptest! {
     }
 }
 
+/// Puts, most with idempotency keys (some reused), and transfers, stamped 7 minutes apart, so
+/// that over the run the early idempotency records pass the retention and expire.
+fn expiring_entries(n: usize, seed: u64) -> Vec<Entry> {
+    let mut x = seed | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut entries = vec![
+        entry(1, 1, membership()),
+        entry(
+            1,
+            2,
+            request(
+                Command::CreateAccount {
+                    id: "a".into(),
+                    balance: 1_000_000,
+                },
+                1,
+            ),
+        ),
+    ];
+    let step_ms = 7 * 60 * 1000;
+    for i in 0..n {
+        let index = entries.len() as u64 + 1;
+        let command = match next() % 4 {
+            0 => Command::Transfer(Transfer {
+                id: format!("t{}", next() % 50),
+                from: "a".into(),
+                to: "b".into(),
+                amount: 1,
+            }),
+            _ => Command::Put {
+                key: format!("k{}", next() % 20),
+                value: vec![(next() % 256) as u8; (next() % 32) as usize],
+                condition: Condition::Always,
+            },
+        };
+        let idempotency_key =
+            (next() % 5 != 0).then(|| format!("i{}", next() % (n as u64 / 3 + 1)));
+        entries.push(entry(
+            1,
+            index,
+            EntryPayload::Normal(Request {
+                leader_time_ms: 1 + i as u64 * step_ms,
+                idempotency_key,
+                command,
+            }),
+        ));
+    }
+    entries
+}
+
+/// The state machine's column family as the pure model says it must be after `entries`:
+/// every change of [`crate::state_machine::mem::MemState`] turned into RocksDB writes by `ops`.
+fn model_dump(entries: &[Entry]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut model = crate::state_machine::mem::MemState::default();
+    let mut rows = BTreeMap::new();
+    for e in entries {
+        if let EntryPayload::Normal(request) = &e.payload {
+            for change in model.apply(request).changes {
+                for op in state::ops(change) {
+                    match op {
+                        state::Op::Put(k, v) => {
+                            rows.insert(k, v);
+                        }
+                        state::Op::Delete(k) => {
+                            rows.remove(&k);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    rows.into_iter().collect()
+}
+
+/// Without the records only storage writes (the applied id and the membership).
+fn data_rows(dump: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    dump.into_iter()
+        .filter(|(k, _)| k != keys::SM_APPLIED && k != keys::SM_MEMBERSHIP)
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// Applying in batches of any size (entries that see the batch's earlier writes before
+    /// they reach RocksDB, expiry searches that merge the two) leaves exactly the state the pure
+    /// model computes, entry by entry; so does applying one entry per call.
+    #[test]
+    fn batched_apply_equals_the_model(n in 150usize..450, chunks in proptest::collection::vec(1usize..60, 1..40), seed in any::<u64>()) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async {
+            let entries = expiring_entries(n, seed);
+            let expected = model_dump(&entries);
+            let expiry_rows = expected.iter().filter(|(k, _)| k.starts_with(&keys::expiry_prefix())).count();
+            let idempotent = entries.iter().filter(|e| matches!(&e.payload, EntryPayload::Normal(r) if r.idempotency_key.is_some())).count();
+            prop_assert!(expiry_rows < idempotent, "the run expires idempotency records");
+
+            let dir = tempfile::tempdir().unwrap();
+            let (_log, mut batched) = open(dir.path()).unwrap();
+            let mut rest = &entries[..];
+            for size in chunks.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (now, later) = rest.split_at((*size).min(rest.len()));
+                apply(&mut batched, now.to_vec()).await;
+                rest = later;
+            }
+            prop_assert_eq!(data_rows(dump(&batched)), expected.clone());
+            prop_assert_eq!(batched.applied_state().await.unwrap().0, entries.last().map(|e| e.log_id));
+
+            let dir = tempfile::tempdir().unwrap();
+            let (_log, mut single) = open(dir.path()).unwrap();
+            for e in &entries {
+                apply(&mut single, vec![e.clone()]).await;
+            }
+            prop_assert_eq!(data_rows(dump(&single)), expected);
+            Ok(())
+        })?;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_install_is_finished_at_open() {
     let entries = ledger_entries(50, 7);
