@@ -4,7 +4,7 @@
 //!
 //! Applying is batched: the entries of one `apply` call (at most [`limits::APPLY_BATCH_ENTRIES_MAX`]
 //! of them, [`limits::APPLY_BATCH_BYTES_MAX`] of values) are applied one after another against the
-//! database plus the batch's own pending writes ([`Pending`]), then written in one RocksDB batch,
+//! database plus the batch's own pending writes (`Pending`), then written in one RocksDB batch,
 //! and only then answered. So many entries cost one write-ahead-log record, and the records
 //! every entry rewrites (the meta, the applied id) are inserted once per batch: under load these
 //! were most of the memtable inserts.
