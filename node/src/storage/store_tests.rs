@@ -213,14 +213,19 @@ async fn purge_and_truncate_survive_reopen() {
     );
 }
 
-fn ledger_entries(n: usize, seed: u64) -> Vec<Entry> {
+/// A small deterministic generator for the entry generators below.
+fn xorshift(seed: u64) -> impl FnMut() -> u64 {
     let mut x = seed | 1;
-    let mut next = move || {
+    move || {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         x
-    };
+    }
+}
+
+fn ledger_entries(n: usize, seed: u64) -> Vec<Entry> {
+    let mut next = xorshift(seed);
     let mut entries = vec![entry(1, 1, membership())];
     for (i, id) in ["a", "b", "c"].iter().enumerate() {
         entries.push(entry(
@@ -296,13 +301,7 @@ proptest! {
 /// Puts, most with idempotency keys (some reused), and transfers, stamped 7 minutes apart, so
 /// that over the run the early idempotency records pass the retention and expire.
 fn expiring_entries(n: usize, seed: u64) -> Vec<Entry> {
-    let mut x = seed | 1;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let mut next = xorshift(seed);
     let mut entries = vec![
         entry(1, 1, membership()),
         entry(
