@@ -189,11 +189,11 @@ pub fn open_db(data_dir: &Path) -> io::Result<Arc<Db>> {
             // Applying an entry looks its keys up (the record, its idempotency key, most of them
             // absent): bloom filters answer "absent" without walking the memtable's skip list or
             // reading SST blocks. In a profile under puts these lookups were ~9 % of the
-            // leader's CPU. 10 bits per key: a 1 % false-positive rate.
+            // leader's CPU.
             cf_opts.set_memtable_prefix_bloom_ratio(limits::MEMTABLE_BLOOM_RATIO);
             cf_opts.set_memtable_whole_key_filtering(true);
             let mut table = rocksdb::BlockBasedOptions::default();
-            table.set_bloom_filter(10.0, false);
+            table.set_bloom_filter(limits::SST_BLOOM_BITS_PER_KEY, false);
             cf_opts.set_block_based_table_factory(&table);
         }
         ColumnFamilyDescriptor::new(*name, cf_opts)
