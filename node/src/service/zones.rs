@@ -173,10 +173,11 @@ fn voter_zones_of(
 /// On the leader: the highest index persisted on voters of two zones. `None` elsewhere, or
 /// while no entry is.
 fn zone_safe_of(m: &RaftMetrics, initial: &BTreeMap<NodeId, NodeInfo>) -> Option<u64> {
+    // Only a leader has replication progress: the others skip building the zone map (this runs
+    // at every change of the metrics).
+    let replication = m.replication.as_ref()?;
     let zones = voter_zones_of(m, initial);
-    let matched = m
-        .replication
-        .as_ref()?
+    let matched = replication
         .iter()
         .map(|(id, log_id)| (*id, log_id.as_ref().map(|l| l.index())));
     zone_safe_index(matched, |id| zones.get(&id).map(String::as_str))
