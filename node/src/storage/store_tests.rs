@@ -333,7 +333,7 @@ fn expiring_entries(n: usize, seed: u64) -> Vec<Entry> {
             },
         };
         let idempotency_key =
-            (next() % 5 != 0).then(|| format!("i{}", next() % (n as u64 / 3 + 1)));
+            (!next().is_multiple_of(5)).then(|| format!("i{}", next() % (n as u64 / 3 + 1)));
         entries.push(entry(
             1,
             index,
