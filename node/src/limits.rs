@@ -106,6 +106,13 @@ pub const PEER_HELLO_BYTES_MAX: usize = 1024;
 /// How many bytes a frame buffer grows by at a time while a frame arrives.
 pub const PEER_READ_CHUNK_BYTES: usize = 64 * 1024;
 
+/// Read buffer of a peer connection, in bytes: a busy connection's small frames (forwarded
+/// writes, their answers, heartbeats) arrive many per read call.
+pub const PEER_READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Most bytes of queued small frames a peer connection coalesces into one write call.
+pub const PEER_WRITE_COALESCE_BYTES: usize = 64 * 1024;
+
 /// How long a dialed connection may take to send its hello, in ms; past it the connection is
 /// closed.
 pub const PEER_HANDSHAKE_TIMEOUT_MS: u64 = 2_000;
@@ -254,6 +261,8 @@ const _: () = {
     assert!(ANSWER_ENCODED_BYTES_MAX + 1024 < PEER_FRAME_BYTES_MAX);
     // So does a snapshot chunk.
     assert!(SNAPSHOT_CHUNK_BYTES + 64 * 1024 < PEER_FRAME_BYTES_MAX);
+    // Coalescing never holds more than one frame's worth of bytes.
+    assert!(PEER_WRITE_COALESCE_BYTES <= PEER_FRAME_BYTES_MAX);
     // Every record the state machine writes fits a snapshot record.
     assert!(SNAPSHOT_RECORD_BYTES_MAX >= SM_RECORD_BYTES_MAX + 8);
     assert!(SNAPSHOT_RECORD_BYTES_MAX < u32::MAX as usize);

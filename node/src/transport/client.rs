@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::tls::PeerTls;
@@ -356,18 +355,28 @@ impl PeerClient {
             .await
             .map_err(|_| unreachable("connect timed out".into()))??;
 
-        let (mut read_half, mut write_half) = tokio::io::split(stream);
+        let (read_half, mut write_half) = tokio::io::split(stream);
+        let mut read_half =
+            tokio::io::BufReader::with_capacity(limits::PEER_READ_BUFFER_BYTES, read_half);
         let (frames_tx, mut frames_rx) = mpsc::channel::<Vec<u8>>(limits::PEER_SEND_QUEUE_FRAMES);
         let pending: Pending = Arc::default();
         let dead = Arc::new(AtomicBool::new(false));
         let (stop_writer, mut writer_stopped) = oneshot::channel::<()>();
 
         tokio::spawn(async move {
+            let mut buf = Vec::new();
             loop {
                 tokio::select! {
                     frame = frames_rx.recv() => match frame {
-                        Some(frame) if write_half.write_all(&frame).await.is_ok() => {}
-                        _ => break,
+                        Some(frame) => {
+                            if codec::write_queued(&mut write_half, frame, &mut frames_rx, &mut buf)
+                                .await
+                                .is_err()
+                            {
+                                break;
+                            }
+                        }
+                        None => break,
                     },
                     _ = &mut writer_stopped => break,
                 }

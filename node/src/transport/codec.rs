@@ -346,6 +346,44 @@ pub async fn write_value<W: AsyncWrite + Unpin, T: Serialize>(
     Ok(())
 }
 
+/// Write `first` and every frame already queued behind it, small ones coalesced into one buffer
+/// of at most [`limits::PEER_WRITE_COALESCE_BYTES`], so a busy connection costs one write call
+/// per batch of frames instead of one per frame. A frame larger than the coalescing buffer is
+/// written on its own; the order of frames is kept.
+pub async fn write_queued<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    first: Vec<u8>,
+    queue: &mut tokio::sync::mpsc::Receiver<Vec<u8>>,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    let mut next = Some(first);
+    while let Some(frame) = next.take() {
+        if frame.len() >= limits::PEER_WRITE_COALESCE_BYTES {
+            w.write_all(&frame).await?;
+        } else {
+            buf.clear();
+            buf.extend_from_slice(&frame);
+            while buf.len() < limits::PEER_WRITE_COALESCE_BYTES {
+                match queue.try_recv() {
+                    Ok(more) if buf.len() + more.len() <= limits::PEER_WRITE_COALESCE_BYTES => {
+                        buf.extend_from_slice(&more);
+                    }
+                    Ok(more) => {
+                        next = Some(more);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            w.write_all(buf).await?;
+        }
+        if next.is_none() {
+            next = queue.try_recv().ok();
+        }
+    }
+    w.flush().await
+}
+
 /// Read one handshake frame ([`Hello`] or [`HelloReply`]), at most
 /// [`limits::PEER_HELLO_BYTES_MAX`] bytes.
 pub async fn read_hello<R: AsyncRead + Unpin, T: DeserializeOwned>(
@@ -359,6 +397,29 @@ pub async fn read_hello<R: AsyncRead + Unpin, T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Coalesced writes keep every byte and the order of the frames, whether a frame is small,
+    /// does not fit what is already buffered, or is larger than the coalescing buffer.
+    #[tokio::test]
+    async fn queued_frames_are_written_whole_and_in_order() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let small = |i: u8| vec![i; 1000];
+        let large = vec![0xee; limits::PEER_WRITE_COALESCE_BYTES + 10];
+        let mut expected = small(0);
+        for i in 1..60u8 {
+            let frame = if i == 30 { large.clone() } else { small(i) };
+            expected.extend_from_slice(&frame);
+            tx.send(frame).await.unwrap();
+        }
+        let mut out: Vec<u8> = Vec::new();
+        let mut buf = Vec::new();
+        write_queued(&mut out, small(0), &mut rx, &mut buf)
+            .await
+            .unwrap();
+        assert_eq!(out.len(), expected.len());
+        assert!(out == expected, "frames reordered or changed");
+        assert!(rx.try_recv().is_err(), "every queued frame was written");
+    }
 
     #[tokio::test]
     async fn frames_round_trip() {

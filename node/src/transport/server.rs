@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use crate::tls::PeerConfigs;
 use crate::tls::PeerTls;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -194,11 +193,17 @@ where
     codec::write_value(&mut stream, &HelloReply::Accepted { storage_id }).await?;
     let from = hello.from;
 
-    let (mut read_half, mut write_half) = tokio::io::split(stream);
+    let (read_half, mut write_half) = tokio::io::split(stream);
+    let mut read_half =
+        tokio::io::BufReader::with_capacity(limits::PEER_READ_BUFFER_BYTES, read_half);
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(limits::PEER_SEND_QUEUE_FRAMES);
     let writer = tokio::spawn(async move {
+        let mut buf = Vec::new();
         while let Some(frame) = out_rx.recv().await {
-            if write_half.write_all(&frame).await.is_err() {
+            if codec::write_queued(&mut write_half, frame, &mut out_rx, &mut buf)
+                .await
+                .is_err()
+            {
                 break;
             }
         }
@@ -264,6 +269,7 @@ mod tests {
     use crate::transport::client::PeerClient;
     use crate::transport::codec::Channel;
     use crate::transport::codec::NodeStatus;
+    use tokio::io::AsyncWriteExt;
 
     struct Echo;
 
