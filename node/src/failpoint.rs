@@ -15,13 +15,14 @@
 //! | `sm-write-error` | N | every state machine write after the first N fails |
 //! | `snapshot-build-error` | N | every snapshot build after the first N fails |
 //! | `clock-offset-ms` | ±N | the wall clock reads N ms ahead (or behind) |
+//! | `transfer-leader-refuse` | N | the first N leader transfers to this node are refused |
 //!
 //! They are compiled in, not behind a cargo feature: the workspace builds one `metrokv-node`
 //! binary for the cluster and the tests, and a second build of RocksDB for a feature flag would
 //! double the CI build. With nothing configured, a check is one relaxed atomic load.
 //!
-//! Left out: probabilities, delays and panics; the fault tests need errors at a chosen point
-//! and clock jumps, nothing else.
+//! Left out: probabilities, delays and panics; the fault tests need errors at a chosen point,
+//! clock jumps and a refused hand-over, nothing else.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -45,12 +46,14 @@ pub const LOG_WRITE_ERROR: &str = "log-write-error";
 pub const SM_WRITE_ERROR: &str = "sm-write-error";
 pub const SNAPSHOT_BUILD_ERROR: &str = "snapshot-build-error";
 pub const CLOCK_OFFSET_MS: &str = "clock-offset-ms";
-const KNOWN: [&str; 5] = [
+pub const TRANSFER_LEADER_REFUSE: &str = "transfer-leader-refuse";
+const KNOWN: [&str; 6] = [
     LOG_FSYNC_ERROR,
     LOG_WRITE_ERROR,
     SM_WRITE_ERROR,
     SNAPSHOT_BUILD_ERROR,
     CLOCK_OFFSET_MS,
+    TRANSFER_LEADER_REFUSE,
 ];
 
 /// Fast path: false unless some failpoint source is configured.
@@ -188,6 +191,20 @@ pub fn fail(name: &str) -> bool {
         let hits = state.hits.entry(name.to_string()).or_insert(0);
         *hits += 1;
         *hits > after.max(0) as u64
+    })
+    .unwrap_or(false)
+}
+
+/// True when failpoint `name` (a refusal of the first few calls) should refuse this call: it
+/// is configured with N and this is one of the first N calls since it was set.
+pub fn refuse_first(name: &str) -> bool {
+    with_state(|state| {
+        let Some(&first) = state.values.get(name) else {
+            return false;
+        };
+        let hits = state.hits.entry(name.to_string()).or_insert(0);
+        *hits += 1;
+        *hits <= first.max(0) as u64
     })
     .unwrap_or(false)
 }

@@ -759,6 +759,55 @@ async fn members_change_under_load_without_losing_a_write() {
     assert!(failed.is_empty(), "writes failed: {failed:?}");
 }
 
+/// A hand-over the target refuses does not leave the call waiting out its budget: the old
+/// leader stops heartbeating for the hand-over, so another voter is elected instead, and the
+/// transfer is made again from there. n3's election timer is slow, so that other voter is n2.
+#[tokio::test]
+async fn a_refused_hand_over_is_made_again_by_whoever_leads_next() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let slow_elections = [
+        "--election-timeout-ms-min",
+        "2000",
+        "--election-timeout-ms-max",
+        "3000",
+    ];
+    let options = Options {
+        node_args: vec![(3, slow_elections.map(String::from).to_vec())],
+        ..Options::default()
+    };
+    let mut c = Cluster::start(options).await.unwrap();
+    let file = c.node(3).data_dir.parent().unwrap().join("failpoints");
+    std::fs::write(&file, "transfer-leader-refuse=1\n").unwrap();
+    c.restart_with_env(3, &[("METROKV_FAILPOINTS_FILE", file.to_str().unwrap())])
+        .unwrap();
+    c.wait_ready(Duration::from_secs(30)).await.unwrap();
+    membership_call_ok(
+        &c,
+        reqwest::Method::POST,
+        2,
+        "/v1/cluster/transfer-leader",
+        Some(json!({ "to": 1 })),
+    )
+    .await;
+    // Polled until n3 has caught up after its restart (before that, the leader refuses to
+    // hand over: 400); each call that reaches a transfer answers within its budget.
+    let moved = membership_call_ok(
+        &c,
+        reqwest::Method::POST,
+        1,
+        "/v1/cluster/transfer-leader",
+        Some(json!({ "to": 3 })),
+    )
+    .await;
+    assert!(
+        c.log(3).contains("refused a leader transfer to this node"),
+        "the first hand-over was refused: {moved}\nn1:\n{}\nn3:\n{}",
+        c.log_tail(1, 30),
+        c.log_tail(3, 30)
+    );
+    assert_eq!(moved["leader"], 3, "{moved}");
+}
+
 /// A node started with `--learner` (a remote copy) joins, copies the data and serves stale
 /// reads, and the leader refuses to make it a voter.
 #[tokio::test]

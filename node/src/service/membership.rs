@@ -211,37 +211,61 @@ impl Service {
         }
     }
 
-    /// As leader: hand leadership to `to` (or the best candidate), and wait until it took it.
+    /// As leader: hand leadership to `requested` (or, given `None`, the best candidate), and
+    /// wait until it took it.
+    ///
+    /// A transfer can miss: the target may refuse it (its log not flushed in time), and while
+    /// this leader stops heartbeating for the hand-over, another voter's election may win, or
+    /// this node may win again. So the outcome is read from who leads afterwards: the target
+    /// (done), another node (done if any target would do, else `NotLeader`, and the call is
+    /// retried at that leader), or this node in a later term (the transfer is made again).
     pub(super) async fn transfer_leader(
         &self,
-        to: Option<NodeId>,
+        requested: Option<NodeId>,
         deadline: Instant,
     ) -> Result<(), MembershipError> {
-        let to = match to {
-            Some(to) => {
-                self.check_can_lead(to).await?;
-                to
-            }
-            None => self.transfer_target(None).await?,
-        };
-        tracing::info!(to, "handing leadership over");
-        self.raft
-            .trigger()
-            .transfer_leader(to)
-            .await
-            .map_err(|e| MembershipError::Raft(e.to_string()))?;
         let mut metrics = self.raft.metrics();
-        loop {
-            let m = self.metrics();
-            if m.current_leader == Some(to) && m.state != ServerState::Leader {
-                return Ok(());
+        'transfer: loop {
+            let to = match requested {
+                Some(to) => {
+                    self.check_can_lead(to).await?;
+                    to
+                }
+                None => self.transfer_target(None).await?,
+            };
+            let term = self.metrics().current_term;
+            tracing::info!(to, term, "handing leadership over");
+            self.raft
+                .trigger()
+                .transfer_leader(to)
+                .await
+                .map_err(|e| MembershipError::Raft(e.to_string()))?;
+            loop {
+                let m = self.metrics();
+                match (m.state == ServerState::Leader, m.current_leader) {
+                    (false, Some(l)) if l == to || (requested.is_none() && l != self.id()) => {
+                        return Ok(())
+                    }
+                    (false, Some(l)) if l != self.id() => {
+                        return Err(MembershipError::NotLeader(Some(l)))
+                    }
+                    (true, _) if m.current_term > term => {
+                        tracing::info!(
+                            to,
+                            term = m.current_term,
+                            "won leadership again during a hand-over; handing over again"
+                        );
+                        continue 'transfer;
+                    }
+                    _ => {}
+                }
+                if Instant::now() >= deadline {
+                    return Err(MembershipError::TransferTimedOut(to, self.id()));
+                }
+                let step = Duration::from_millis(self.timeouts.heartbeat_interval_ms.max(1));
+                let next = (Instant::now() + step).min(deadline);
+                let _ = tokio::time::timeout_at(next, metrics.changed()).await;
             }
-            if Instant::now() >= deadline {
-                return Err(MembershipError::TransferTimedOut(to, self.id()));
-            }
-            let step = Duration::from_millis(self.timeouts.heartbeat_interval_ms.max(1));
-            let next = (Instant::now() + step).min(deadline);
-            let _ = tokio::time::timeout_at(next, metrics.changed()).await;
         }
     }
 

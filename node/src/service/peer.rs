@@ -84,6 +84,13 @@ impl Service {
                 if let Err(e) = validate::transfer_leader(&rpc, from, self.id(), &membership) {
                     return self.refuse_invalid(from, kind, e);
                 }
+                if *rpc.to_node_id() == self.id()
+                    && crate::failpoint::refuse_first(crate::failpoint::TRANSFER_LEADER_REFUSE)
+                {
+                    let e = crate::failpoint::injected(crate::failpoint::TRANSFER_LEADER_REFUSE);
+                    tracing::warn!(from, error = %e, "refused a leader transfer to this node");
+                    return raft_failed(e.to_string());
+                }
                 *lock(&self.transfer_hint) = Some((*rpc.to_node_id(), Instant::now()));
                 match self.raft.handle_transfer_leader(rpc).await {
                     Ok(r) => PeerResponse::TransferLeader(r),
