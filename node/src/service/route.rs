@@ -353,14 +353,17 @@ impl Service {
         };
         let remote = |client: PeerClient, l: NodeId, budget: Duration| async move {
             // A read may be abandoned at any time: stop as soon as the leader is out of contact
-            // rather than wait out the deadline on a cut link.
+            // rather than wait out the deadline on a cut link. Asking changes nothing, so the
+            // next leader is asked (a write that outlived its leader is confirmed this way while
+            // leadership moves on); with no leader in contact, `at_leader` gives up after about
+            // one election.
             let call = client.call(PeerRequest::ReadIndex, budget);
             let lost = self.contact_lost(l);
             let answer = tokio::select! {
                 answer = call => answer,
-                () = lost => return Step::Fail(ReadError::Unavailable(format!(
+                () = lost => return Step::Unreachable(format!(
                     "lost contact with leader {l} while confirming the read"
-                ))),
+                )),
             };
             forwarded_read(l, answer)
         };
